@@ -1,0 +1,25 @@
+"""Errors otofx raises. Each says what was wrong, where, and what to do about it."""
+
+
+class OtofxError(Exception):
+    """Base class of every error otofx raises on purpose."""
+
+
+class TraceError(OtofxError):
+    """The model could not be turned into a graph (names the module and suggests a fix)."""
+
+
+class ShapeError(OtofxError):
+    """The example inputs do not fit the model (names the node)."""
+
+
+class AnalysisError(OtofxError):
+    """The analysis was asked something it cannot answer (wrong graph, missing inputs)."""
+
+
+class ShrinkError(OtofxError):
+    """The rewrite could not produce a smaller graph that computes the same outputs."""
+
+
+class ConfigError(OtofxError):
+    """An optimizer or job configuration has a field out of range (names the field)."""

@@ -1,0 +1,64 @@
+"""Plain-text reports: groups, what is pinned and why, prunable share of params and FLOPs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from otofx.flops import count_flops, flops_by_module
+
+if TYPE_CHECKING:
+    from otofx.analysis import Analysis
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def analysis_report(analysis: Analysis, max_rows: int = 60) -> str:
+    s = analysis.summary()
+    removable, total = analysis.prunable_params()
+    flops_share = prunable_flops_share(analysis)
+    out = [
+        f"otofx analysis of {type(analysis.gm).__name__}: {len(analysis.gm.graph.nodes)} nodes",
+        f"groups: {s['groups']} ({s['prunable_groups']} prunable, "
+        f"{s['groups'] - s['prunable_groups']} pinned)",
+        f"channels: {s['prunable_channels']} prunable, {s['pinned_channels']} pinned",
+        f"prunable share: {100 * removable / max(total, 1):.1f}% of {total:,} parameters, "
+        f"{100 * flops_share:.1f}% of FLOPs",
+        "",
+    ]
+    rows = []
+    for g in analysis.groups[:max_rows]:
+        members = ", ".join(sorted({m.param.rsplit(".", 1)[0] for m in g.members}))
+        state = "prunable" if g.prunable else "pinned: " + "; ".join(g.why_pinned[:2])
+        rows.append([g.name, g.size, state, members[:70] + ("..." if len(members) > 70 else "")])
+    out.append(_table(rows, ["group", "channels", "state", "layers"]))
+    if len(analysis.groups) > max_rows:
+        out.append(f"... and {len(analysis.groups) - max_rows} more groups")
+    return "\n".join(out)
+
+
+def prunable_flops_share(analysis: Analysis) -> float:
+    """FLOPs of each module weighted by the share of its weight that prunable groups can remove.
+
+    An upper bound on what pruning every prunable channel would save; 0 when nothing is prunable.
+    """
+    per_module = flops_by_module(analysis.gm, analysis.example_inputs)
+    total = count_flops(analysis.gm, analysis.example_inputs)
+    if not total:
+        return 0.0
+    params = dict(analysis.gm.named_parameters())
+    share: dict[str, float] = {}
+    masks: dict[str, object] = {}
+    import torch
+    for g in analysis.prunable:
+        for m in g.members:
+            if m.param in params and m.param.endswith("weight"):
+                mask = masks.setdefault(m.param, torch.zeros(params[m.param].shape, dtype=torch.bool))
+                mask.movedim(m.dim, 0)[m.index.reshape(-1)] = True
+    for name, mask in masks.items():
+        share[name.rsplit(".", 1)[0]] = float(mask.float().mean())
+    saved = sum(f * share.get(mod, 0.0) for mod, f in per_module.items())
+    return min(1.0, saved / total)

@@ -1,0 +1,230 @@
+"""The channels pass: give every tensor of the graph its channel labels.
+
+Each prunable dimension gets fresh channel ids at the op that creates it (the out-channels of a
+conv or linear, an embedding's width); op rules from ``passes.registry`` carry labels forward,
+unify channels at joins and record which parameter slices produce and consume each channel.
+Results: ``node.meta["otofx.labels"]`` (see ``passes.labels``) and ``gm.meta["otofx.table"]``.
+
+Conservative by construction: an op with no rule, a rule that fails, a graph output and a join
+with untracked data pin the channels they touch, and the pin says why.
+
+Before::
+
+    conv1 = self.conv1(x); relu = torch.relu(conv1); conv2 = self.conv2(relu)
+
+After: ``conv1.meta["otofx.labels"]`` is ``(1, C, 1, 1)`` with C fresh ids; ``relu`` carries the
+same ids; ``conv2`` records them as consumers of ``conv2.weight`` along dim 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.fx import GraphModule, Node
+from torch.fx.passes.infra.pass_base import PassResult
+
+from . import labels as lb
+from .registry import RULES
+from .table import ChannelTable
+
+LABELS = "otofx.labels"
+TABLE = "otofx.table"
+SHAPE = "otofx.shape"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SizeDep:
+    """A python number computed from tensor sizes; ``ids`` are the channels it counts."""
+
+    ids: torch.Tensor
+
+
+class ChannelContext:
+    """What a rule's ``propagate`` sees: labels and shapes of arguments, the table, the module."""
+
+    def __init__(self, gm: GraphModule, table: ChannelTable) -> None:
+        self.gm = gm
+        self.table = table
+        self.node: Node | None = None
+        self._alias: dict[str, str] = {}
+        canonical: dict[int, str] = {}
+        for name, t in list(gm.named_parameters(remove_duplicate=False)) + list(
+                gm.named_buffers(remove_duplicate=False)):
+            self._alias[name] = canonical.setdefault(id(t), name)
+
+    # ---- arguments -------------------------------------------------------------------------
+    def labels(self, arg: Any) -> Any:
+        if isinstance(arg, Node):
+            return arg.meta.get(LABELS)
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.labels(a) for a in arg)
+        return None
+
+    def shape(self, arg: Any) -> Any:
+        """The real shape of a tensor argument (``torch.Size``), ``()`` for numbers, else None."""
+        if isinstance(arg, Node):
+            return arg.meta.get(SHAPE)
+        if isinstance(arg, (int, float, bool)):
+            return torch.Size(())
+        return None
+
+    def is_tensor(self, arg: Any) -> bool:
+        return isinstance(arg, Node) and isinstance(arg.meta.get(LABELS), torch.Tensor)
+
+    @property
+    def out_shape(self) -> Any:
+        return self.node.meta.get(SHAPE)
+
+    def arg(self, index: int, name: str, default: Any = None) -> Any:
+        """The node's argument by position or keyword."""
+        node = self.node
+        if name in node.kwargs:
+            return node.kwargs[name]
+        return node.args[index] if len(node.args) > index else default
+
+    def module(self, node: Node | None = None) -> torch.nn.Module:
+        return self.gm.get_submodule((node or self.node).target)
+
+    def param_of(self, arg: Any) -> str | None:
+        """Canonical name of the parameter or buffer a ``get_attr`` argument reads, else None."""
+        if isinstance(arg, Node) and arg.op == "get_attr":
+            return self._alias.get(arg.target)
+        return None
+
+    def module_param(self, attr: str, node: Node | None = None) -> str | None:
+        """Canonical name of ``module.attr`` for the current call_module node, if it is a tensor."""
+        node = node or self.node
+        name = f"{node.target}.{attr}" if node.target else attr
+        module = self.module(node)
+        if getattr(module, attr, None) is None:
+            return None
+        return self._alias.get(name)
+
+    # ---- effects -----------------------------------------------------------------------------
+    def pin(self, L: Any, reason: str) -> None:
+        for t in _tensors(L):
+            self.table.pin(t, f"{reason} (at node '{self.node.name}')")
+
+    def untracked(self, shape: Any = None) -> Any:
+        """Labels of data we do not follow, shaped like ``shape`` (default: the node's output)."""
+        shape = self.out_shape if shape is None else shape
+        if isinstance(shape, torch.Size):
+            return lb.full(shape, lb.UNTRACKED)
+        if isinstance(shape, (tuple, list)):
+            return type(shape)(self.untracked(s) for s in shape)
+        return None
+
+    def unknown(self, reason: str) -> Any:
+        """Treat the current node as an op without a rule: pin all it touches."""
+        for a in _flat_args(self.node):
+            L = self.labels(a)
+            self.pin(L, reason)
+            if isinstance(L, SizeDep):
+                self.table.pin(L.ids, f"{reason} (at node '{self.node.name}')")
+        return self.untracked()
+
+    def combine(self, args: list[Any]) -> torch.Tensor:
+        """Labels of an elementwise op over broadcast ``args``: joins unify their channels."""
+        shape = self.out_shape
+        ops = [(self.labels(a), self.shape(a)) for a in args if self.is_tensor(a)]
+        if not ops:
+            return lb.full(shape, lb.CONSTANT)
+        nd = len(shape)
+        Ls = [L.clone() for L in lb.broadcast([L for L, _ in ops], shape)]
+        varying = [d for d in range(nd) if Ls[0].size(d) > 1]
+        for L, (_, real) in zip(Ls, ops):
+            real = (1,) * (nd - len(real)) + tuple(real)
+            if any(real[d] == 1 for d in varying):
+                # this operand is broadcast across positions that carry different labels
+                has_ids = L >= 0
+                if bool(has_ids.any()):
+                    element = self.table.is_element(L)
+                    self.pin(L[has_ids & ~element], "broadcast across the channels of another tensor")
+                    L[has_ids & element] = lb.CONSTANT
+                    L[has_ids & ~element] = lb.UNTRACKED
+        stack = torch.stack(Ls)
+        ref = stack.max(dim=0).values
+        for L in Ls:
+            self.table.unify(ref, L)
+        untracked = (stack == lb.UNTRACKED).any(dim=0)
+        self.pin(ref[untracked & (ref >= 0)], "joined with data that carries no channel")
+        fill = torch.where(untracked, lb.UNTRACKED, lb.CONSTANT)
+        return torch.where(ref >= 0, ref, fill)
+
+
+def _tensors(L: Any) -> list[torch.Tensor]:
+    if isinstance(L, torch.Tensor):
+        return [L]
+    if isinstance(L, (list, tuple)):
+        return [t for x in L for t in _tensors(x)]
+    return []
+
+
+def _flat_args(node: Node) -> list[Any]:
+    out: list[Any] = []
+    torch.fx.node.map_arg((node.args, node.kwargs), out.append)
+    return out
+
+
+def _size_deps(ctx: ChannelContext, node: Node) -> list[SizeDep]:
+    found = []
+    for a in _flat_args(node):
+        L = ctx.labels(a)
+        if isinstance(L, SizeDep):
+            found.append(L)
+        elif isinstance(L, (list, tuple)):
+            found += [x for x in L if isinstance(x, SizeDep)]
+    return found
+
+
+def propagate_node(ctx: ChannelContext, node: Node) -> Any:
+    ctx.node = node
+    if node.op == "placeholder":
+        return ctx.untracked()
+    if node.op == "get_attr":
+        name = ctx.param_of(node)
+        shape = node.meta.get(SHAPE)
+        if name is not None and isinstance(shape, torch.Size):
+            return ctx.table.param_elements(name, shape).clone()
+        return ctx.untracked() if isinstance(shape, torch.Size) else None
+    if node.op == "output":
+        ctx.pin(ctx.labels(node.args[0]), "reaches a graph output")
+        return None
+    rule = RULES.lookup(ctx.gm, node)
+    if rule is None:
+        return ctx.unknown(f"no rule for {RULES.describe(ctx.gm, node)}")
+    try:
+        out = rule.propagate(ctx, node)
+    except Exception as exc:  # a rule that cannot handle this call pins instead of guessing
+        log.debug("rule %s failed on %s", rule.name, node.name, exc_info=True)
+        return ctx.unknown(f"rule '{rule.name}' cannot handle this call ({type(exc).__name__}: {exc})")
+    if not rule.accepts_sizes:
+        for dep in _size_deps(ctx, node):
+            ctx.table.pin(dep.ids, f"a channel count is used as a value (at node '{node.name}')")
+    return out
+
+
+def channels_pass(gm: GraphModule) -> PassResult:
+    """Label every node (``node.meta["otofx.labels"]``) and build ``gm.meta["otofx.table"]``.
+
+    Needs ``node.meta["otofx.shape"]`` from the shapes pass.
+    """
+    from . import rules  # noqa: F401  (registers the op rules)
+
+    table = ChannelTable()
+    ctx = ChannelContext(gm, table)
+    for node in gm.graph.nodes:
+        node.meta[LABELS] = propagate_node(ctx, node)
+    gm.meta[TABLE] = table
+    return PassResult(gm, False)
+
+
+def tensor_named(gm: GraphModule, name: str) -> torch.Tensor:
+    """The parameter or buffer ``name`` of ``gm``."""
+    module_path, _, attr = name.rpartition(".")
+    return getattr(gm.get_submodule(module_path), attr)

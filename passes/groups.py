@@ -1,0 +1,207 @@
+"""The groups pass: channels that must go together, gathered into ``PruningGroup``s.
+
+After the channels pass every channel is a union-find set of ids. Channels that meet the same
+parameter slices and consumer sites the same number of times (conv1's 64 out-channels, with
+bn1's affine and conv2's input columns) form one ``PruningGroup`` of ``size`` channels: OTO's
+zero-invariant groups. Each group lists its ``members`` as ``ChannelSlice``s with an index tensor
+``(size, k)``: row ``i`` holds the positions of channel ``i`` along ``dim`` of ``param``, so an
+optimizer can read the whole group with one ``index_select``.
+
+A channel pinned anywhere (graph output, unknown op, ...) pins its group; ``why_pinned`` says why.
+Result: ``gm.meta["otofx.groups"]`` and, per node, ``node.meta["otofx.dims"]`` (the sympy size of
+every dim in terms of the groups' kept counts).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import sympy
+import torch
+from torch.fx import GraphModule
+from torch.fx.passes.infra.pass_base import PassResult
+
+from . import labels as lb
+from .channels import LABELS, SHAPE, TABLE
+from .table import AFFINE, PRODUCER
+
+GROUPS = "otofx.groups"
+DIMS = "otofx.dims"
+
+
+@dataclass
+class ChannelSlice:
+    """Positions ``index[i]`` along ``dim`` of parameter/buffer ``param`` belong to channel i."""
+
+    param: str
+    dim: int
+    role: str
+    index: torch.Tensor
+
+    def __repr__(self) -> str:
+        return f"{self.param}[dim {self.dim}, {self.role}, {tuple(self.index.shape)}]"
+
+
+@dataclass
+class PruningGroup:
+    """Channels removed together; ``size`` of them, each removable on its own."""
+
+    name: str
+    size: int
+    prunable: bool
+    why_pinned: list[str]
+    members: list[ChannelSlice]
+    consumers: list[str] = field(default_factory=list)
+    roots: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long),
+                                repr=False)
+
+    @property
+    def symbol(self) -> sympy.Symbol:
+        """The number of channels kept, as it appears in ``node.meta["otofx.dims"]``."""
+        return sympy.Symbol(self.name.replace(".", "_"), integer=True, positive=True)
+
+    def slices(self, *roles: str) -> list[ChannelSlice]:
+        return [m for m in self.members if not roles or m.role in roles]
+
+    def __repr__(self) -> str:
+        state = "prunable" if self.prunable else f"pinned: {'; '.join(self.why_pinned[:2])}"
+        return f"PruningGroup({self.name!r}, size={self.size}, {state})"
+
+
+@dataclass
+class _Record:
+    key: tuple
+    role: str
+    roots: torch.Tensor     # root id of each position along the dim
+
+
+def _records(gm: GraphModule, table) -> tuple[list[_Record], dict[int, list[str]]]:
+    uf = table.uf
+    records = [_Record(key, table.slice_roles[key], uf.roots(ids))
+               for key, ids in table.slice_ids.items()]
+    extra_pins: dict[int, list[str]] = defaultdict(list)
+    sliced = {name for name, _ in table.slice_ids}
+    for name, ids in table.element_ids.items():
+        roots = uf.roots(ids)
+        if name in sliced:
+            for r in roots.unique().tolist():
+                extra_pins[r].append(f"parameter '{name}' is used both by a layer and as a tensor")
+            continue
+        for d in range(roots.dim()):
+            if roots.size(d) > 1 and bool((lb.along(roots, d) >= 0).all()) and roots.dim() > 0:
+                records.append(_Record((name, d), AFFINE, lb.along(roots, d)))
+                break
+        else:
+            for r in roots.unique().tolist():
+                extra_pins[r].append(f"free parameter '{name}' cannot be sliced along one dim")
+    for site in table.consumers:
+        records.append(_Record(("node", site.node, site.arg, site.dim), "site", uf.roots(site.ids)))
+    return records, extra_pins
+
+
+def _pins(table, units: torch.Tensor, extra: dict[int, list[str]]) -> dict[int, list[str]]:
+    reasons: dict[int, list[str]] = defaultdict(list)
+    for r, why in extra.items():
+        reasons[r] += why
+    for ids, why in table.pins:
+        for r in table.uf.roots(ids).unique().tolist():
+            if why not in reasons[r] and len(reasons[r]) < 8:
+                reasons[r].append(why)
+    return reasons
+
+
+def build_groups(gm: GraphModule) -> list[PruningGroup]:
+    table = gm.meta[TABLE]
+    uf = table.uf
+    if not table.channel_ids:
+        return []
+    units = uf.roots(torch.cat(table.channel_ids)).unique()
+    records, extra = _records(gm, table)
+    pins = _pins(table, units, extra)
+    K = len(records)
+    roots = torch.cat([r.roots for r in records])
+    kinds = torch.cat([torch.full_like(r.roots, k) for k, r in enumerate(records)])
+    pos = torch.cat([torch.arange(r.roots.numel()) for r in records])
+    mask = torch.isin(roots, units)
+    roots, kinds, pos = roots[mask], kinds[mask], pos[mask]
+    order = torch.argsort(roots * K + kinds, stable=True)
+    roots, kinds, pos = roots[order], kinds[order], pos[order]
+    pairs, counts = torch.unique_consecutive(roots * K + kinds, return_counts=True)
+    signature: dict[int, list] = defaultdict(list)
+    for pair, count in zip(pairs.tolist(), counts.tolist()):
+        signature[pair // K].append((pair % K, count))
+    by_signature: dict[tuple, list[int]] = defaultdict(list)
+    for root in units.tolist():
+        by_signature[(tuple(signature[root]), root in pins)].append(root)
+
+    groups: list[PruningGroup] = []
+    names: dict[str, int] = defaultdict(int)
+    for (sig, pinned), members_roots in by_signature.items():
+        group_roots = torch.tensor(members_roots, dtype=torch.long)
+        in_group = torch.isin(roots, group_roots)
+        members, consumers = [], []
+        for k, count in sig:
+            rec = records[k]
+            if rec.role == "site":
+                consumers.append(rec.key[1])
+                continue
+            index = pos[in_group & (kinds == k)].view(len(members_roots), count)
+            members.append(ChannelSlice(rec.key[0], rec.key[1], rec.role, index))
+        producers = [m for m in members if m.role == PRODUCER]
+        base = (producers or members)[0].param.rsplit(".", 1)[0] if members else "group"
+        names[base] += 1
+        name = base if names[base] == 1 else f"{base}#{names[base]}"
+        why = sorted({w for r in members_roots for w in pins.get(r, [])})[:8] if pinned else []
+        if not pinned and len(members_roots) < 2:
+            why = ["a single channel: removing it would leave the dim empty"]
+        groups.append(PruningGroup(name, len(members_roots), not why, why, members,
+                                   sorted(set(consumers)), group_roots))
+    groups.sort(key=lambda g: int(g.roots[0]))
+    return groups
+
+
+def _dim_exprs(gm: GraphModule, groups: list[PruningGroup]) -> None:
+    """``node.meta["otofx.dims"]``: each dim's size as ``constant + sum(k_g * S_g)``."""
+    table = gm.meta[TABLE]
+    lookup_roots, lookup_group = [], []
+    for g in groups:
+        lookup_roots.append(g.roots)
+        lookup_group.append(torch.full_like(g.roots, len(lookup_group)))
+    if not groups:
+        for node in gm.graph.nodes:
+            shape = node.meta.get(SHAPE)
+            if isinstance(shape, torch.Size):
+                node.meta[DIMS] = tuple(sympy.Integer(s) for s in shape)
+        return
+    all_roots = torch.cat(lookup_roots)
+    all_groups = torch.cat(lookup_group)
+    order = torch.argsort(all_roots)
+    all_roots, all_groups = all_roots[order], all_groups[order]
+    for node in gm.graph.nodes:
+        L, shape = node.meta.get(LABELS), node.meta.get(SHAPE)
+        if not isinstance(L, torch.Tensor) or not isinstance(shape, torch.Size):
+            continue
+        R = table.uf.roots(L)
+        exprs = []
+        for d in range(len(shape)):
+            per_pos = lb.along(R, d)
+            at = torch.searchsorted(all_roots, per_pos.clamp(min=0))
+            at = at.clamp(max=all_roots.numel() - 1)
+            known = (per_pos >= 0) & (all_roots[at] == per_pos)
+            repeat = shape[d] if R.size(d) == 1 else 1
+            expr = sympy.Integer(int((~known).sum()) * repeat)
+            for gi, count in zip(*torch.unique(all_groups[at[known]], return_counts=True)):
+                g = groups[int(gi)]
+                n = int(count) * repeat
+                expr += (n // g.size) * g.symbol if n % g.size == 0 else sympy.Integer(n)
+            exprs.append(expr)
+        node.meta[DIMS] = tuple(exprs)
+
+
+def groups_pass(gm: GraphModule) -> PassResult:
+    """Build ``gm.meta["otofx.groups"]`` from the channel table; annotate ``otofx.dims``."""
+    groups = build_groups(gm)
+    gm.meta[GROUPS] = groups
+    _dim_exprs(gm, groups)
+    return PassResult(gm, False)

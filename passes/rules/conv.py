@@ -1,0 +1,118 @@
+"""Convolutions (1d/2d/3d, transposed, grouped, depthwise): where channels are born and consumed.
+
+A conv's out-channels are fresh channels produced by its weight rows (the bias and any norm after
+it are affine slices); its in-channels are consumed by the weight's input columns. Grouped convs
+remove one channel from every group at once (equal numbers per group); depthwise convs
+(``groups == in_channels``) carry their input channels through, so in and out couple.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import labels as lb
+from ..channels import tensor_named
+from ..registry import RULES, module_classes
+from ..table import AFFINE, CONSUMER, PRODUCER
+
+CONVS = module_classes("Conv1d", "Conv2d", "Conv3d")
+TRANSPOSED = module_classes("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+CONV_FNS = [F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d]
+TRANSPOSED_FNS = [F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+                  torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d]
+
+
+def _call(ctx, node):
+    """(weight name, bias name, groups, padding, transposed) of a conv call, or None."""
+    if node.op == "call_module":
+        m = ctx.module(node)
+        return (ctx.module_param("weight"), ctx.module_param("bias"), m.groups, m.padding,
+                isinstance(m, nn.modules.conv._ConvTransposeNd))
+    transposed = node.target in TRANSPOSED_FNS
+    weight, bias = ctx.arg(1, "weight"), ctx.arg(2, "bias")
+    wname, bname = ctx.param_of(weight), ctx.param_of(bias)
+    if wname is None or (bias is not None and bname is None):
+        return None
+    groups = ctx.arg(6, "groups", 1)
+    padding = ctx.arg(4, "padding", 0)
+    return wname, bname, groups, padding, transposed
+
+
+def _no_padding(padding) -> bool:
+    if isinstance(padding, str):
+        return padding == "valid"
+    if isinstance(padding, int):
+        return padding == 0
+    return all(p == 0 for p in padding)
+
+
+def conv(ctx, node):
+    call = _call(ctx, node)
+    if call is None:
+        return ctx.unknown("a conv whose weight or bias is computed, not a parameter")
+    wname, bname, groups, padding, transposed = call
+    W = tensor_named(ctx.gm, wname)
+    x = node.args[0]
+    shape, L = ctx.shape(x), ctx.labels(x)
+    batched = len(shape) == W.dim()
+    cdim = 1 if batched else 0
+    if any(L.size(d) > 1 for d in range(cdim + 1, len(shape))):
+        ctx.pin(L, "channels spread over the spatial dims of a conv input")
+        L = lb.full(shape, lb.UNTRACKED)
+    ids_in = lb.along(lb.materialize(L, shape, [cdim]), cdim)
+    c_in = shape[cdim]
+    c_out = W.shape[1] * groups if transposed else W.shape[0]
+    table = ctx.table
+    if groups == c_in and groups > 1:
+        # depthwise: output channel o reads input channel o // multiplier only
+        out_ids = ids_in.repeat_interleave(c_out // c_in)
+        if transposed:
+            table.unify(table.param_slices(wname, 0, c_in, AFFINE), ids_in)
+        else:
+            table.unify(table.param_slices(wname, 0, c_out, AFFINE), out_ids)
+    else:
+        per = c_in // groups
+        grid = ids_in.view(groups, per)
+        table.unify(grid, grid[:1].expand_as(grid))
+        if transposed:
+            table.unify(table.param_slices(wname, 0, c_in, CONSUMER), ids_in)
+        else:
+            table.unify(table.param_slices(wname, 1, per, CONSUMER), grid[0])
+        fold = "bias" if not transposed and _no_padding(padding) else "zero"
+        table.consume(node.name, 0, cdim, ids_in, fold, out_dim=cdim)
+        if transposed:
+            out_ids = table.param_slices(wname, 1, c_out // groups, PRODUCER).repeat(groups)
+        else:
+            out_ids = table.param_slices(wname, 0, c_out, PRODUCER)
+            grid = out_ids.view(groups, c_out // groups)
+            table.unify(grid, grid[:1].expand_as(grid))
+    if bname is not None:
+        table.unify(table.param_slices(bname, 0, c_out, AFFINE), out_ids)
+    out = [1] * len(ctx.out_shape)
+    out[cdim] = c_out
+    return out_ids.view(out).clone()
+
+
+def conv_rewrite(ctx, node):
+    """New in/out channel counts; a depthwise conv's groups follow its channels."""
+    x = node.args[0]
+    old_in, new_in = ctx.old_shape(x), ctx.new_shape(x)
+    old_out, new_out = ctx.old_shape(node), ctx.new_shape(node)
+    if node.op == "call_module":
+        m = ctx.module(node)
+        cdim = 1 if len(old_in) == m.weight.dim() else 0
+        if m.groups == old_in[cdim] and m.groups > 1:
+            m.groups = new_in[cdim]
+        m.in_channels = new_in[cdim]
+        m.out_channels = new_out[cdim]
+        return
+    cdim = 1 if len(old_in) == len(ctx.old_shape(node.args[1])) else 0
+    groups = ctx.arg_of(node, 6, "groups", 1)
+    if groups == old_in[cdim] and groups > 1:
+        ctx.set_arg(node, 6, "groups", new_in[cdim])
+
+
+RULES.register(*CONVS, *TRANSPOSED, *CONV_FNS, *TRANSPOSED_FNS,
+               rewrite=conv_rewrite, name="conv")(conv)

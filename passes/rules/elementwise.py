@@ -1,0 +1,115 @@
+"""Elementwise ops: activations, arithmetic and friends. Joins unify the channels they meet.
+
+``relu(x)`` keeps x's labels; ``x + y`` and ``x * gate`` unify x's channels with y's (or the
+gate's) position by position after broadcasting; a join with data that carries no channel pins.
+Activations need no zero-invariance here: a removed channel's value is read and folded by
+shrink wherever it is not exactly zero.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+
+from ..registry import RULES, Method, aten, functions, module_classes
+
+UNARY = (
+    "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh",
+    "leaky_relu", "elu", "selu", "celu", "softplus", "mish", "softsign", "tanhshrink", "logsigmoid",
+    "hardshrink", "softshrink", "rrelu", "threshold", "glu_", "exp", "exp2", "expm1", "log", "log1p",
+    "log2", "sqrt", "rsqrt", "abs", "neg", "negative", "square", "pow", "clamp", "clip", "clamp_min",
+    "clamp_max", "sin", "cos", "tan", "erf", "erfc", "reciprocal", "sign", "floor", "ceil", "round",
+    "trunc", "frac", "nan_to_num", "sinh", "cosh", "asinh", "atan", "sgn", "logit",
+)
+PASSTHROUGH = (
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+    "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type", "type_as",
+    "cpu", "cuda", "requires_grad_", "detach_",
+)
+UNARY_MODULES = (
+    "ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid", "Hardtanh",
+    "LeakyReLU", "ELU", "SELU", "CELU", "Softplus", "Mish", "Softsign", "Tanhshrink", "LogSigmoid",
+    "Hardshrink", "Softshrink", "RReLU", "Threshold",
+)
+PASSTHROUGH_MODULES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+                       "FeatureAlphaDropout", "Identity")
+BINARY = (
+    "add", "sub", "subtract", "mul", "multiply", "div", "divide", "true_divide", "maximum",
+    "minimum", "fmax", "fmin", "rsub", "atan2", "hypot", "remainder", "fmod", "floor_divide",
+    "where", "lerp", "addcmul", "addcdiv", "masked_fill",
+)
+
+_inplace = [Method(n + "_") for n in UNARY + BINARY]
+_operators = [operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
+              operator.neg, operator.pos, operator.abs, operator.pow, operator.iadd, operator.isub,
+              operator.imul, operator.itruediv, operator.mod]
+
+
+@RULES.register(*functions(*UNARY, *BINARY), *module_classes(*UNARY_MODULES), *_inplace,
+                *_operators, *[k for n in UNARY + BINARY for k in aten(n)],
+                name="elementwise")
+def elementwise(ctx, node):
+    return ctx.combine(list(node.args) + list(node.kwargs.values()))
+
+
+@RULES.register(*functions(*PASSTHROUGH), *module_classes(*PASSTHROUGH_MODULES),
+                *[k for n in PASSTHROUGH for k in aten(n)], name="passthrough")
+def passthrough(ctx, node):
+    """Ops that return their first argument's values (dropout, dtype casts, copies)."""
+    L = ctx.labels(node.args[0])
+    if not isinstance(L, torch.Tensor):
+        return ctx.unknown("passthrough op on a non-tensor")
+    return L.clone()
+
+
+@RULES.register(*functions("softmax", "log_softmax", "softmin"),
+                *module_classes("Softmax", "LogSoftmax", "Softmin"), name="softmax")
+def softmax(ctx, node):
+    """Normalises along one dim: fine unless that dim carries channels."""
+    x = node.args[0]
+    L = ctx.labels(x)
+    if node.op == "call_module":
+        dim = ctx.module(node).dim
+    else:
+        dim = ctx.arg(1, "dim")
+    if dim is None:
+        return ctx.unknown("softmax without an explicit dim")
+    dim = dim % len(ctx.shape(x))
+    if L.size(dim) > 1:
+        ctx.pin(L, "softmax normalises across channels")
+        return ctx.untracked()
+    return L.clone()
+
+
+@RULES.register(F.prelu, torch.prelu, *module_classes("PReLU"), name="prelu")
+def prelu(ctx, node):
+    """PReLU with one slope per channel: the slopes are sliced with the channel (dim 1)."""
+    x = node.args[0]
+    L = ctx.labels(x)
+    if node.op == "call_module":
+        weight = ctx.module_param("weight")
+    else:
+        weight = ctx.param_of(ctx.arg(1, "weight"))
+        if weight is None:
+            return ctx.unknown("prelu slopes that are not a parameter")
+    n = ctx.gm.get_parameter(weight).numel()
+    if n == 1:
+        return L.clone()
+    from ..table import AFFINE
+    from .. import labels as lb
+    cdim = 1 if len(ctx.shape(x)) > 1 else 0
+    ids = ctx.table.param_slices(weight, 0, n, AFFINE)
+    ctx.table.unify(lb.along(lb.materialize(L, ctx.shape(x), [cdim]), cdim), ids)
+    return L.clone()
+
+
+def _prelu_rewrite(ctx, node):
+    if node.op == "call_module":
+        module = ctx.module(node)
+        module.num_parameters = module.weight.numel()
+
+
+RULES.register(F.prelu, torch.prelu, *module_classes("PReLU"), rewrite=_prelu_rewrite,
+               name="prelu")(prelu)

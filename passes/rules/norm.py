@@ -1,0 +1,120 @@
+"""Normalisation layers.
+
+BatchNorm and InstanceNorm work per channel: their affine parameters and running stats are sliced
+with the channel. GroupNorm normalises over groups of channels, so a whole group is one channel
+unit (``num_groups`` stays valid). LayerNorm and RMSNorm over a channel dim mix every channel into
+the statistics: removing one changes the others, so those channels are pinned.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import labels as lb
+from ..channels import tensor_named
+from ..registry import RULES, module_classes
+from ..table import AFFINE, BUFFER
+
+BATCH_NORMS = module_classes("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")
+INSTANCE_NORMS = module_classes("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
+
+
+def _channel_ids(ctx, x, cdim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    L, shape = ctx.labels(x), ctx.shape(x)
+    if any(L.size(d) > 1 for d in range(len(shape)) if d != cdim):
+        ctx.pin(L, "channels along a dim a norm layer computes statistics over")
+        L = lb.full(shape, lb.UNTRACKED)
+    return L, lb.along(lb.materialize(L, shape, [cdim]), cdim)
+
+
+def _slice_params(ctx, ids, params: dict[str, str]) -> None:
+    for name, role in params.items():
+        if name is not None:
+            n = tensor_named(ctx.gm, name).shape[0]
+            ctx.table.unify(ctx.table.param_slices(name, 0, n, role), ids)
+
+
+def per_channel_norm(ctx, node):
+    x = node.args[0]
+    shape = ctx.shape(x)
+    if node.op == "call_module":
+        m = ctx.module(node)
+        unbatched = type(m) in INSTANCE_NORMS and len(shape) == m._get_no_batch_dim()
+        cdim = 0 if unbatched else 1
+        params = {ctx.module_param("weight"): AFFINE, ctx.module_param("bias"): AFFINE,
+                  ctx.module_param("running_mean"): BUFFER, ctx.module_param("running_var"): BUFFER}
+    else:
+        cdim = 1
+        names = ("running_mean", "running_var", "weight", "bias")
+        index = (1, 2, 3, 4)   # the same for batch_norm and instance_norm
+        args = [ctx.arg(i, n) for i, n in zip(index, names)]
+        if any(a is not None and ctx.param_of(a) is None for a in args):
+            return ctx.unknown("a norm whose statistics or affine are computed")
+        params = {ctx.param_of(a): (BUFFER if n.startswith("running") else AFFINE)
+                  for a, n in zip(args, names) if a is not None}
+    L, ids = _channel_ids(ctx, x, cdim)
+    _slice_params(ctx, ids, params)
+    return L.clone()
+
+
+def per_channel_norm_rewrite(ctx, node):
+    if node.op == "call_module":
+        m = ctx.module(node)
+        new = ctx.new_shape(node.args[0])
+        cdim = 0 if len(new) == getattr(m, "_get_no_batch_dim", lambda: -1)() else 1
+        m.num_features = new[cdim]
+
+
+RULES.register(*BATCH_NORMS, *INSTANCE_NORMS, F.batch_norm, F.instance_norm, torch.batch_norm,
+               rewrite=per_channel_norm_rewrite, name="batch_norm")(per_channel_norm)
+
+
+def group_norm(ctx, node):
+    x = node.args[0]
+    if node.op == "call_module":
+        m = ctx.module(node)
+        groups = m.num_groups
+        params = {ctx.module_param("weight"): AFFINE, ctx.module_param("bias"): AFFINE}
+    else:
+        groups = ctx.arg(1, "num_groups")
+        weight, bias = ctx.arg(2, "weight"), ctx.arg(3, "bias")
+        if any(a is not None and ctx.param_of(a) is None for a in (weight, bias)):
+            return ctx.unknown("a group norm whose affine is computed")
+        params = {ctx.param_of(weight): AFFINE, ctx.param_of(bias): AFFINE}
+    L, ids = _channel_ids(ctx, x, 1)
+    grid = ids.view(groups, -1)
+    ctx.table.unify(grid, grid[:, :1].expand_as(grid))
+    _slice_params(ctx, ids, params)
+    return L.clone()
+
+
+def group_norm_rewrite(ctx, node):
+    old, new = ctx.old_shape(node.args[0])[1], ctx.new_shape(node.args[0])[1]
+    if node.op == "call_module":
+        m = ctx.module(node)
+        m.num_groups = new // (old // m.num_groups)
+        m.num_channels = new
+    else:
+        groups = ctx.arg_of(node, 1, "num_groups")
+        ctx.set_arg(node, 1, "num_groups", new // (old // groups))
+
+
+RULES.register(*module_classes("GroupNorm"), F.group_norm, torch.group_norm,
+               rewrite=group_norm_rewrite, name="group_norm")(group_norm)
+
+
+@RULES.register(*module_classes("LayerNorm", "RMSNorm"), F.layer_norm, torch.layer_norm,
+                getattr(F, "rms_norm", None), name="layer_norm")
+def layer_norm(ctx, node):
+    x = node.args[0]
+    L, shape = ctx.labels(x), ctx.shape(x)
+    if node.op == "call_module":
+        m = ctx.module(node)
+        k = len(m.normalized_shape)
+    else:
+        normalized = ctx.arg(1, "normalized_shape")
+        k = 1 if isinstance(normalized, int) else len(normalized)
+    if any(L.size(d) > 1 for d in range(len(shape) - k, len(shape))):
+        ctx.pin(L, "a layer norm computes statistics across these channels")
+    return L.clone()

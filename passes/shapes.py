@@ -1,0 +1,86 @@
+"""The shapes pass: run the graph once on example inputs and record every tensor's shape.
+
+Results: ``node.meta["otofx.shape"]`` (a ``torch.Size`` per tensor, a tuple of them for tuple
+outputs, None otherwise) and ``node.meta["otofx.dtype"]``. The run is in eval mode under
+``no_grad``, on the module as it is: no buffer (BatchNorm running stats) is updated and the
+training flags are restored afterwards.
+
+Before: ``conv1 = self.conv1(x)``; after, with x of shape (2, 3, 8, 8):
+``conv1.meta["otofx.shape"] == torch.Size([2, 16, 8, 8])``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch.fx import GraphModule, Interpreter, Node
+from torch.fx.passes.infra.pass_base import PassResult
+
+from otofx.errors import ShapeError
+
+SHAPE = "otofx.shape"
+DTYPE = "otofx.dtype"
+
+
+@contextmanager
+def evaluation(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no_grad for the block; every training flag is put back afterwards."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _describe(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.shape
+    if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+        return tuple(_describe(v) for v in value)
+    return None
+
+
+def _dtype(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.dtype
+    if isinstance(value, (list, tuple)):
+        return tuple(_dtype(v) for v in value)
+    return None
+
+
+class _Recorder(Interpreter):
+    def run_node(self, n: Node) -> Any:
+        try:
+            value = super().run_node(n)
+        except Exception as exc:
+            inputs = []
+            for a in n.all_input_nodes:
+                shape = a.meta.get(SHAPE)
+                inputs.append(f"{a.name}: {tuple(shape) if isinstance(shape, torch.Size) else shape}")
+            raise ShapeError(
+                f"the example inputs do not fit node '{n.name}' ({n.format_node()}): "
+                f"{type(exc).__name__}: {exc}. Its inputs were [{', '.join(inputs)}]. "
+                "Pass example inputs with the shapes and dtypes the model expects."
+            ) from exc
+        n.meta[SHAPE] = _describe(value)
+        n.meta[DTYPE] = _dtype(value)
+        return value
+
+
+def shapes_pass(gm: GraphModule, example_inputs: Sequence[Any]) -> PassResult:
+    """Record shapes and dtypes of every node on ``example_inputs``; returns the outputs in meta."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(example_inputs) > len(placeholders):
+        raise ShapeError(
+            f"got {len(example_inputs)} example inputs but the graph takes {len(placeholders)} "
+            f"({', '.join(p.name for p in placeholders)})."
+        )
+    with evaluation(gm):
+        _Recorder(gm).run(*example_inputs)
+    return PassResult(gm, False)

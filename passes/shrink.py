@@ -1,0 +1,415 @@
+"""The shrink pass: a new, smaller GraphModule without the channels that are exactly zero.
+
+A channel of a prunable group is removed when every producer slice (the weight rows that create
+it) is exactly zero. What it still contributes downstream is an input-independent constant (its
+bias through the norms and activations after it); shrink reads that constant on the example
+inputs and folds it into the consuming layer's bias, or keeps the channel where the constant
+cannot be folded (a padded conv, a sum). Then it slices every parameter and buffer, lets the op
+rules fix module attributes and literal arguments, removes dead code, and checks that the new
+graph computes what the old one did on the example inputs (``ShrinkError`` if not).
+
+Before: conv1 (16 out, 6 of them zero) -> bn1 -> relu -> conv2 (16 in).
+After:  conv1 (10 out) -> bn1 (10) -> relu -> conv2 (10 in), conv2.bias += folded constants.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.fx import GraphModule, Interpreter, Node
+from torch.fx.passes.infra.pass_base import PassResult
+
+from otofx.errors import AnalysisError, ShrinkError
+
+from . import labels as lb
+from .channels import LABELS, SHAPE, TABLE, tensor_named
+from .groups import GROUPS, PruningGroup
+from .registry import RULES
+from .shapes import evaluation
+from .table import PRODUCER, ConsumerSite
+
+
+@dataclass
+class ShrinkStats:
+    """What shrink removed and what it had to keep."""
+
+    removed: dict[str, int] = field(default_factory=dict)     # group name -> channels removed
+    kept_constant: dict[str, int] = field(default_factory=dict)  # group -> kept: unfoldable
+    folded: list[str] = field(default_factory=list)          # nodes whose bias absorbed constants
+
+
+class ShrinkContext:
+    """What a rule's ``rewrite`` sees: old and new shapes of any node, the module being rebuilt."""
+
+    def __init__(self, gm: GraphModule, analysis_gm: GraphModule, removed_roots: torch.Tensor):
+        self.gm = gm
+        self.table = analysis_gm.meta[TABLE]
+        self._meta = {n.name: n.meta for n in analysis_gm.graph.nodes}
+        self._removed_root = torch.zeros(self.table.uf.size + 1, dtype=torch.bool)
+        self._removed_root[removed_roots] = True
+
+    def removed(self, ids: torch.Tensor) -> torch.Tensor:
+        roots = self.table.uf.roots(ids)
+        return (roots >= 0) & self._removed_root[roots.clamp(min=0)]
+
+    def _labels(self, arg: Node) -> Any:
+        return self._meta[arg.name].get(LABELS)
+
+    def old_shape(self, arg: Node) -> Any:
+        return self._meta[arg.name].get(SHAPE)
+
+    def kept_mask(self, arg: Node, dim: int, L: torch.Tensor | None = None,
+                  shape: torch.Size | None = None) -> torch.Tensor | None:
+        L = self._labels(arg) if L is None else L
+        shape = self.old_shape(arg) if shape is None else shape
+        if not isinstance(L, torch.Tensor):
+            return None
+        if L.size(dim) == 1:
+            return torch.ones(shape[dim], dtype=torch.bool)
+        gone = self.removed(L).movedim(dim, 0).reshape(L.size(dim), -1).all(dim=1)
+        return ~gone
+
+    def _new(self, L: Any, shape: Any) -> Any:
+        if isinstance(L, torch.Tensor) and isinstance(shape, torch.Size):
+            return torch.Size(int(self.kept_mask(None, d, L, shape).sum()) for d in range(len(shape)))
+        if isinstance(L, (list, tuple)) and isinstance(shape, (list, tuple)):
+            return tuple(self._new(a, b) for a, b in zip(L, shape))
+        return shape
+
+    def new_shape(self, arg: Node) -> Any:
+        return self._new(self._labels(arg), self.old_shape(arg))
+
+    def changed(self, arg: Node) -> bool:
+        return self.new_shape(arg) != self.old_shape(arg)
+
+    def module(self, node: Node) -> nn.Module:
+        return self.gm.get_submodule(node.target)
+
+    @staticmethod
+    def arg_of(node: Node, index: int, name: str, default: Any = None) -> Any:
+        if name in node.kwargs:
+            return node.kwargs[name]
+        return node.args[index] if len(node.args) > index else default
+
+    @staticmethod
+    def set_arg(node: Node, index: int, name: str, value: Any) -> None:
+        if name in node.kwargs or len(node.args) <= index:
+            node.kwargs = {**node.kwargs, name: value}
+        else:
+            args = list(node.args)
+            args[index] = value
+            node.args = tuple(args)
+
+
+# ---- which channels go ---------------------------------------------------------------------------
+
+
+def dead_channels(gm: GraphModule, group: PruningGroup) -> torch.Tensor:
+    """Bool per channel of ``group``: every producer slice exactly zero in ``gm``'s weights."""
+    alive = torch.zeros(group.size, dtype=torch.bool)
+    for m in group.slices(PRODUCER):
+        t = tensor_named(gm, m.param).detach()
+        rows = t.index_select(m.dim, m.index.reshape(-1).to(t.device))
+        rows = rows.movedim(m.dim, 0).reshape(group.size, -1)
+        alive |= (rows != 0).any(dim=1).cpu()
+    return ~alive
+
+
+@dataclass
+class _Capture:
+    site: ConsumerSite
+    positions: torch.Tensor      # positions along site.dim that belong to candidate channels
+    values: torch.Tensor | None  # the input there, from the reference run
+    shape: torch.Size | None = None
+
+
+class _Recorder(Interpreter):
+    """Runs the unmodified copy; keeps the inputs that consumer sites read at removed channels."""
+
+    def __init__(self, gm: GraphModule, captures: dict[str, list[_Capture]]):
+        super().__init__(gm)
+        self.captures = captures
+
+    def run_node(self, n: Node) -> Any:
+        for cap in self.captures.get(n.name, []):
+            x = self.env[n.args[cap.site.arg]] if cap.site.arg < len(n.args) else None
+            if isinstance(x, torch.Tensor):
+                cap.shape = x.shape
+                cap.values = x.index_select(cap.site.dim % x.dim(), cap.positions).detach().clone()
+        return super().run_node(n)
+
+
+def _call_with(gm: GraphModule, node: Node, x: torch.Tensor, arg: int) -> torch.Tensor:
+    """Evaluate ``node`` alone with input ``arg`` replaced by ``x`` (other inputs: parameters)."""
+
+    def value(a: Any) -> Any:
+        if isinstance(a, Node):
+            if a.op != "get_attr":
+                raise ShrinkError(f"cannot evaluate {node.name} alone")
+            return tensor_named(gm, a.target)
+        return a
+
+    args = [x if i == arg else value(a) for i, a in enumerate(node.args)]
+    kwargs = {k: value(v) for k, v in node.kwargs.items()}
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)
+
+
+def _fold_delta(gm: GraphModule, node: Node, cap: _Capture, removed: torch.Tensor
+                ) -> torch.Tensor | None:
+    """The per-output-channel constant that removed channels add at ``node``; None if it is not
+    uniform over the other dims (it cannot be a bias then)."""
+    dim = cap.site.dim % len(cap.shape)
+    x = torch.zeros(cap.shape, dtype=cap.values.dtype, device=cap.values.device)
+    vals = cap.values * removed.view([-1 if d == dim else 1 for d in range(len(cap.shape))])
+    x.index_copy_(dim, cap.positions, vals)
+    with torch.no_grad():
+        delta = _call_with(gm, node, x, cap.site.arg) - _call_with(gm, node, torch.zeros_like(x),
+                                                                   cap.site.arg)
+    out_dim = cap.site.out_dim % delta.dim()
+    per = delta.movedim(out_dim, 0).reshape(delta.size(out_dim), -1)
+    if not torch.allclose(per, per[:, :1].expand_as(per), rtol=1e-5, atol=1e-6):
+        return None
+    return per[:, 0]
+
+
+def _bias_holder(gm: GraphModule, node: Node) -> tuple[nn.Module, str] | None:
+    if node.op == "call_module":
+        return gm.get_submodule(node.target), "bias"
+    bias = ShrinkContext.arg_of(node, 2, "bias")
+    if isinstance(bias, Node) and bias.op == "get_attr":
+        path, _, attr = bias.target.rpartition(".")
+        return gm.get_submodule(path), attr
+    return None
+
+
+def _decide(gm: GraphModule, ctx: ShrinkContext, captures: dict[str, list[_Capture]],
+            nodes: dict[str, Node]) -> tuple[set[int], dict[str, torch.Tensor]]:
+    """Roots that must stay (their constant cannot be folded) and the bias deltas to add."""
+    keep: set[int] = set()
+    deltas: dict[str, torch.Tensor] = {}
+    for name, caps in captures.items():
+        for cap in caps:
+            if cap.values is None:
+                continue
+            dim = cap.site.dim % cap.values.dim()
+            roots = ctx.table.uf.roots(cap.site.ids[cap.positions])
+            removed = ctx.removed(cap.site.ids[cap.positions])
+            flat = cap.values.movedim(dim, 0).reshape(cap.positions.numel(), -1)
+            nonzero = (flat != 0).any(dim=1) & removed
+            varies = (flat != flat[:, :1]).any(dim=1) & removed
+            if bool(varies.any()):
+                keep |= set(roots[varies].tolist())   # not a constant after all: keep it
+            if not bool(nonzero.any()):
+                continue
+            if cap.site.fold != "bias" or _bias_holder(gm, nodes[name]) is None:
+                keep |= set(roots[nonzero].tolist())
+                continue
+            delta = _fold_delta(gm, nodes[name], cap, removed & ~varies)
+            if delta is None:
+                keep |= set(roots[nonzero].tolist())
+            else:
+                deltas[name] = deltas.get(name, 0) + delta
+    return keep, deltas
+
+
+# ---- applying it ---------------------------------------------------------------------------------
+
+
+def _owners(gm: GraphModule) -> dict[int, list[tuple[nn.Module, str]]]:
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in gm.modules():
+        for attr, t in list(module._parameters.items()) + list(module._buffers.items()):
+            if t is not None:
+                owners.setdefault(id(t), []).append((module, attr))
+    return owners
+
+
+def _replace(owners, old: torch.Tensor, new: torch.Tensor) -> None:
+    if isinstance(old, nn.Parameter):
+        new = nn.Parameter(new, requires_grad=old.requires_grad)
+    for module, attr in owners.get(id(old), []):
+        if attr in module._parameters:
+            module._parameters[attr] = new
+        else:
+            module._buffers[attr] = new
+
+
+def _slice_tensors(gm: GraphModule, ctx: ShrinkContext) -> None:
+    keeps: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for (param, dim), ids in ctx.table.slice_ids.items():
+        gone = ctx.removed(ids)
+        if bool(gone.any()):
+            keeps.setdefault(param, []).append((dim, torch.nonzero(~gone).view(-1)))
+    for param, ids in ctx.table.element_ids.items():
+        gone = ctx.removed(ids)
+        if not bool(gone.any()):
+            continue
+        rebuilt = torch.zeros_like(gone)
+        for d in range(gone.dim()):
+            along = gone.movedim(d, 0).reshape(gone.size(d), -1).all(dim=1)
+            if bool(along.any()):
+                keeps.setdefault(param, []).append((d, torch.nonzero(~along).view(-1)))
+                rebuilt |= along.view([-1 if i == d else 1 for i in range(gone.dim())])
+        if not torch.equal(rebuilt, gone):
+            raise ShrinkError(f"the removed channels of '{param}' are not whole slices")
+    owners = _owners(gm)
+    for param, dims in keeps.items():
+        old = tensor_named(gm, param)
+        new = old.detach()
+        for dim, keep in dims:
+            new = new.index_select(dim, keep.to(new.device))
+        _replace(owners, old, new.clone())
+
+
+def _add_biases(gm: GraphModule, nodes: dict[str, Node], deltas: dict[str, torch.Tensor],
+                ctx: ShrinkContext) -> list[str]:
+    owners = _owners(gm)
+    done = []
+    for name, delta in deltas.items():
+        module, attr = _bias_holder(gm, nodes[name])
+        old = getattr(module, attr)
+        if old is None:
+            weight = module.weight
+            new = delta.to(weight.dtype)
+            keep = ctx.table.slice_ids.get((_name_of(gm, weight), 0))
+            module.bias = nn.Parameter(new.clone(), requires_grad=weight.requires_grad)
+            if keep is not None:   # the bias is new: slice it like the weight's rows
+                kept = ~ctx.removed(keep)
+                module.bias = nn.Parameter(module.bias.detach()[kept].clone(),
+                                           requires_grad=weight.requires_grad)
+        else:
+            _replace(owners, old, (old.detach() + delta.to(old.dtype)).clone())
+        done.append(name)
+    return done
+
+
+def _name_of(gm: GraphModule, t: torch.Tensor) -> str | None:
+    for name, p in gm.named_parameters(remove_duplicate=False):
+        if p is t:
+            return name
+    return None
+
+
+def _check(expected: Any, got: Any, where: str = "output") -> None:
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor) or expected.shape != got.shape:
+            raise ShrinkError(
+                f"the smaller graph's {where} has shape {getattr(got, 'shape', type(got))}, "
+                f"expected {tuple(expected.shape)}. This is an otofx bug: please report it.")
+        if expected.is_floating_point():
+            scale = expected.abs().max().item() if expected.numel() else 0.0
+            if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * max(1.0, scale)):
+                err = (got - expected).abs().max().item()
+                raise ShrinkError(
+                    f"the smaller graph's {where} differs from the original by {err:.3g} "
+                    "(max abs). This is an otofx bug: please report it with the model.")
+        elif not torch.equal(expected, got):
+            raise ShrinkError(f"the smaller graph's {where} differs from the original.")
+    elif isinstance(expected, (list, tuple)):
+        for i, (e, g) in enumerate(zip(expected, got)):
+            _check(e, g, f"{where}[{i}]")
+    elif isinstance(expected, dict):
+        for k in expected:
+            _check(expected[k], got[k], f"{where}[{k!r}]")
+
+
+def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequence[Any],
+                 verify: bool = True) -> tuple[GraphModule, ShrinkStats]:
+    """The smaller copy of ``gm`` (same graph as ``analysis_gm``, current weights) and stats."""
+    names = [n.name for n in gm.graph.nodes]
+    if names != [n.name for n in analysis_gm.graph.nodes]:
+        raise AnalysisError(
+            "the analysis was made for a different graph (node names differ); "
+            "run otofx.analyze on this GraphModule first.")
+    groups: list[PruningGroup] = analysis_gm.meta[GROUPS]
+    table = analysis_gm.meta[TABLE]
+    sub = copy.deepcopy(gm)
+    nodes = {n.name: n for n in sub.graph.nodes}
+    stats = ShrinkStats()
+
+    dead: dict[str, torch.Tensor] = {}
+    for g in groups:
+        if g.prunable:
+            d = dead_channels(sub, g)
+            if bool(d.all()):
+                d[0] = False          # a group keeps one channel: no dim may become empty
+            if bool(d.any()):
+                dead[g.name] = d
+    candidates = torch.cat([g.roots[dead[g.name]] for g in groups if g.name in dead]) \
+        if dead else torch.empty(0, dtype=torch.long)
+    if candidates.numel() == 0:
+        return sub, stats
+
+    ctx = ShrinkContext(sub, analysis_gm, candidates)
+    captures: dict[str, list[_Capture]] = {}
+    for site in table.consumers:
+        positions = torch.nonzero(ctx.removed(site.ids)).view(-1)
+        if positions.numel():
+            captures.setdefault(site.node, []).append(_Capture(site, positions, None))
+    with evaluation(sub):
+        reference = _Recorder(sub, captures).run(*example_inputs)
+
+    keep: set[int] = set()
+    while True:
+        ctx = ShrinkContext(sub, analysis_gm,
+                            candidates[~torch.isin(candidates, torch.tensor(sorted(keep),
+                                                                            dtype=torch.long))])
+        more, deltas = _decide(sub, ctx, captures, nodes)
+        if more <= keep:
+            break
+        keep |= more
+    removed_roots = candidates[~torch.isin(candidates, torch.tensor(sorted(keep), dtype=torch.long))]
+    for g in groups:
+        if g.name in dead:
+            gone = torch.isin(g.roots, removed_roots)
+            stats.removed[g.name] = int(gone.sum())
+            held = int(dead[g.name].sum()) - int(gone.sum())
+            if held:
+                stats.kept_constant[g.name] = held
+    if removed_roots.numel() == 0:
+        return sub, stats
+
+    with torch.no_grad():
+        stats.folded = _add_biases(sub, nodes, deltas, ctx)
+        _slice_tensors(sub, ctx)
+    for node in sub.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        rule = RULES.lookup(sub, node)
+        if rule is None or rule.rewrite is None:
+            continue
+        if ctx.changed(node) or any(ctx.changed(a) for a in node.all_input_nodes):
+            rule.rewrite(ctx, node)
+    sub.graph.eliminate_dead_code()
+    sub.recompile()
+    if verify:
+        try:
+            with evaluation(sub):
+                got = sub(*example_inputs)
+        except ShrinkError:
+            raise
+        except Exception as exc:
+            raise ShrinkError(
+                f"the smaller graph does not run on the example inputs ({type(exc).__name__}: "
+                f"{exc}). This is an otofx bug: please report it with the model.") from exc
+        _check(reference, got)
+    return sub, stats
+
+
+def shrink_pass(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequence[Any]
+                ) -> PassResult:
+    """Pass form of :func:`shrink_graph`: returns the smaller module, ``modified`` if it is."""
+    sub, stats = shrink_graph(gm, analysis_gm, example_inputs)
+    return PassResult(sub, bool(stats.removed))
+
+
+_ = lb  # labels are read through ShrinkContext.kept_mask

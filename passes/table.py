@@ -1,0 +1,150 @@
+"""The channel table: every channel id the channels pass hands out, and what ties them together.
+
+One table per analysed graph (``gm.meta["otofx.table"]``). It owns
+
+* a union-find over ids (unified ids are one channel: removing one removes all),
+* the canonical ids of parameter slices: ``slice_ids[(param, dim)][i]`` is the channel that slice
+  ``i`` of ``param`` along ``dim`` belongs to. Every use of a parameter unifies with these ids, so a
+  weight shared by two layers couples their channels by construction,
+* element ids of free parameters (``nn.Parameter`` reached through ``get_attr``), sliced later
+  along whichever dim their channels turn out to run,
+* consumer sites (where a removed channel's value is read, so a constant can be folded),
+* pins: ids that must never be removed, each with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+PRODUCER = "producer"      # weight rows whose zeroing makes the channel input-independent
+AFFINE = "affine"          # per-channel parameters zeroed with the producers (bias, norm affine)
+BUFFER = "buffer"          # per-channel buffers removed with the channel (running stats)
+CONSUMER = "consumer"      # input slices of the next layers, removed with the channel
+ROLES = (PRODUCER, AFFINE, BUFFER, CONSUMER)
+
+
+class UnionFind:
+    """Vectorised union-find over int64 ids; the root of a set is its smallest id."""
+
+    def __init__(self) -> None:
+        self._parent = torch.empty(0, dtype=torch.long)
+        self.size = 0
+
+    def new(self, n: int) -> torch.Tensor:
+        ids = torch.arange(self.size, self.size + n, dtype=torch.long)
+        if self.size + n > self._parent.numel():
+            grown = torch.arange(max(2 * (self.size + n), 1024), dtype=torch.long)
+            grown[: self.size] = self._parent[: self.size]
+            self._parent = grown
+        self.size += n
+        return ids
+
+    def roots(self, ids: torch.Tensor) -> torch.Tensor:
+        """Roots of ``ids``; negative entries (untracked/constant) are returned unchanged."""
+        flat = ids.reshape(-1)
+        valid = flat >= 0
+        if not bool(valid.any()):
+            return ids.clone()
+        x = flat[valid]
+        r = self._parent[x]
+        while True:
+            r2 = self._parent[r]
+            if torch.equal(r2, r):
+                break
+            r = r2
+        self._parent[x] = r
+        out = flat.clone()
+        out[valid] = r
+        return out.view_as(ids)
+
+    def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Unify ``a[i]`` with ``b[i]`` for every i where both are ids (>= 0)."""
+        a, b = a.reshape(-1), b.reshape(-1)
+        keep = (a >= 0) & (b >= 0)
+        a, b = a[keep], b[keep]
+        while a.numel():
+            ra, rb = self.roots(a), self.roots(b)
+            differ = ra != rb
+            if not bool(differ.any()):
+                return
+            ra, rb = ra[differ], rb[differ]
+            lo, hi = torch.minimum(ra, rb), torch.maximum(ra, rb)
+            self._parent.scatter_reduce_(0, hi, lo, reduce="amin")
+            a, b = a[differ], b[differ]
+
+
+@dataclass
+class ConsumerSite:
+    """A place that reads channels: ``node``'s input ``arg`` along ``dim``, one id per position.
+
+    ``fold`` says what a removed channel whose value is a non-zero constant may do here:
+    ``"bias"`` (its contribution, when uniform along every dim but ``out_dim``, is added to the
+    node's bias) or ``"zero"`` (only channels that are exactly zero may be removed).
+    """
+
+    node: str
+    arg: int
+    dim: int
+    ids: torch.Tensor
+    fold: str
+    out_dim: int = 1
+
+
+@dataclass
+class ChannelTable:
+    uf: UnionFind = field(default_factory=UnionFind)
+    slice_ids: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    slice_roles: dict[tuple[str, int], str] = field(default_factory=dict)
+    element_ids: dict[str, torch.Tensor] = field(default_factory=dict)
+    channel_ids: list[torch.Tensor] = field(default_factory=list)
+    consumers: list[ConsumerSite] = field(default_factory=list)
+    pins: list[tuple[torch.Tensor, str]] = field(default_factory=list)
+    _element_ranges: list[tuple[int, int]] = field(default_factory=list)
+
+    def new_channels(self, n: int) -> torch.Tensor:
+        """Fresh channel ids: the origin of a prunable dimension."""
+        ids = self.uf.new(n)
+        self.channel_ids.append(ids)
+        return ids
+
+    def param_slices(self, param: str, dim: int, n: int, role: str) -> torch.Tensor:
+        """Canonical channel ids of the ``n`` slices of ``param`` along ``dim``."""
+        key = (param, dim)
+        if key not in self.slice_ids:
+            self.slice_ids[key] = self.new_channels(n) if role == PRODUCER else self.uf.new(n)
+            self.slice_roles[key] = role
+        elif role == PRODUCER and self.slice_roles[key] != PRODUCER:
+            self.channel_ids.append(self.slice_ids[key])
+            self.slice_roles[key] = PRODUCER
+        return self.slice_ids[key]
+
+    def param_elements(self, param: str, shape: torch.Size) -> torch.Tensor:
+        """One id per element of a free parameter or buffer (same ids on every use)."""
+        if param not in self.element_ids:
+            ids = self.uf.new(max(1, shape.numel()))
+            self._element_ranges.append((int(ids[0]), int(ids[-1]) + 1))
+            self.element_ids[param] = ids.view(shape)
+        return self.element_ids[param]
+
+    def is_element(self, ids: torch.Tensor) -> torch.Tensor:
+        """Which ids are elements of constants (free parameters), not channels."""
+        out = torch.zeros_like(ids, dtype=torch.bool)
+        for lo, hi in self._element_ranges:
+            out |= (ids >= lo) & (ids < hi)
+        return out
+
+    def unify(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.uf.union(a, b)
+
+    def pin(self, ids: torch.Tensor, reason: str) -> None:
+        ids = ids.reshape(-1)
+        ids = ids[ids >= 0]
+        if ids.numel():
+            self.pins.append((ids.unique(), reason))
+
+    def consume(self, node: str, arg: int, dim: int, ids: torch.Tensor, fold: str,
+                out_dim: int = 1) -> None:
+        if bool((ids >= 0).any()):
+            self.consumers.append(ConsumerSite(node, arg, dim, ids.clone(), fold, out_dim))

@@ -1,0 +1,68 @@
+"""The trace pass: an ``nn.Module`` becomes a ``torch.fx.GraphModule``, the user's model untouched.
+
+A deepcopy of the model is traced with ``torch.fx.symbolic_trace`` semantics; modules named in
+``leaf_modules`` (instances' qualified names or classes) stay opaque ``call_module`` nodes, which
+pins the channels they touch unless a rule knows them. When tracing fails, ``TraceError`` names the
+innermost module being traced and suggests making it a leaf.
+
+Before: ``model = ResNet()``; after: a GraphModule whose nodes are ``conv1``, ``bn1``, ``relu``...
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.fx import GraphModule, Tracer
+
+from otofx.errors import TraceError
+
+
+class _LeafTracer(Tracer):
+    def __init__(self, leaf_modules: Iterable[Any]) -> None:
+        super().__init__()
+        leaves = list(leaf_modules)
+        self._leaf_types = tuple(x for x in leaves if isinstance(x, type))
+        self._leaf_names = {x for x in leaves if isinstance(x, str)}
+        self.stack: list[tuple[str, nn.Module]] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self._leaf_names or (self._leaf_types and isinstance(m, self._leaf_types)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        self.stack.append((self.path_of_module(m), m))
+        out = super().call_module(m, forward, args, kwargs)
+        self.stack.pop()
+        return out
+
+
+def trace_module(model: nn.Module, leaf_modules: Iterable[Any] = ()) -> GraphModule:
+    """Symbolically trace a deepcopy of ``model``; raise ``TraceError`` naming what failed."""
+    if isinstance(model, GraphModule):
+        return copy.deepcopy(model)
+    if not isinstance(model, nn.Module):
+        raise TraceError(f"expected an nn.Module to trace, got {type(model).__name__}.")
+    model = copy.deepcopy(model)
+    tracer = _LeafTracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        if tracer.stack:
+            path, module = tracer.stack[-1]
+            where = f"inside module '{path or '<root>'}' ({type(module).__name__})"
+            hint = (f"pass leaf_modules=['{path}'] (or leaf_modules=[{type(module).__name__}]) "
+                    "to keep it as an opaque layer whose channels are pinned")
+        else:
+            where = f"in the forward of {type(model).__name__}"
+            hint = "make the failing code a module and pass it in leaf_modules=[...]"
+        raise TraceError(
+            f"torch.fx could not trace {type(model).__name__}: it failed {where} with "
+            f"{type(exc).__name__}: {exc}. Data-dependent control flow cannot be traced; {hint}."
+        ) from exc
+    name = type(model).__name__
+    return GraphModule(tracer.root, graph, name)
