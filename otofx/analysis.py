@@ -9,6 +9,7 @@ import torch
 from torch.fx import GraphModule
 
 from otofx.passes.groups import PruningGroup
+from otofx.passes.table import AFFINE, PRODUCER
 
 
 @dataclass
@@ -29,21 +30,35 @@ class Analysis:
     def pinned(self) -> list[PruningGroup]:
         return [g for g in self.groups if not g.prunable]
 
-    def prunable_params(self) -> tuple[int, int]:
-        """(parameter elements removed if every prunable channel went, all parameter elements)."""
-        total = sum(p.numel() for p in self.gm.parameters())
-        names = dict(self.gm.named_parameters())
-        masks = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in names.items()}
+    def _removed_mask(self, channels: dict[str, torch.Tensor] | None,
+                      roles: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        masks = {n: torch.zeros(p.shape, dtype=torch.bool)
+                 for n, p in self.gm.named_parameters()}
         for g in self.prunable:
-            for m in g.members:
+            chosen = None if channels is None else channels.get(g.name)
+            if channels is not None and chosen is None:
+                continue
+            for m in g.slices(*roles):
                 if m.param in masks:
-                    view = masks[m.param].movedim(m.dim, 0)
-                    view[m.index.reshape(-1)] = True
+                    index = m.index if chosen is None else m.index[chosen]
+                    masks[m.param].movedim(m.dim, 0)[index.reshape(-1)] = True
+        return masks
+
+    def prunable_params(self) -> tuple[int, int]:
+        """(parameter elements inside prunable groups' producer and affine slices, all of them):
+        the share of the model that training can drive to zero."""
+        total = sum(p.numel() for p in self.gm.parameters())
+        masks = self._removed_mask(None, (PRODUCER, AFFINE))
         return sum(int(m.sum()) for m in masks.values()), total
 
-    def report(self) -> str:
+    def params_after(self, removed: dict[str, torch.Tensor]) -> int:
+        """Parameter count once the channels ``removed[group name]`` (indices) are gone."""
+        return sum(int((~m).sum()) for m in self._removed_mask(removed).values())
+
+    def report(self, max_rows: int = 60) -> str:
+        """Groups, what is pinned and why, the prunable share of parameters and FLOPs."""
         from otofx.report import analysis_report
-        return analysis_report(self)
+        return analysis_report(self, max_rows=max_rows)
 
     def summary(self) -> dict[str, Any]:
         removable, total = self.prunable_params()

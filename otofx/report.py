@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from otofx.flops import count_flops, flops_by_module
+from otofx.passes.table import PRODUCER
 
 if TYPE_CHECKING:
     from otofx.analysis import Analysis
@@ -41,21 +44,18 @@ def analysis_report(analysis: Analysis, max_rows: int = 60) -> str:
 
 
 def prunable_flops_share(analysis: Analysis) -> float:
-    """FLOPs of each module weighted by the share of its weight that prunable groups can remove.
-
-    An upper bound on what pruning every prunable channel would save; 0 when nothing is prunable.
-    """
+    """FLOPs of each module weighted by the share of its weight rows that are prunable channels'
+    producers: the part of the compute that training can switch off."""
     per_module = flops_by_module(analysis.gm, analysis.example_inputs)
     total = count_flops(analysis.gm, analysis.example_inputs)
     if not total:
         return 0.0
     params = dict(analysis.gm.named_parameters())
     share: dict[str, float] = {}
-    masks: dict[str, object] = {}
-    import torch
+    masks: dict[str, torch.Tensor] = {}
     for g in analysis.prunable:
-        for m in g.members:
-            if m.param in params and m.param.endswith("weight"):
+        for m in g.slices(PRODUCER):
+            if m.param in params:
                 mask = masks.setdefault(m.param, torch.zeros(params[m.param].shape, dtype=torch.bool))
                 mask.movedim(m.dim, 0)[m.index.reshape(-1)] = True
     for name, mask in masks.items():

@@ -27,7 +27,7 @@ from torch.fx import GraphModule, Node
 from torch.fx.passes.infra.pass_base import PassResult
 
 from . import labels as lb
-from .registry import RULES
+from .registry import RULES, arg_of
 from .table import ChannelTable
 
 LABELS = "otofx.labels"
@@ -82,10 +82,7 @@ class ChannelContext:
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
         """The node's argument by position or keyword."""
-        node = self.node
-        if name in node.kwargs:
-            return node.kwargs[name]
-        return node.args[index] if len(node.args) > index else default
+        return arg_of(self.node, index, name, default)
 
     def module(self, node: Node | None = None) -> torch.nn.Module:
         return self.gm.get_submodule((node or self.node).target)

@@ -135,28 +135,43 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
     for root in units.tolist():
         by_signature[(tuple(signature[root]), root in pins)].append(root)
 
+    # every (group, record) block of entries, channels in root order, positions in order
+    group_of = torch.full((uf.size,), -1, dtype=torch.long)
+    keys = list(by_signature)
+    for gi, key in enumerate(keys):
+        group_of[torch.tensor(by_signature[key], dtype=torch.long)] = gi
+    block = group_of[roots] * K + kinds
+    order = torch.argsort(block, stable=True)
+    block, pos = block[order], pos[order]
+    starts: dict[int, int] = {}
+    offset = 0
+    for b, n in zip(*[t.tolist() for t in torch.unique_consecutive(block, return_counts=True)]):
+        starts[b] = offset
+        offset += n
+
     groups: list[PruningGroup] = []
     names: dict[str, int] = defaultdict(int)
-    for (sig, pinned), members_roots in by_signature.items():
-        group_roots = torch.tensor(members_roots, dtype=torch.long)
-        in_group = torch.isin(roots, group_roots)
+    for gi, (sig, pinned) in enumerate(keys):
+        members_roots = by_signature[(sig, pinned)]
+        size = len(members_roots)
         members, consumers = [], []
         for k, count in sig:
             rec = records[k]
             if rec.role == "site":
                 consumers.append(rec.key[1])
                 continue
-            index = pos[in_group & (kinds == k)].view(len(members_roots), count)
+            start = starts[gi * K + k]
+            index = pos[start: start + size * count].view(size, count)
             members.append(ChannelSlice(rec.key[0], rec.key[1], rec.role, index))
         producers = [m for m in members if m.role == PRODUCER]
         base = (producers or members)[0].param.rsplit(".", 1)[0] if members else "group"
         names[base] += 1
         name = base if names[base] == 1 else f"{base}#{names[base]}"
         why = sorted({w for r in members_roots for w in pins.get(r, [])})[:8] if pinned else []
-        if not pinned and len(members_roots) < 2:
+        if not pinned and size < 2:
             why = ["a single channel: removing it would leave the dim empty"]
-        groups.append(PruningGroup(name, len(members_roots), not why, why, members,
-                                   sorted(set(consumers)), group_roots))
+        groups.append(PruningGroup(name, size, not why, why, members, sorted(set(consumers)),
+                                   torch.tensor(members_roots, dtype=torch.long)))
     groups.sort(key=lambda g: int(g.roots[0]))
     return groups
 
@@ -164,20 +179,9 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
 def _dim_exprs(gm: GraphModule, groups: list[PruningGroup]) -> None:
     """``node.meta["otofx.dims"]``: each dim's size as ``constant + sum(k_g * S_g)``."""
     table = gm.meta[TABLE]
-    lookup_roots, lookup_group = [], []
-    for g in groups:
-        lookup_roots.append(g.roots)
-        lookup_group.append(torch.full_like(g.roots, len(lookup_group)))
-    if not groups:
-        for node in gm.graph.nodes:
-            shape = node.meta.get(SHAPE)
-            if isinstance(shape, torch.Size):
-                node.meta[DIMS] = tuple(sympy.Integer(s) for s in shape)
-        return
-    all_roots = torch.cat(lookup_roots)
-    all_groups = torch.cat(lookup_group)
-    order = torch.argsort(all_roots)
-    all_roots, all_groups = all_roots[order], all_groups[order]
+    group_of = torch.full((table.uf.size + 1,), -1, dtype=torch.long)
+    for gi, g in enumerate(groups):
+        group_of[g.roots] = gi
     for node in gm.graph.nodes:
         L, shape = node.meta.get(LABELS), node.meta.get(SHAPE)
         if not isinstance(L, torch.Tensor) or not isinstance(shape, torch.Size):
@@ -186,14 +190,13 @@ def _dim_exprs(gm: GraphModule, groups: list[PruningGroup]) -> None:
         exprs = []
         for d in range(len(shape)):
             per_pos = lb.along(R, d)
-            at = torch.searchsorted(all_roots, per_pos.clamp(min=0))
-            at = at.clamp(max=all_roots.numel() - 1)
-            known = (per_pos >= 0) & (all_roots[at] == per_pos)
+            gid = torch.where(per_pos >= 0, group_of[per_pos.clamp(min=0)], -1)
             repeat = shape[d] if R.size(d) == 1 else 1
-            expr = sympy.Integer(int((~known).sum()) * repeat)
-            for gi, count in zip(*torch.unique(all_groups[at[known]], return_counts=True)):
-                g = groups[int(gi)]
-                n = int(count) * repeat
+            expr = sympy.Integer(int((gid < 0).sum()) * repeat)
+            for gi, count in zip(*[t.tolist() for t in torch.unique(gid[gid >= 0],
+                                                                   return_counts=True)]):
+                g = groups[gi]
+                n = count * repeat
                 expr += (n // g.size) * g.symbol if n % g.size == 0 else sympy.Integer(n)
             exprs.append(expr)
         node.meta[DIMS] = tuple(exprs)

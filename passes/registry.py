@@ -100,6 +100,13 @@ class RuleRegistry:
 RULES = RuleRegistry()
 
 
+def arg_of(node: Node, index: int, name: str, default: Any = None) -> Any:
+    """A call's argument by keyword ``name`` or position ``index``."""
+    if name in node.kwargs:
+        return node.kwargs[name]
+    return node.args[index] if len(node.args) > index else default
+
+
 def aten(name: str, *overloads: str) -> list:
     """Aten spellings of an op that exist in the installed torch (``aten("relu", "default")``)."""
     packet = getattr(torch.ops.aten, name, None)

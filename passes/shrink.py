@@ -29,7 +29,7 @@ from otofx.errors import AnalysisError, ShrinkError
 from . import labels as lb
 from .channels import LABELS, SHAPE, TABLE, tensor_named
 from .groups import GROUPS, PruningGroup
-from .registry import RULES
+from .registry import RULES, arg_of
 from .shapes import evaluation
 from .table import PRODUCER, ConsumerSite
 
@@ -39,6 +39,7 @@ class ShrinkStats:
     """What shrink removed and what it had to keep."""
 
     removed: dict[str, int] = field(default_factory=dict)     # group name -> channels removed
+    removed_channels: dict[str, torch.Tensor] = field(default_factory=dict)  # -> their indices
     kept_constant: dict[str, int] = field(default_factory=dict)  # group -> kept: unfoldable
     folded: list[str] = field(default_factory=list)          # nodes whose bias absorbed constants
 
@@ -90,11 +91,7 @@ class ShrinkContext:
     def module(self, node: Node) -> nn.Module:
         return self.gm.get_submodule(node.target)
 
-    @staticmethod
-    def arg_of(node: Node, index: int, name: str, default: Any = None) -> Any:
-        if name in node.kwargs:
-            return node.kwargs[name]
-        return node.args[index] if len(node.args) > index else default
+    arg_of = staticmethod(arg_of)
 
     @staticmethod
     def set_arg(node: Node, index: int, name: str, value: Any) -> None:
@@ -372,6 +369,7 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
         if g.name in dead:
             gone = torch.isin(g.roots, removed_roots)
             stats.removed[g.name] = int(gone.sum())
+            stats.removed_channels[g.name] = torch.nonzero(gone).view(-1)
             held = int(dead[g.name].sum()) - int(gone.sum())
             if held:
                 stats.kept_constant[g.name] = held

@@ -54,8 +54,20 @@ def elementwise(ctx, node):
     return ctx.combine(list(node.args) + list(node.kwargs.values()))
 
 
+def _library_passthroughs() -> list:
+    """Dropout-like ops of libraries that may be installed (identity in eval mode)."""
+    keys = []
+    try:
+        import torchvision.ops as tvops
+        keys += [tvops.stochastic_depth, tvops.StochasticDepth]
+    except ImportError:
+        pass
+    return keys
+
+
 @RULES.register(*functions(*PASSTHROUGH), *module_classes(*PASSTHROUGH_MODULES),
-                *[k for n in PASSTHROUGH for k in aten(n)], name="passthrough")
+                *[k for n in PASSTHROUGH for k in aten(n)], *_library_passthroughs(),
+                name="passthrough")
 def passthrough(ctx, node):
     """Ops that return their first argument's values (dropout, dtype casts, copies)."""
     L = ctx.labels(node.args[0])

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.fx import Node
 
 from .. import labels as lb
-from ..registry import RULES, Method, aten, functions, module_classes
+from ..registry import RULES, Method, aten, arg_of, functions, module_classes
 
 # ---- view family: order-preserving reshapes ---------------------------------------------------
 
@@ -198,10 +198,8 @@ def stack(ctx, node):
     return torch.cat([L.expand(compact) for L in Ls], dim=dim)
 
 
-def _split_dim(ctx, node) -> int:
-    if node.target in ("unbind", torch.unbind):
-        return ctx.arg(1, "dim", 0)
-    return ctx.arg(2, "dim", 0)
+def _split_dim(node) -> int:
+    return arg_of(node, 2, "dim", 0)
 
 
 @RULES.register(*functions("split", "chunk", "tensor_split", "split_with_sizes"),
@@ -210,7 +208,7 @@ def _split_dim(ctx, node) -> int:
 def split(ctx, node):
     x = node.args[0]
     shape = ctx.shape(x)
-    dim = _split_dim(ctx, node) % len(shape)
+    dim = _split_dim(node) % len(shape)
     L = lb.materialize(ctx.labels(x), shape, [dim])
     sizes = [s[dim] for s in ctx.out_shape]
     if L.size(dim) == 1:
@@ -224,7 +222,7 @@ def _split_rewrite(ctx, node):
             raise NotImplementedError("tensor_split on a pruned dim")
         return
     shape = ctx.old_shape(node.args[0])
-    dim = _split_dim(ctx, node) % len(shape)
+    dim = _split_dim(node) % len(shape)
     sizes = [int(s[dim]) for s in ctx.new_shape(node)]
     if node.op == "call_method":
         node.target = "split"

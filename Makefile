@@ -1,0 +1,32 @@
+# Every target creates the virtual environment first when it is missing (or stale).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.otofx-installed
+
+.PHONY: demo test test-slow fuzz bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,demo]' ruff
+	touch $(STAMP)
+
+demo: $(STAMP)  ## inspect a ResNet-50, zero half of every prunable group, shrink, compare
+	$(PY) -m otofx roundtrip torchvision.models:resnet50 --input-shape 1,3,224,224 --max-rows 12
+
+test: $(STAMP)  ## the CI test suite (models under 100M parameters)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)  ## the few zoo models over 100M parameters
+	$(PY) -m pytest -q -m slow
+
+fuzz: $(STAMP)  ## thousands of random architectures (hypothesis "fuzz" profile)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_properties_cnn.py
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.analysis_speed
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check otofx passes tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,104 @@
+"""The peer packages, loaded if installed: torch-pruning (DepGraph) and only-train-once.
+
+Each loader returns the package's entry point or a one-line reason why it is not available; it
+never raises. only-train-once 3.0.1 builds its graph through TorchScript-to-ONNX internals that
+recent torch moved; :func:`load_oto` points the old names at the new places for this process only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import types
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _reason(exc: BaseException) -> str:
+    """``exc`` as one short line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:120]
+
+
+def load_torch_pruning() -> tuple[Any | None, str]:
+    """``(torch_pruning module, "")`` or ``(None, reason)``."""
+    try:
+        import torch_pruning
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
+        return None, _reason(exc)
+    return torch_pruning, ""
+
+
+def _shim_torch_onnx() -> None:
+    """Re-expose the torch.onnx internals only-train-once 3.0.1 imports, where torch moved them."""
+    if "torch.onnx._globals" not in sys.modules:
+        try:
+            import torch.onnx._globals  # noqa: F401 - older torch still has it
+        except ImportError:
+            from torch.onnx._internal.torchscript_exporter import _globals
+            sys.modules["torch.onnx._globals"] = _globals
+    if not hasattr(torch.onnx, "_optimize_graph"):
+        from torch.onnx._internal.torchscript_exporter import utils as ts_utils
+        torch.onnx._optimize_graph = ts_utils._optimize_graph
+
+
+def _shim_oto_symbolic_helper() -> None:
+    """Give only-train-once's graph utils the symbolic_helper names torch dropped."""
+    from only_train_once.graph import utils as oto_utils
+    helper = oto_utils.symbolic_helper
+    if hasattr(helper, "is_caffe2_aten_fallback") and hasattr(helper, "_quantized_ops"):
+        return
+    from torch.onnx._internal.torchscript_exporter import symbolic_helper as internal
+    oto_utils.symbolic_helper = types.SimpleNamespace(
+        _quantized_ops=getattr(internal, "_quantized_ops", set()),
+        is_caffe2_aten_fallback=lambda: False)
+
+
+def load_oto() -> tuple[Any | None, str]:
+    """``(only_train_once.OTO, "")`` or ``(None, reason)``, applying the torch-compat shims."""
+    try:
+        import importlib.util
+        if importlib.util.find_spec("only_train_once") is None:
+            return None, "not installed (pip install only-train-once==3.0.1)"
+        _shim_torch_onnx()
+        from only_train_once import OTO
+        _shim_oto_symbolic_helper()
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
+        return None, _reason(exc)
+    return OTO, ""
+
+
+def classifier_layers(model: nn.Module) -> list[nn.Module]:
+    """The last Linear layer (the classifier), which a pruner must leave alone."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
+
+
+def tp_dependency_graph(tp: Any, model: nn.Module, x: torch.Tensor) -> Any:
+    """torch-pruning's DependencyGraph of ``model``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tp.DependencyGraph().build_dependency(model, example_inputs=x)
+
+
+def tp_prune(tp: Any, model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
+    """torch-pruning's full magnitude prune of ``ratio`` of the channels; mutates ``model``."""
+    heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MagnitudePruner(
+            model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+            ignored_layers=classifier_layers(model), num_heads=heads)
+        pruner.step()
+    return model
+
+
+def oto_graph(oto_cls: Any, model: nn.Module, x: torch.Tensor) -> Any:
+    """only-train-once's graph construction, ``OTO(model, dummy_input)``, its prints silenced."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return oto_cls(model, x)

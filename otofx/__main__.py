@@ -1,0 +1,5 @@
+import sys
+
+from otofx.cli import main
+
+sys.exit(main())
