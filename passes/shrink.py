@@ -300,14 +300,14 @@ def _check(expected: Any, got: Any, where: str = "output") -> None:
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor) or expected.shape != got.shape:
             raise ShrinkError(
-                f"the smaller graph's {where} has shape {getattr(got, 'shape', type(got))}, "
+                f"The smaller graph's {where} has shape {getattr(got, 'shape', type(got))}, "
                 f"expected {tuple(expected.shape)}. This is an otofx bug: please report it.")
         if expected.is_floating_point():
             scale = expected.abs().max().item() if expected.numel() else 0.0
             if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * max(1.0, scale)):
                 err = (got - expected).abs().max().item()
                 raise ShrinkError(
-                    f"the smaller graph's {where} differs from the original by {err:.3g} "
+                    f"The smaller graph's {where} differs from the original by {err:.3g} "
                     "(max abs). This is an otofx bug: please report it with the model.")
         elif not torch.equal(expected, got):
             raise ShrinkError(f"the smaller graph's {where} differs from the original.")
@@ -317,6 +317,44 @@ def _check(expected: Any, got: Any, where: str = "output") -> None:
     elif isinstance(expected, dict):
         for k in expected:
             _check(expected[k], got[k], f"{where}[{k!r}]")
+
+
+class _Values(Interpreter):
+    def __init__(self, gm: GraphModule):
+        super().__init__(gm)
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: Node) -> Any:
+        out = super().run_node(n)
+        self.values[n.name] = out
+        return out
+
+
+def first_divergence(gm: GraphModule, sub: GraphModule, ctx: ShrinkContext,
+                     example_inputs: Sequence[Any]) -> str:
+    """The first node whose kept values differ between ``gm`` and its shrunk ``sub``."""
+    with evaluation(gm), evaluation(sub):
+        old, new = _Values(gm), _Values(sub)
+        old.run(*example_inputs)
+        try:
+            new.run(*example_inputs)
+        except Exception as exc:
+            return f"it fails at node after '{list(new.values)[-1]}': {type(exc).__name__}: {exc}"
+    for node in sub.graph.nodes:
+        a, b = old.values.get(node.name), new.values.get(node.name)
+        if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+            continue
+        for d in range(a.dim()):
+            keep = ctx.kept_mask(node, d)
+            if keep is not None and keep.numel() == a.size(d):
+                a = a.index_select(d, torch.nonzero(keep).view(-1))
+        if a.shape != b.shape:
+            return f"node '{node.name}' ({node.format_node()}) has shape {tuple(b.shape)}, " \
+                   f"expected {tuple(a.shape)}"
+        if a.is_floating_point() and not torch.allclose(a, b, rtol=1e-3, atol=1e-4):
+            return f"node '{node.name}' ({node.format_node()}) differs by " \
+                   f"{(a - b).abs().max().item():.3g}"
+    return "no single node differs"
 
 
 def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequence[Any],
@@ -393,13 +431,10 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
         try:
             with evaluation(sub):
                 got = sub(*example_inputs)
-        except ShrinkError:
-            raise
+            _check(reference, got)
         except Exception as exc:
-            raise ShrinkError(
-                f"the smaller graph does not run on the example inputs ({type(exc).__name__}: "
-                f"{exc}). This is an otofx bug: please report it with the model.") from exc
-        _check(reference, got)
+            where = first_divergence(gm, sub, ctx, example_inputs)
+            raise ShrinkError(f"{exc} First divergence: {where}.") from exc
     return sub, stats
 
 

@@ -21,10 +21,27 @@ from torch.fx import GraphModule, Tracer
 from otofx.errors import TraceError
 
 
+def default_leaves() -> list[type[nn.Module]]:
+    """Library modules kept opaque by default: ones whose forward reads ``self.training`` (it
+    would be baked into the graph as a constant) and that a rule knows as a whole."""
+    leaves: list[type[nn.Module]] = []
+    try:
+        from torchvision.ops import StochasticDepth
+        leaves.append(StochasticDepth)
+    except ImportError:
+        pass
+    try:
+        from timm.layers import DropPath
+        leaves.append(DropPath)
+    except ImportError:
+        pass
+    return leaves
+
+
 class _LeafTracer(Tracer):
     def __init__(self, leaf_modules: Iterable[Any]) -> None:
         super().__init__()
-        leaves = list(leaf_modules)
+        leaves = list(leaf_modules) + default_leaves()
         self._leaf_types = tuple(x for x in leaves if isinstance(x, type))
         self._leaf_names = {x for x in leaves if isinstance(x, str)}
         self.stack: list[tuple[str, nn.Module]] = []

@@ -62,6 +62,11 @@ def _library_passthroughs() -> list:
         keys += [tvops.stochastic_depth, tvops.StochasticDepth]
     except ImportError:
         pass
+    try:
+        from timm.layers import DropPath, drop_path
+        keys += [DropPath, drop_path]
+    except ImportError:
+        pass
     return keys
 
 

@@ -1,0 +1,1 @@
+"""Named models for the zoo tests and the CLI tests."""
