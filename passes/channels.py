@@ -18,6 +18,7 @@ same ids; ``conv2`` records them as consumers of ``conv2.weight`` along dim 1.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -144,11 +145,10 @@ class ChannelContext:
                     self.pin(L[has_ids & ~element], "broadcast across the channels of another tensor")
                     L[has_ids & element] = lb.CONSTANT
                     L[has_ids & ~element] = lb.UNTRACKED
-        stack = torch.stack(Ls)
-        ref = stack.max(dim=0).values
+        ref = functools.reduce(torch.maximum, Ls)
         for L in Ls:
             self.table.unify(ref, L)
-        untracked = (stack == lb.UNTRACKED).any(dim=0)
+        untracked = functools.reduce(torch.logical_or, [L == lb.UNTRACKED for L in Ls])
         self.pin(ref[untracked & (ref >= 0)], "joined with data that carries no channel")
         fill = torch.where(untracked, lb.UNTRACKED, lb.CONSTANT)
         return torch.where(ref >= 0, ref, fill)

@@ -24,7 +24,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from . import labels as lb
 from .channels import LABELS, SHAPE, TABLE
-from .table import AFFINE, PRODUCER
+from .table import AFFINE, PRODUCER, member_mask, stable_argsort
 
 GROUPS = "otofx.groups"
 DIMS = "otofx.dims"
@@ -123,9 +123,9 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
     roots = torch.cat([r.roots for r in records])
     kinds = torch.cat([torch.full_like(r.roots, k) for k, r in enumerate(records)])
     pos = torch.cat([torch.arange(r.roots.numel()) for r in records])
-    mask = torch.isin(roots, units)
+    mask = member_mask(roots, units)
     roots, kinds, pos = roots[mask], kinds[mask], pos[mask]
-    order = torch.argsort(roots * K + kinds, stable=True)
+    order = stable_argsort(roots * K + kinds)
     roots, kinds, pos = roots[order], kinds[order], pos[order]
     pairs, counts = torch.unique_consecutive(roots * K + kinds, return_counts=True)
     signature: dict[int, list] = defaultdict(list)
@@ -141,7 +141,7 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
     for gi, key in enumerate(keys):
         group_of[torch.tensor(by_signature[key], dtype=torch.long)] = gi
     block = group_of[roots] * K + kinds
-    order = torch.argsort(block, stable=True)
+    order = stable_argsort(block)
     block, pos = block[order], pos[order]
     starts: dict[int, int] = {}
     offset = 0

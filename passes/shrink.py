@@ -31,7 +31,7 @@ from .channels import LABELS, SHAPE, TABLE, tensor_named
 from .groups import GROUPS, PruningGroup
 from .registry import RULES, arg_of
 from .shapes import evaluation
-from .table import PRODUCER, ConsumerSite
+from .table import PRODUCER, ConsumerSite, member_mask
 
 
 @dataclass
@@ -395,17 +395,16 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
 
     keep: set[int] = set()
     while True:
-        ctx = ShrinkContext(sub, analysis_gm,
-                            candidates[~torch.isin(candidates, torch.tensor(sorted(keep),
-                                                                            dtype=torch.long))])
+        removed_roots = candidates[~member_mask(candidates, torch.tensor(sorted(keep),
+                                                                         dtype=torch.long))]
+        ctx = ShrinkContext(sub, analysis_gm, removed_roots)
         more, deltas = _decide(sub, ctx, captures, nodes)
         if more <= keep:
             break
         keep |= more
-    removed_roots = candidates[~torch.isin(candidates, torch.tensor(sorted(keep), dtype=torch.long))]
     for g in groups:
         if g.name in dead:
-            gone = torch.isin(g.roots, removed_roots)
+            gone = member_mask(g.roots, removed_roots)
             stats.removed[g.name] = int(gone.sum())
             stats.removed_channels[g.name] = torch.nonzero(gone).view(-1)
             held = int(dead[g.name].sum()) - int(gone.sum())

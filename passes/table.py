@@ -75,6 +75,21 @@ class UnionFind:
             a, b = a[differ], b[differ]
 
 
+def member_mask(ids: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """``torch.isin(ids, members)`` for non-negative ids, by a lookup table (linear time)."""
+    if ids.numel() == 0:
+        return torch.zeros_like(ids, dtype=torch.bool)
+    top = int(max(ids.max().item(), members.max().item() if members.numel() else 0)) + 1
+    table = torch.zeros(top, dtype=torch.bool)
+    table[members] = True
+    return (ids >= 0) & table[ids.clamp(min=0)]
+
+
+def stable_argsort(keys: torch.Tensor) -> torch.Tensor:
+    """A stable argsort of int64 keys (numpy's radix sort is several times faster than torch's)."""
+    return torch.from_numpy(keys.numpy().argsort(kind="stable"))
+
+
 @dataclass
 class ConsumerSite:
     """A place that reads channels: ``node``'s input ``arg`` along ``dim``, one id per position.

@@ -1,0 +1,24 @@
+"""Every torchvision classification model, built small enough for CI (no weights, 10 classes)."""
+
+import torch
+import torchvision
+from torch import nn
+
+# Over 100M parameters: run by `make test-slow` (pytest -m slow), not in CI.
+BIG = {"convnext_large", "efficientnet_v2_l", "regnet_x_32gf", "regnet_y_32gf", "regnet_y_128gf",
+       "vit_h_14", "vit_l_16", "vit_l_32"}
+# Their architecture fixes the input resolution (position embeddings, window grids).
+FULL_RESOLUTION = ("vit_", "swin", "maxvit")
+
+
+def names() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    kwargs = {"weights": None, "num_classes": 10}
+    if name in ("googlenet", "inception_v3"):
+        kwargs.update(aux_logits=False, init_weights=False)
+    model = torchvision.models.get_model(name, **kwargs)
+    size = 224 if name.startswith(FULL_RESOLUTION) else 96 if name == "inception_v3" else 64
+    return model, torch.randn(2, 3, size, size)
