@@ -39,6 +39,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class LazyElements:
+    """Labels of a parameter read through ``get_attr``, allocated on first use: most such reads
+    feed a layer that records slices by name and never need per-element ids."""
+
+    name: str
+    shape: torch.Size
+
+
+@dataclass
 class SizeDep:
     """A python number computed from tensor sizes; ``ids`` are the channels it counts."""
 
@@ -61,7 +70,10 @@ class ChannelContext:
     # ---- arguments -------------------------------------------------------------------------
     def labels(self, arg: Any) -> Any:
         if isinstance(arg, Node):
-            return arg.meta.get(LABELS)
+            L = arg.meta.get(LABELS)
+            if isinstance(L, LazyElements):
+                L = arg.meta[LABELS] = self.table.param_elements(L.name, L.shape).clone()
+            return L
         if isinstance(arg, (list, tuple)):
             return type(arg)(self.labels(a) for a in arg)
         return None
@@ -75,7 +87,8 @@ class ChannelContext:
         return None
 
     def is_tensor(self, arg: Any) -> bool:
-        return isinstance(arg, Node) and isinstance(arg.meta.get(LABELS), torch.Tensor)
+        return isinstance(arg, Node) and isinstance(arg.meta.get(LABELS),
+                                                    (torch.Tensor, LazyElements))
 
     @property
     def out_shape(self) -> Any:
@@ -120,7 +133,7 @@ class ChannelContext:
     def unknown(self, reason: str) -> Any:
         """Treat the current node as an op without a rule: pin all it touches."""
         for a in _flat_args(self.node):
-            L = self.labels(a)
+            L = a.meta.get(LABELS) if isinstance(a, Node) else None   # lazy ones stay unread
             self.pin(L, reason)
             if isinstance(L, SizeDep):
                 self.table.pin(L.ids, f"{reason} (at node '{self.node.name}')")
@@ -187,10 +200,11 @@ def propagate_node(ctx: ChannelContext, node: Node) -> Any:
         name = ctx.param_of(node)
         shape = node.meta.get(SHAPE)
         if name is not None and isinstance(shape, torch.Size):
-            return ctx.table.param_elements(name, shape).clone()
+            return LazyElements(name, shape)
         return ctx.untracked() if isinstance(shape, torch.Size) else None
     if node.op == "output":
-        ctx.pin(ctx.labels(node.args[0]), "reaches a graph output")
+        ctx.pin(torch.fx.node.map_aggregate(node.args[0], lambda a: a.meta.get(LABELS) if isinstance(
+            a, Node) else None), "reaches a graph output")
         return None
     rule = RULES.lookup(ctx.gm, node)
     if rule is None:

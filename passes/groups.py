@@ -76,36 +76,38 @@ class _Record:
     roots: torch.Tensor     # root id of each position along the dim
 
 
-def _records(gm: GraphModule, table) -> tuple[list[_Record], dict[int, list[str]]]:
+def _records(gm: GraphModule, table, units: torch.Tensor
+             ) -> tuple[list[_Record], list[tuple[torch.Tensor, str]]]:
     uf = table.uf
     records = [_Record(key, table.slice_roles[key], uf.roots(ids))
                for key, ids in table.slice_ids.items()]
-    extra_pins: dict[int, list[str]] = defaultdict(list)
+    extra_pins: list[tuple[torch.Tensor, str]] = []
     sliced = {name for name, _ in table.slice_ids}
     for name, ids in table.element_ids.items():
         roots = uf.roots(ids)
+        if not bool(member_mask(roots.reshape(-1), units).any()):
+            continue                      # a constant that no channel reaches
         if name in sliced:
-            for r in roots.unique().tolist():
-                extra_pins[r].append(f"parameter '{name}' is used both by a layer and as a tensor")
+            extra_pins.append((roots, f"parameter '{name}' is used both by a layer and as a tensor"))
             continue
         for d in range(roots.dim()):
-            if roots.size(d) > 1 and bool((lb.along(roots, d) >= 0).all()) and roots.dim() > 0:
+            if roots.size(d) > 1 and bool((lb.along(roots, d) >= 0).all()):
                 records.append(_Record((name, d), AFFINE, lb.along(roots, d)))
                 break
         else:
-            for r in roots.unique().tolist():
-                extra_pins[r].append(f"free parameter '{name}' cannot be sliced along one dim")
+            extra_pins.append((roots, f"free parameter '{name}' cannot be sliced along one dim"))
     for site in table.consumers:
         records.append(_Record(("node", site.node, site.arg, site.dim), "site", uf.roots(site.ids)))
     return records, extra_pins
 
 
-def _pins(table, units: torch.Tensor, extra: dict[int, list[str]]) -> dict[int, list[str]]:
+def _pins(table, units: torch.Tensor, extra: list[tuple[torch.Tensor, str]]
+          ) -> dict[int, list[str]]:
+    """Reasons per pinned channel (root id); only channels (not constants) are listed."""
     reasons: dict[int, list[str]] = defaultdict(list)
-    for r, why in extra.items():
-        reasons[r] += why
-    for ids, why in table.pins:
-        for r in table.uf.roots(ids).unique().tolist():
+    for ids, why in extra + table.pins:
+        roots = table.uf.roots(ids.reshape(-1)).unique()
+        for r in roots[member_mask(roots, units)].tolist():
             if why not in reasons[r] and len(reasons[r]) < 8:
                 reasons[r].append(why)
     return reasons
@@ -117,7 +119,7 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
     if not table.channel_ids:
         return []
     units = uf.roots(torch.cat(table.channel_ids)).unique()
-    records, extra = _records(gm, table)
+    records, extra = _records(gm, table, units)
     pins = _pins(table, units, extra)
     K = len(records)
     roots = torch.cat([r.roots for r in records])
