@@ -14,7 +14,11 @@ interleaved repeats on the CPU:
   full 30% magnitude prune (pruner construction + ``step()``), and only-train-once 3.0.1's graph
   construction ``OTO(model, dummy_input)``.
 
-Run from the repository root: ``python -m benchmarks.analysis_speed [--quick] [--out PATH]``.
+Timings use one torch thread by default (``--threads``): on a shared machine, two threads make
+forward times swing tenfold. The deep ResNets' input size is ``--deep-size``.
+
+Run from the repository root: ``python -m benchmarks.analysis_speed [--quick] [--out PATH]``
+(or ``python benchmarks/analysis_speed.py``).
 """
 
 from __future__ import annotations
@@ -54,11 +58,13 @@ LINEAR_EXPONENT = 1.15  # time ~ nodes^k counts as linear up to this k (noise ma
 
 @dataclass
 class Step:
-    """One timed operation: ``setup()`` (untimed) returns the argument ``run`` is timed on."""
+    """One timed operation: ``setup()`` returns the argument ``run`` is timed on, ``after``
+    receives what ``run`` returned; neither is timed."""
 
     name: str
     run: Callable[[Any], Any]
     setup: Callable[[], Any] = lambda: None
+    after: Callable[[Any], None] = lambda result: None
 
 
 @dataclass
@@ -73,12 +79,6 @@ class Timings:
         return 1e3 * statistics.median(values) if values else None
 
 
-def one_line(exc: BaseException) -> str:
-    """``exc`` as a short single line."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:100]
-
-
 def time_once(step: Step) -> float:
     """Seconds ``step.run`` takes, garbage collection off while it runs."""
     arg = step.setup()
@@ -86,22 +86,34 @@ def time_once(step: Step) -> float:
     gc.disable()
     try:
         start = time.perf_counter()
-        step.run(arg)
-        return time.perf_counter() - start
+        result = step.run(arg)
+        seconds = time.perf_counter() - start
     finally:
         gc.enable()
+    step.after(result)
+    return seconds
 
 
-def measure(steps: list[Step], repeats: int, timings: Timings) -> None:
-    """Time every step ``repeats`` times, interleaved round by round so noise hits all alike."""
-    for _ in range(repeats):
-        for step in steps:
-            if step.name in timings.errors:
-                continue
+@dataclass(frozen=True)
+class Budget:
+    """At most ``repeats`` samples per step, fewer once a step has used ``seconds`` in all."""
+
+    repeats: int
+    seconds: float
+
+    def wants_more(self, samples: list[float]) -> bool:
+        return len(samples) < self.repeats and sum(samples) < self.seconds
+
+
+def measure(steps: list[Step], budget: Budget, timings: Timings) -> None:
+    """Time the steps round by round (interleaved, so noise hits all alike) within ``budget``."""
+    while todo := [s for s in steps if s.name not in timings.errors
+                   and budget.wants_more(timings.seconds.get(s.name, []))]:
+        for step in todo:
             try:
                 timings.seconds.setdefault(step.name, []).append(time_once(step))
             except Exception as exc:  # noqa: BLE001 - a failing tool is a table row, not a crash
-                timings.errors[step.name] = one_line(exc)
+                timings.errors[step.name] = peers.one_line(exc)
 
 
 # ---- what is measured -----------------------------------------------------------------------
@@ -124,15 +136,6 @@ def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def prepare_otofx(case: Case) -> None:
-    """Trace, analyse, zero 30% of each prunable group and shrink once (untimed warm-up)."""
-    case.gm = otofx.trace(case.model)
-    case.analysis = otofx.analyze(case.gm, (case.x,))
-    zero_groups(case.gm, case.analysis, PRUNE_FRACTION, seed=0)
-    small = otofx.shrink(case.gm, case.analysis)
-    case.params_left[OTOFX] = n_params(small) / n_params(case.gm)
-
-
 def forward_step(case: Case) -> Step:
     def run(_: Any) -> None:
         with torch.no_grad():
@@ -141,8 +144,24 @@ def forward_step(case: Case) -> Step:
 
 
 def otofx_steps(case: Case) -> list[Step]:
-    return [Step(f"{OTOFX}.analyze", lambda _: otofx.analyze(case.gm, (case.x,))),
-            Step(f"{OTOFX}.shrink", lambda _: otofx.shrink(case.gm, case.analysis)),
+    """trace, analyze, shrink, shrink(verify=False); the first trace and analysis are kept, and
+    30% of each prunable group is zeroed once, untimed, before the first shrink."""
+    def keep_graph(gm: Any) -> None:
+        if case.gm is None:
+            case.gm = gm
+
+    def keep_analysis(analysis: Any) -> None:
+        if case.analysis is None:
+            case.analysis = analysis
+            zero_groups(case.gm, analysis, PRUNE_FRACTION, seed=0)
+
+    def count(small: nn.Module) -> None:
+        case.params_left[OTOFX] = n_params(small) / n_params(case.gm)
+
+    return [Step(f"{OTOFX}.trace", lambda _: otofx.trace(case.model), after=keep_graph),
+            Step(f"{OTOFX}.analyze", lambda _: otofx.analyze(case.gm, (case.x,)),
+                 after=keep_analysis),
+            Step(f"{OTOFX}.shrink", lambda _: otofx.shrink(case.gm, case.analysis), after=count),
             Step(f"{OTOFX}.shrink_noverify",
                  lambda _: otofx.shrink(case.gm, case.analysis, verify=False))]
 
@@ -184,37 +203,59 @@ def build_case(name: str, model: nn.Module, image_size: int, batch: int) -> Case
     model.eval()
     x = torch.randn(batch, 3, image_size, image_size)
     nodes = len(torch.fx.symbolic_trace(model).graph.nodes)
+    with torch.no_grad():
+        model(x)  # untimed: first-call allocations and kernel selection
     return Case(name, model, x, nodes)
 
 
-def run_case(case: Case, tools: Tools, repeats: int) -> Timings:
-    """All steps for one model, interleaved; otofx preparation failures become errors."""
+def run_case(case: Case, tools: Tools, budget: Budget) -> Timings:
+    """All steps for one model, interleaved."""
     timings = Timings()
-    steps = [forward_step(case)]
-    try:
-        prepare_otofx(case)
-        steps += otofx_steps(case)
-    except Exception as exc:  # noqa: BLE001
-        timings.errors[OTOFX] = one_line(exc)
+    steps = [forward_step(case)] + otofx_steps(case)
     if tools.tp is not None:
         steps += tp_steps(case, tools.tp)
     if tools.oto is not None:
         steps += oto_steps(case, tools.oto)
-    measure(steps, repeats, timings)
+    measure(steps, budget, timings)
     case.forward_ms = timings.median_ms("forward")
     return timings
 
 
 def warm_up(tools: Tools, batch: int) -> None:
     """Pay one-time costs (imports, lazy initialisation) on a tiny model before timing."""
-    run_case(build_case("warm-up", DeepResNet(1), 32, batch), tools, repeats=1)
+    run_case(build_case("warm-up", DeepResNet(1), 32, batch), tools, Budget(1, math.inf))
 
 
 # ---- the report -----------------------------------------------------------------------------
 
-HEADERS = ["model", "nodes", "package", "forward ms", "analysis ms", "shrink / prune ms",
-           "shrink no-verify ms", "total ms", "total / forward", "total ms / node",
-           "params left"]
+HEADERS = ["model", "nodes", "package", "forward ms", "trace ms", "analysis ms",
+           "shrink / prune ms", "shrink no-verify ms", "total ms", "total / forward",
+           "total ms / node", "n", "params left"]
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which step of a package fills which column; ``total`` lists the steps that add up."""
+
+    package: str
+    analysis: str
+    total: tuple[str, ...]
+    trace: str | None = None
+    prune: str | None = None
+    noverify: str | None = None
+
+    def steps(self) -> list[str]:
+        named = [self.trace, self.analysis, self.prune, self.noverify, *self.total]
+        return list(dict.fromkeys(n for n in named if n))
+
+
+COLUMNS = {
+    OTOFX: Columns(OTOFX, f"{OTOFX}.analyze", (f"{OTOFX}.analyze", f"{OTOFX}.shrink"),
+                   trace=f"{OTOFX}.trace", prune=f"{OTOFX}.shrink",
+                   noverify=f"{OTOFX}.shrink_noverify"),
+    TP: Columns(TP, f"{TP}.depgraph", (f"{TP}.prune",), prune=f"{TP}.prune"),
+    OTO: Columns(OTO, f"{OTO}.graph", (f"{OTO}.graph",)),
+}
 
 
 @dataclass
@@ -231,47 +272,37 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def failed(timings: Timings, *names: str) -> str | None:
-    for name in names:
-        if name in timings.errors:
-            return timings.errors[name]
-    return None
+def message_row(case: Case, package: str, message: str) -> Row:
+    """A row whose measurements are replaced by ``message`` (failed, not available)."""
+    cells = [case.name, str(case.nodes), package, message]
+    return Row(case, package, cells + [""] * (len(HEADERS) - len(cells)))
 
 
-def row(case: Case, timings: Timings, package: str, analysis: str, prune: str | None,
-        noverify: str | None, total: list[str]) -> Row:
-    """Table row for ``package``; ``total`` lists the step names whose medians add up."""
-    forward = case.forward_ms
-    head = [case.name, str(case.nodes), package]
-    error = failed(timings, package, analysis, *(n for n in (prune, noverify) if n))
+def row(case: Case, timings: Timings, cols: Columns) -> Row:
+    """The table row of one package on one model."""
+    error = next((timings.errors[n] for n in cols.steps() if n in timings.errors), None)
     if error is not None:
-        return Row(case, package, head + [f"failed: {error}"] + [""] * (len(HEADERS) - 4))
-    parts = [timings.median_ms(n) for n in total]
-    total_ms = None if None in parts else sum(parts)
-    ratio = None if total_ms is None or not forward else total_ms / forward
-    per_node = None if total_ms is None else total_ms / case.nodes
-    left = case.params_left.get(package)
-    cells = [fmt(forward), fmt(timings.median_ms(analysis)),
-             fmt(timings.median_ms(prune)) if prune else "—",
-             fmt(timings.median_ms(noverify)) if noverify else "—",
-             fmt(total_ms), fmt(ratio, 2) + "x", fmt(per_node, 3),
+        return message_row(case, cols.package, f"failed: {error}")
+    med = timings.median_ms
+    parts = [med(n) for n in cols.total]
+    total = None if None in parts else sum(parts)
+    ratio = None if total is None or not case.forward_ms else total / case.forward_ms
+    samples = min(len(timings.seconds.get(n, [])) for n in cols.steps())
+    per_node = None if total is None else total / case.nodes
+    left = case.params_left.get(cols.package)
+    steps = (cols.trace, cols.analysis, cols.prune, cols.noverify)
+    cells = [case.name, str(case.nodes), cols.package, fmt(case.forward_ms),
+             *(fmt(med(n)) if n else "—" for n in steps),
+             fmt(total), fmt(ratio, 2) + "x", fmt(per_node, 3), str(samples),
              "—" if left is None else f"{100 * left:.0f}%"]
-    return Row(case, package, head + cells, total_ms)
-
-
-def unavailable(case: Case, package: str, reason: str) -> Row:
-    return Row(case, package, [case.name, str(case.nodes), package,
-                               f"not available: {reason}"] + [""] * (len(HEADERS) - 4))
+    return Row(case, cols.package, cells, total)
 
 
 def rows_for(case: Case, timings: Timings, tools: Tools) -> list[Row]:
-    rows = [row(case, timings, OTOFX, f"{OTOFX}.analyze", f"{OTOFX}.shrink",
-                f"{OTOFX}.shrink_noverify", [f"{OTOFX}.analyze", f"{OTOFX}.shrink"])]
-    rows.append(row(case, timings, TP, f"{TP}.depgraph", f"{TP}.prune", None, [f"{TP}.prune"])
-                if tools.tp is not None else unavailable(case, TP, tools.tp_reason))
-    rows.append(row(case, timings, OTO, f"{OTO}.graph", None, None, [f"{OTO}.graph"])
-                if tools.oto is not None else unavailable(case, OTO, tools.oto_reason))
-    return rows
+    reasons = {OTOFX: "", TP: tools.tp_reason if tools.tp is None else "",
+               OTO: tools.oto_reason if tools.oto is None else ""}
+    return [message_row(case, p, f"not available: {why}") if why else
+            row(case, timings, COLUMNS[p]) for p, why in reasons.items()]
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -301,7 +332,7 @@ def scaling(rows: list[Row], package: str) -> str | None:
 def targets(rows: list[Row]) -> list[str]:
     """The issue's targets, each reported as measured."""
     lines = ["Targets (measured, not asserted):"]
-    lines += [line for p in (OTOFX, TP) if (line := scaling(rows, p))]
+    lines += [line for p in (OTOFX, TP, OTO) if (line := scaling(rows, p))]
     for r in rows:
         forward = r.case.forward_ms
         if r.package == OTOFX and r.total_ms is not None and forward:
@@ -318,18 +349,21 @@ def targets(rows: list[Row]) -> list[str]:
     return lines
 
 
-NOTES = """Notes: medians of {repeats} interleaved repeats. otofx total = analyze + shrink (shrink \
-includes its verification forward; zero_groups 30% beforehand, untimed; otofx.trace not \
-included). torch-pruning total = full prune (MagnitudePruner construction, which builds its \
-DependencyGraph, + step()); its analysis column is DependencyGraph().build_dependency alone. \
+NOTES = """Notes: medians of n interleaved repeats (at most {repeats}; a step stops repeating \
+once it has used {budget:g} s on a model). otofx total = analyze + shrink (shrink includes its \
+verification forward; 30% of each prunable group zeroed beforehand, untimed; otofx.trace is not \
+in the total). torch-pruning total = its full prune: MagnitudePruner construction (which builds \
+the DependencyGraph) + step(); its analysis column is DependencyGraph().build_dependency alone. \
 only-train-once total = OTO(model, dummy_input) graph construction only. params left = \
-parameters after / before."""
+parameters after / before pruning."""
 
 
 def machine_line(args: argparse.Namespace) -> str:
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return (f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}; batch {args.batch}, repeats {args.repeats}")
+            f"load average {load}; torch {torch.__version__}, torch threads "
+            f"{torch.get_num_threads()}; Python {platform.python_version()}; batch {args.batch}, "
+            f"repeats <= {args.repeats}, budget {args.budget:g} s per step and model")
 
 
 # ---- command line ---------------------------------------------------------------------------
@@ -340,36 +374,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fewer repeats; skip vit_b_16 and the 2000-node ResNet")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats per step (default 5, --quick 2)")
+                        help="most timed repeats per step (default 5, --quick 2)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds per step and model after which it stops repeating "
+                             "(default 15, --quick 5)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: on a shared machine, more "
+                             "threads make forward times swing 10x)")
+    parser.add_argument("--deep-size", type=int, default=32,
+                        help="input height/width of the deep synthetic ResNets (default 32)")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 2 if args.quick else 5
+    if args.budget is None:
+        args.budget = 5.0 if args.quick else 15.0
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     header = machine_line(args)
     print(header, flush=True)
     tools = Tools.load()
     warm_up(tools, args.batch)
     rows: list[Row] = []
-    for spec in model_specs(args.quick):
+    for spec in model_specs(args.quick, args.deep_size):
         rows += bench_model(spec, tools, args)
-    report = "\n\n".join([header, markdown_table(HEADERS, [r.cells for r in rows]),
-                          NOTES.format(repeats=args.repeats), "\n".join(targets(rows))])
-    print("\n" + report.split("\n\n", 1)[1])
+    body = "\n\n".join([markdown_table(HEADERS, [r.cells for r in rows]),
+                        NOTES.format(repeats=args.repeats, budget=args.budget),
+                        "\n".join(targets(rows))])
+    print("\n" + body)
     if args.out:
-        args.out.write_text(report + "\n")
+        args.out.write_text(f"{header}\n\n{body}\n")
     return 0
 
 
 def bench_model(spec: ModelSpec, tools: Tools, args: argparse.Namespace) -> list[Row]:
+    """The rows of one model; a model that cannot be built or traced gives one failed row."""
     start = time.perf_counter()
-    case = build_case(spec.name, spec.build(), spec.image_size, args.batch)
-    timings = run_case(case, tools, args.repeats)
+    try:
+        case = build_case(spec.name, spec.build(), spec.image_size, args.batch)
+    except Exception as exc:  # noqa: BLE001 - report, never crash
+        blank = Case(spec.name, nn.Identity(), torch.empty(0), 0)
+        return [message_row(blank, "all", f"failed to build: {peers.one_line(exc)}")]
+    timings = run_case(case, tools, Budget(args.repeats, args.budget))
     print(f"  {spec.name}: {case.nodes} nodes, {time.perf_counter() - start:.0f} s",
           file=sys.stderr, flush=True)
     return rows_for(case, timings, tools)

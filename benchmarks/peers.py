@@ -8,6 +8,8 @@ recent torch moved; :func:`load_oto` points the old names at the new places for 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import io
 import sys
 import types
@@ -18,10 +20,10 @@ import torch
 from torch import nn
 
 
-def _reason(exc: BaseException) -> str:
-    """``exc`` as one short line."""
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one short line, for a table cell."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:120]
+    return f"{type(exc).__name__}: {text}"[:100]
 
 
 def load_torch_pruning() -> tuple[Any | None, str]:
@@ -29,18 +31,17 @@ def load_torch_pruning() -> tuple[Any | None, str]:
     try:
         import torch_pruning
     except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
-        return None, _reason(exc)
+        return None, one_line(exc)
     return torch_pruning, ""
 
 
 def _shim_torch_onnx() -> None:
     """Re-expose the torch.onnx internals only-train-once 3.0.1 imports, where torch moved them."""
-    if "torch.onnx._globals" not in sys.modules:
-        try:
-            import torch.onnx._globals  # noqa: F401 - older torch still has it
-        except ImportError:
-            from torch.onnx._internal.torchscript_exporter import _globals
-            sys.modules["torch.onnx._globals"] = _globals
+    try:
+        importlib.import_module("torch.onnx._globals")  # older torch still has it
+    except ImportError:
+        from torch.onnx._internal.torchscript_exporter import _globals
+        sys.modules["torch.onnx._globals"] = _globals
     if not hasattr(torch.onnx, "_optimize_graph"):
         from torch.onnx._internal.torchscript_exporter import utils as ts_utils
         torch.onnx._optimize_graph = ts_utils._optimize_graph
@@ -61,14 +62,13 @@ def _shim_oto_symbolic_helper() -> None:
 def load_oto() -> tuple[Any | None, str]:
     """``(only_train_once.OTO, "")`` or ``(None, reason)``, applying the torch-compat shims."""
     try:
-        import importlib.util
         if importlib.util.find_spec("only_train_once") is None:
             return None, "not installed (pip install only-train-once==3.0.1)"
         _shim_torch_onnx()
         from only_train_once import OTO
         _shim_oto_symbolic_helper()
     except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
-        return None, _reason(exc)
+        return None, one_line(exc)
     return OTO, ""
 
 

@@ -3,17 +3,27 @@
     gm = otofx.trace(model)
     analysis = otofx.analyze(gm, example_inputs)
     small = otofx.shrink(gm, analysis)        # removes the channels that are exactly zero
+
+    job = otofx.compress(gm, otofx.DHSPGConfig(lr=0.1, target_group_sparsity=0.5), (x,))
+    ... train job.module with job.optimizer ...
+    small = job.subnet(); print(job.report())
 """
 
 from otofx import passes
 from otofx.analysis import Analysis
 from otofx.api import analyze, shrink, trace
+from otofx.compress import CompressionJob, compress
+from otofx.config import DHSPGConfig, HESSOConfig
+from otofx.dhspg import DHSPG
+from otofx.hesso import HESSO
+from otofx.optim_base import NonFiniteGradientError
 from otofx.errors import (AnalysisError, ConfigError, OtofxError, ShapeError, ShrinkError,
                           TraceError)
 from otofx.passes import ChannelSlice, PruningGroup
 
 __version__ = "0.1.0"
 
-__all__ = ["Analysis", "AnalysisError", "ChannelSlice", "ConfigError", "OtofxError",
-           "PruningGroup", "ShapeError", "ShrinkError", "TraceError", "analyze", "passes",
-           "shrink", "trace"]
+__all__ = ["DHSPG", "HESSO", "Analysis", "AnalysisError", "ChannelSlice", "CompressionJob",
+           "ConfigError", "DHSPGConfig", "HESSOConfig", "NonFiniteGradientError", "OtofxError",
+           "PruningGroup", "ShapeError", "ShrinkError", "TraceError", "analyze", "compress",
+           "passes", "shrink", "trace"]

@@ -62,3 +62,38 @@ def prunable_flops_share(analysis: Analysis) -> float:
         share[name.rsplit(".", 1)[0]] = float(mask.float().mean())
     saved = sum(f * share.get(mod, 0.0) for mod, f in per_module.items())
     return min(1.0, saved / total)
+
+
+def compression_report(job, subnet) -> str:
+    """What a compression job reached: sparsity target vs reached, params/FLOPs, widths."""
+    opt = job.optimizer
+    sp = opt.sparsity_report()
+    base = job.baseline()
+    params = sum(p.numel() for p in subnet.parameters())
+    flops = count_flops(subnet, job.example_inputs)
+    stats = subnet.meta.get("otofx.shrink")
+    lines = [f"otofx compression report ({type(opt).__name__}, {opt.steps_taken} steps)"]
+    if not sp["prunable_channels"]:
+        lines.append("no prunable group: the optimizer ran as plain "
+                     f"{opt.config.variant}; see analysis.report() for why")
+    else:
+        state = "reached exactly" if sp["zero_channels"] == sp["target_channels"] else (
+            "pruning phase not finished" if not sp["pruning_done"] else "differs")
+        lines.append(
+            f"group sparsity: target {sp['target']:.3f} ({sp['target_channels']} of "
+            f"{sp['prunable_channels']} channels), reached {sp['reached']:.3f} "
+            f"({sp['zero_channels']} channels): {state}")
+    lines += [
+        f"parameters: {base['params']:,} -> {params:,} ({params / max(base['params'], 1):.3f}x)",
+        f"FLOPs:      {base['flops']:,} -> {flops:,} ({flops / max(base['flops'], 1):.3f}x)",
+    ]
+    if stats is not None and stats.kept_constant:
+        lines.append(f"kept (constant not foldable): {sum(stats.kept_constant.values())} channels")
+    rows = []
+    removed = stats.removed if stats is not None else {}
+    for g in job.analysis.prunable:
+        kept = g.size - removed.get(g.name, 0)
+        rows.append([g.name, g.size, kept, f"{kept / g.size:.2f}"])
+    if rows:
+        lines += ["", _table(rows, ["group", "channels", "kept", "ratio"])]
+    return "\n".join(lines)

@@ -121,9 +121,10 @@ class ChannelContext:
         for t in _tensors(L):
             self.table.pin(t, f"{reason} (at node '{self.node.name}')")
 
-    def untracked(self, shape: Any = None) -> Any:
+    def untracked(self, shape: Any = ...) -> Any:
         """Labels of data we do not follow, shaped like ``shape`` (default: the node's output)."""
-        shape = self.out_shape if shape is None else shape
+        if shape is ...:
+            shape = self.out_shape
         if isinstance(shape, torch.Size):
             return lb.full(shape, lb.UNTRACKED)
         if isinstance(shape, (tuple, list)):

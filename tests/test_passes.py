@@ -343,3 +343,22 @@ def test_shrink_refuses_an_analysis_of_another_graph():
 def test_analyze_without_inputs_is_a_clear_error():
     with pytest.raises(otofx.AnalysisError, match="example inputs"):
         otofx.analyze(otofx.trace(TinyCNN()), None)
+
+
+class _OpaqueTupleWithNone(nn.Module):
+    """nn.MultiheadAttention(need_weights=False) returns (out, None) and has no core rule."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        y, _ = self.attn(self.fc(x), x, x, need_weights=False)
+        return y
+
+
+def test_an_unknown_op_returning_none_in_a_tuple_pins_and_does_not_crash():
+    analysis = otofx.analyze(otofx.trace(_OpaqueTupleWithNone()), (torch.randn(1, 4, 16),))
+    group = next(g for g in analysis.groups if g.name == "fc")
+    assert not group.prunable and any("MultiheadAttention" in w for w in group.why_pinned)

@@ -1,0 +1,104 @@
+"""Typed optimizer configs that validate themselves and name the wrong field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from otofx.errors import ConfigError
+
+VARIANTS = ("sgd", "adam", "adamw")
+
+
+def _check(cfg, name: str, ok: bool, want: str) -> None:
+    if not ok:
+        raise ConfigError(f"{type(cfg).__name__}.{name} = {getattr(cfg, name)!r}: {want}.")
+
+
+@dataclass
+class _BaseConfig:
+    """What every otofx optimizer shares: the base variant, the target and the schedule."""
+
+    lr: float = 0.1
+    variant: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    target_group_sparsity: float = 0.5
+    start_pruning_step: int = 0
+    pruning_steps: int = 1
+    group_divisible: int = 1
+    total_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _check(self, "lr", self.lr > 0, "the learning rate must be positive")
+        _check(self, "variant", self.variant in VARIANTS, f"must be one of {VARIANTS}")
+        _check(self, "momentum", 0 <= self.momentum < 1, "must be in [0, 1)")
+        _check(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
+        _check(self, "betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+               "must be two numbers in [0, 1)")
+        _check(self, "eps", self.eps > 0, "must be positive")
+        _check(self, "target_group_sparsity", 0 <= self.target_group_sparsity < 1,
+               "is the fraction of prunable channels to remove, in [0, 1)")
+        _check(self, "start_pruning_step", self.start_pruning_step >= 0, "must be >= 0")
+        _check(self, "pruning_steps", self.pruning_steps >= 1, "must be >= 1")
+        _check(self, "group_divisible", self.group_divisible >= 1, "must be >= 1")
+        if self.total_steps is not None:
+            _check(self, "total_steps", self.total_steps >= 1, "must be >= 1")
+            _check(self, "pruning_steps",
+                   self.start_pruning_step + self.pruning_steps <= self.total_steps,
+                   f"the pruning phase (start_pruning_step + pruning_steps = "
+                   f"{self.start_pruning_step + self.pruning_steps}) must end within total_steps "
+                   f"= {self.total_steps}")
+
+    @property
+    def end_pruning_step(self) -> int:
+        return self.start_pruning_step + self.pruning_steps
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class DHSPGConfig(_BaseConfig):
+    """DHSPG (OTOv2): half-space projection over the channels partitioned as redundant.
+
+    Lambda defaults follow the reference per variant (sgd: 1e-3/2/10, adam: 1e-2/20/1e3) when left
+    as None. The pruning phase is ``[start_pruning_step, start_pruning_step + pruning_steps)``;
+    at its end every redundant channel is exactly zero, so the target is met exactly.
+    """
+
+    pruning_steps: int = 100
+    epsilon: float = 0.0
+    lmbda: float | None = None
+    lmbda_amplify: float | None = None
+    hat_lmbda_coeff: float | None = None
+
+    def validate(self) -> None:
+        sgd = self.variant == "sgd"
+        if self.lmbda is None:
+            self.lmbda = 1e-3 if sgd else 1e-2
+        if self.lmbda_amplify is None:
+            self.lmbda_amplify = 2.0 if sgd else 20.0
+        if self.hat_lmbda_coeff is None:
+            self.hat_lmbda_coeff = 10.0 if sgd else 1e3
+        super().validate()
+        _check(self, "epsilon", 0 <= self.epsilon < 1, "must be in [0, 1)")
+        _check(self, "lmbda", self.lmbda > 0, "must be positive")
+        _check(self, "lmbda_amplify", self.lmbda_amplify >= 1, "must be >= 1")
+        _check(self, "hat_lmbda_coeff", self.hat_lmbda_coeff >= 1, "must be >= 1")
+
+
+@dataclass
+class HESSOConfig(_BaseConfig):
+    """HESSO (only-train-once 3.x): score, then anneal the lowest channels to zero by periods."""
+
+    pruning_periods: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self, "pruning_periods", 1 <= self.pruning_periods <= self.pruning_steps,
+               "must be between 1 and pruning_steps")

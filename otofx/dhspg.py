@@ -1,0 +1,79 @@
+"""DHSPG (Dual Half-Space Projected Gradient, OTOv2) over grouped views, with an exact target.
+
+Warm-up steps are plain base steps. At ``start_pruning_step`` every prunable channel is scored
+(``0.5 * normalize(cos(x, d)) + 0.5 * normalize(1 / (||x|| / |g| + 1e-6))``) and exactly the
+target count of highest-scoring channels becomes the redundant set. During the pruning phase each
+redundant channel is pulled towards zero with an adaptive lambda and projected to exactly zero
+once it crosses the half-space. otofx adds a floor so the target is exact without a jump: a
+redundant channel's norm may not exceed its norm at the partition times the fraction of the phase
+still to go, so at the end of the phase exactly ``round(target * channels)`` channels are zero,
+and they stay zero. All of it is a few vectorised ops per parameter (``otofx.grouped``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from otofx.config import DHSPGConfig
+from otofx.optim_base import GroupSparsityOptimizer
+from otofx.partition import choose, normalize
+
+
+class DHSPG(GroupSparsityOptimizer):
+    """``DHSPG(module, analysis, DHSPGConfig(...))``: a torch optimizer over ``module``'s
+    parameters (SGD-momentum, Adam or AdamW steps for everything, DHSPG on prunable channels)."""
+
+    config: DHSPGConfig
+
+    def _partition(self, directions: dict[int, torch.Tensor]) -> torch.Tensor:
+        v = self.views
+        xx, xd, dd = v.dot(), v.dot(None, directions), v.dot(directions, directions)
+        xn, dn = xx.sqrt(), dd.sqrt()
+        cos = torch.where((xn > 0) & (dn > 0), xd / (xn * dn).clamp_min(1e-30), torch.zeros_like(xd))
+        score = 0.5 * normalize(cos) + 0.5 * normalize(1.0 / (xn / v.numel.double() + 1e-6))
+        available = torch.ones(v.num_channels, dtype=torch.bool)
+        already = torch.zeros(len(v.sizes), dtype=torch.long)
+        return choose(score, self.target, v.group_of, v.sizes, available, already,
+                      self.config.group_divisible)
+
+    def _prune(self, directions, lrs, step, before):
+        cfg, st, v = self.config, self.otofx_state, self.views
+        if not v.num_channels or not cfg.start_pruning_step <= step < cfg.end_pruning_step:
+            return
+        if before:
+            if "redundant" not in st:
+                st["redundant"] = self._partition(directions)
+                st["start_norm"] = v.dot().sqrt()
+            red = st["redundant"] & ~st["pruned"]
+            lr = self.param_groups[0]["lr"]
+            xx, xd = v.dot(), v.dot(None, directions)
+            dd = v.dot(directions, directions)
+            xn = xx.sqrt()
+            lam = torch.full_like(xx, cfg.lmbda)
+            neg = red & (xd < 0) & (xn > 0)
+            lo = torch.where(neg, -xd / xn.clamp_min(1e-30), torch.zeros_like(xd))
+            hi = torch.where(neg, -dd * xn / xd.clamp_max(-1e-30), torch.zeros_like(xd))
+            adapted = (cfg.lmbda_amplify * lo).clamp(cfg.lmbda, cfg.lmbda * cfg.hat_lmbda_coeff)
+            adapted = torch.where(adapted >= hi, (lo + hi) / 2, adapted)
+            lam = torch.where(neg, adapted, lam)
+            live = red & (xn > 0)
+            c = torch.where(live, lr * lam / xn.clamp_min(1e-30), torch.zeros_like(xn))
+            crossed = red & (xx - lr * xd - lr * lam * xn < cfg.epsilon * xx)
+            self._pending = (c, crossed, live, lr)
+            return
+        c, crossed, live, lr = self._pending
+        del self._pending
+        # after the base step x^ = x - lr d; the shrink term - c x = - c (x^ + lr d)
+        v.combine(1.0 - c, -c * lr, directions, live & ~crossed)
+        st["pruned"] = st["pruned"] | crossed
+        # the floor that makes the target exact: a redundant channel's norm may not exceed
+        # its norm at the partition times the fraction of the phase still to go, so the last
+        # step lands on exactly zero without a jump
+        left = (cfg.end_pruning_step - step - 1) / cfg.pruning_steps
+        cap = st["start_norm"] * left
+        norm = v.dot().sqrt()
+        over = live & ~crossed & (norm > cap)
+        if bool(over.any()):
+            v.scale(torch.where(over, cap / norm.clamp_min(1e-30), torch.ones_like(norm)), over)
+        if step == cfg.end_pruning_step - 1:
+            st["pruned"] = st["pruned"] | st["redundant"]

@@ -1,0 +1,128 @@
+"""Grouped views: every prunable channel's parameter slices as index tensors, built once.
+
+Channel ``c`` (global index over all prunable groups) owns rows of several parameters (a conv's
+weight rows, its bias, the BatchNorm affine after it). For each (parameter, dim) the rows of all
+channels are merged into one index tensor, so a per-channel quantity (squared norm, inner product
+with the update direction) costs one ``index_select`` and one ``index_add_`` per parameter, not a
+Python loop over channels or groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from otofx.passes.groups import PruningGroup
+from otofx.passes.table import AFFINE, PRODUCER
+
+
+@dataclass
+class _Rows:
+    param: nn.Parameter
+    name: str
+    dim: int
+    index: torch.Tensor      # rows along dim
+    channel: torch.Tensor    # global channel of each row
+
+
+class GroupedViews:
+    """Index tensors over ``module``'s parameters for the prunable ``groups``."""
+
+    def __init__(self, module: nn.Module, groups: list[PruningGroup]) -> None:
+        params = dict(module.named_parameters())
+        self.groups = [g for g in groups if g.prunable]
+        self.sizes = torch.tensor([g.size for g in self.groups], dtype=torch.long)
+        self.offsets = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), self.sizes]), 0)
+        self.num_channels = int(self.sizes.sum())
+        self.group_of = torch.repeat_interleave(torch.arange(len(self.groups)), self.sizes)
+        merged: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for gi, g in enumerate(self.groups):
+            channel = torch.arange(g.size) + self.offsets[gi]
+            for m in g.slices(PRODUCER, AFFINE):
+                if m.param not in params:          # buffers are not trained
+                    continue
+                k = m.index.shape[1]
+                merged.setdefault((m.param, m.dim), []).append(
+                    (m.index.reshape(-1), channel.repeat_interleave(k)))
+        self.rows = [
+            _Rows(params[name], name, dim, torch.cat([i for i, _ in parts]),
+                  torch.cat([c for _, c in parts]))
+            for (name, dim), parts in merged.items()
+        ]
+        counts = torch.zeros(self.num_channels)
+        for r in self.rows:
+            per_row = r.param.numel() // r.param.shape[r.dim]
+            counts.index_add_(0, r.channel, torch.full((r.index.numel(),), float(per_row)))
+        self.numel = counts           # elements per channel: |g| in the algorithms
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [r.param for r in self.rows]
+
+    def _slices(self, rows: _Rows, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().movedim(rows.dim, 0).index_select(0, rows.index.to(t.device)) \
+            .reshape(rows.index.numel(), -1)
+
+    def dot(self, a: dict[int, torch.Tensor] | None = None,
+            b: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Per channel ``<a_c, b_c>``; ``a``/``b`` map ``id(param)`` to a tensor shaped like it
+        (None: the parameters themselves)."""
+        out = torch.zeros(self.num_channels, dtype=torch.float64)
+        for r in self.rows:
+            ta = r.param if a is None else a.get(id(r.param))
+            tb = r.param if b is None else b.get(id(r.param))
+            if ta is None or tb is None:
+                continue
+            x, y = self._slices(r, ta), self._slices(r, tb)
+            out.index_add_(0, r.channel.to(out.device), (x * y).sum(dim=1).double().cpu())
+        return out
+
+    @torch.no_grad()
+    def scale(self, factor: torch.Tensor, channels: torch.Tensor | None = None) -> None:
+        """Multiply every slice of channel c by ``factor[c]`` (only ``channels`` if given)."""
+        for r in self.rows:
+            index, channel = r.index, r.channel
+            if channels is not None:
+                keep = channels[channel]
+                index, channel = index[keep], channel[keep]
+                if index.numel() == 0:
+                    continue
+            view = r.param.movedim(r.dim, 0)
+            f = factor[channel].to(view.dtype).to(view.device)
+            view[index] = view[index] * f.view([-1] + [1] * (view.dim() - 1))
+
+    @torch.no_grad()
+    def combine(self, alpha: torch.Tensor, beta: torch.Tensor, others: dict[int, torch.Tensor],
+                channels: torch.Tensor) -> None:
+        """Slice of channel c becomes ``alpha[c] * slice + beta[c] * other_slice`` for the
+        channels where ``channels`` is True (``others`` maps ``id(param)`` to a tensor)."""
+        for r in self.rows:
+            other = others.get(id(r.param))
+            keep = channels[r.channel]
+            if other is None or not bool(keep.any()):
+                continue
+            index, channel = r.index[keep].to(r.param.device), r.channel[keep]
+            view, oview = r.param.movedim(r.dim, 0), other.movedim(r.dim, 0)
+            shape = [-1] + [1] * (view.dim() - 1)
+            a = alpha[channel].to(view.dtype).to(view.device).view(shape)
+            b = beta[channel].to(view.dtype).to(view.device).view(shape)
+            view[index] = a * view[index] + b * oview[index]
+
+    @torch.no_grad()
+    def zero(self, channels: torch.Tensor) -> None:
+        """Set every slice of the channels where ``channels`` (bool, per channel) is True to 0."""
+        for r in self.rows:
+            index = r.index[channels[r.channel]]
+            if index.numel():
+                r.param.index_fill_(r.dim, index.to(r.param.device), 0.0)
+
+    def is_zero(self) -> torch.Tensor:
+        """Bool per channel: every slice exactly zero."""
+        nonzero = torch.zeros(self.num_channels, dtype=torch.bool)
+        for r in self.rows:
+            x = self._slices(r, r.param)
+            nz = (x != 0).any(dim=1).cpu()
+            nonzero.index_put_((r.channel[nz],), torch.ones(int(nz.sum()), dtype=torch.bool))
+        return ~nonzero

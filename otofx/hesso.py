@@ -1,0 +1,53 @@
+"""HESSO (what only-train-once 3.x ships): score, then anneal the least important channels to zero.
+
+The target count is spread over ``pruning_periods`` periods of ``pruning_steps // pruning_periods``
+steps. At the start of each period the remaining channels are scored by five equally weighted,
+normalised saliencies (magnitude, average magnitude, cosine with the update direction + 1, and
+first and second order Taylor terms); the least important ones are scaled by
+``(D - tau - 1) / (D - tau)`` after each base step, reaching exactly zero at the period's end.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from otofx.config import HESSOConfig
+from otofx.optim_base import GroupSparsityOptimizer
+from otofx.partition import choose, normalize
+
+
+class HESSO(GroupSparsityOptimizer):
+    """``HESSO(module, analysis, HESSOConfig(...))``: a torch optimizer (SGD/Adam/AdamW base)."""
+
+    config: HESSOConfig
+
+    def _importance(self, directions: dict[int, torch.Tensor]) -> torch.Tensor:
+        v = self.views
+        xx, xd, dd = v.dot(), v.dot(None, directions), v.dot(directions, directions)
+        xn, dn = xx.sqrt(), dd.sqrt()
+        cos = torch.where((xn > 0) & (dn > 0), xd / (xn * dn).clamp_min(1e-30), torch.zeros_like(xd))
+        saliencies = (xn, xn / v.numel.double(), cos + 1, xd.abs(), 0.5 * xd ** 2)
+        return sum(normalize(s) for s in saliencies)
+
+    def _prune(self, directions, lrs, step, before):
+        cfg, st, v = self.config, self.otofx_state, self.views
+        if not v.num_channels or not cfg.start_pruning_step <= step < cfg.end_pruning_step:
+            return
+        length = cfg.pruning_steps // cfg.pruning_periods
+        period, tau = divmod(step - cfg.start_pruning_step, length)
+        if period >= cfg.pruning_periods:
+            return
+        if before:
+            if tau == 0:
+                goal = round(self.target * (period + 1) / cfg.pruning_periods)
+                count = goal - int(st["pruned"].sum())
+                already = torch.bincount(v.group_of[st["pruned"]], minlength=len(v.sizes))
+                st["annealing"] = choose(-self._importance(directions), count, v.group_of,
+                                         v.sizes, ~st["pruned"], already, cfg.group_divisible)
+            return
+        annealing = st["annealing"]
+        factor = torch.full((v.num_channels,), (length - tau - 1) / (length - tau))
+        v.scale(factor, annealing)
+        if tau == length - 1:
+            st["pruned"] = st["pruned"] | annealing
+            st["annealing"] = torch.zeros_like(annealing)
