@@ -67,11 +67,15 @@ class DHSPGConfig(_BaseConfig):
     """DHSPG (OTOv2): half-space projection over the channels partitioned as redundant.
 
     Lambda defaults follow the reference per variant (sgd: 1e-3/2/10, adam: 1e-2/20/1e3) when left
-    as None. The pruning phase is ``[start_pruning_step, start_pruning_step + pruning_steps)``;
+    as None. ``partition`` picks the redundant channels: ``"saliency"`` (default) ranks by the
+    five normalised saliencies HESSO uses; ``"reference"`` by OTOv2's
+    ``0.5 * normalize(cos(x, d)) + 0.5 * normalize(1 / (||x|| / |g|))``, which measured worse on
+    short runs (load_digits CNN: 0.79 vs 0.95 test accuracy at 50% sparsity). The pruning phase is ``[start_pruning_step, start_pruning_step + pruning_steps)``;
     at its end every redundant channel is exactly zero, so the target is met exactly.
     """
 
     pruning_steps: int = 100
+    partition: str = "saliency"
     epsilon: float = 0.0
     lmbda: float | None = None
     lmbda_amplify: float | None = None
@@ -87,6 +91,9 @@ class DHSPGConfig(_BaseConfig):
             self.hat_lmbda_coeff = 10.0 if sgd else 1e3
         super().validate()
         _check(self, "epsilon", 0 <= self.epsilon < 1, "must be in [0, 1)")
+        _check(self, "partition", self.partition in ("saliency", "reference"),
+               "must be 'saliency' (five normalised saliencies) or 'reference' (OTOv2's cosine "
+               "and inverse magnitude)")
         _check(self, "lmbda", self.lmbda > 0, "must be positive")
         _check(self, "lmbda_amplify", self.lmbda_amplify >= 1, "must be >= 1")
         _check(self, "hat_lmbda_coeff", self.hat_lmbda_coeff >= 1, "must be >= 1")

@@ -1,8 +1,8 @@
 """DHSPG (Dual Half-Space Projected Gradient, OTOv2) over grouped views, with an exact target.
 
-Warm-up steps are plain base steps. At ``start_pruning_step`` every prunable channel is scored
-(``0.5 * normalize(cos(x, d)) + 0.5 * normalize(1 / (||x|| / |g| + 1e-6))``) and exactly the
-target count of highest-scoring channels becomes the redundant set. During the pruning phase each
+Warm-up steps are plain base steps. At ``start_pruning_step`` every prunable channel is scored (by
+default with HESSO's five saliencies; ``partition="reference"`` uses OTOv2's cosine and inverse
+magnitude) and exactly the target count of least important channels becomes the redundant set. During the pruning phase each
 redundant channel is pulled towards zero with an adaptive lambda and projected to exactly zero
 once it crosses the half-space. otofx adds a floor so the target is exact without a jump: a
 redundant channel's norm may not exceed its norm at the partition times the fraction of the phase
@@ -27,10 +27,11 @@ class DHSPG(GroupSparsityOptimizer):
 
     def _partition(self, directions: dict[int, torch.Tensor]) -> torch.Tensor:
         v = self.views
-        xx, xd, dd = v.dot(), v.dot(None, directions), v.dot(directions, directions)
-        xn, dn = xx.sqrt(), dd.sqrt()
-        cos = torch.where((xn > 0) & (dn > 0), xd / (xn * dn).clamp_min(1e-30), torch.zeros_like(xd))
-        score = 0.5 * normalize(cos) + 0.5 * normalize(1.0 / (xn / v.numel.double() + 1e-6))
+        s = v.saliencies(directions)
+        if self.config.partition == "reference":
+            score = 0.5 * normalize(s.cosine) + 0.5 * normalize(1.0 / (s.mean_magnitude + 1e-6))
+        else:
+            score = -s.importance()
         available = torch.ones(v.num_channels, dtype=torch.bool)
         already = torch.zeros(len(v.sizes), dtype=torch.long)
         return choose(score, self.target, v.group_of, v.sizes, available, already,

@@ -19,6 +19,23 @@ from otofx.passes.table import AFFINE, PRODUCER
 
 
 @dataclass
+class Saliencies:
+    """Per-channel quantities the optimizers score channels with."""
+
+    magnitude: torch.Tensor       # ||x_c||
+    mean_magnitude: torch.Tensor  # ||x_c|| / |c|
+    cosine: torch.Tensor          # cos(x_c, d_c)
+    inner: torch.Tensor           # <x_c, d_c>
+
+    def importance(self) -> torch.Tensor:
+        """HESSO's five equally weighted, normalised saliencies (higher: more important)."""
+        from otofx.partition import normalize
+        terms = (self.magnitude, self.mean_magnitude, self.cosine + 1, self.inner.abs(),
+                 0.5 * self.inner ** 2)
+        return sum(normalize(t) for t in terms)
+
+
+@dataclass
 class _Rows:
     param: nn.Parameter
     name: str
@@ -78,6 +95,13 @@ class GroupedViews:
             x, y = self._slices(r, ta), self._slices(r, tb)
             out.index_add_(0, r.channel.to(out.device), (x * y).sum(dim=1).double().cpu())
         return out
+
+    def saliencies(self, directions: dict[int, torch.Tensor]) -> Saliencies:
+        xx, xd, dd = self.dot(), self.dot(None, directions), self.dot(directions, directions)
+        xn, dn = xx.sqrt(), dd.sqrt()
+        cos = torch.where((xn > 0) & (dn > 0), xd / (xn * dn).clamp_min(1e-30),
+                          torch.zeros_like(xd))
+        return Saliencies(xn, xn / self.numel.double(), cos, xd)
 
     @torch.no_grad()
     def scale(self, factor: torch.Tensor, channels: torch.Tensor | None = None) -> None:

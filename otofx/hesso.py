@@ -13,21 +13,13 @@ import torch
 
 from otofx.config import HESSOConfig
 from otofx.optim_base import GroupSparsityOptimizer
-from otofx.partition import choose, normalize
+from otofx.partition import choose
 
 
 class HESSO(GroupSparsityOptimizer):
     """``HESSO(module, analysis, HESSOConfig(...))``: a torch optimizer (SGD/Adam/AdamW base)."""
 
     config: HESSOConfig
-
-    def _importance(self, directions: dict[int, torch.Tensor]) -> torch.Tensor:
-        v = self.views
-        xx, xd, dd = v.dot(), v.dot(None, directions), v.dot(directions, directions)
-        xn, dn = xx.sqrt(), dd.sqrt()
-        cos = torch.where((xn > 0) & (dn > 0), xd / (xn * dn).clamp_min(1e-30), torch.zeros_like(xd))
-        saliencies = (xn, xn / v.numel.double(), cos + 1, xd.abs(), 0.5 * xd ** 2)
-        return sum(normalize(s) for s in saliencies)
 
     def _prune(self, directions, lrs, step, before):
         cfg, st, v = self.config, self.otofx_state, self.views
@@ -42,7 +34,7 @@ class HESSO(GroupSparsityOptimizer):
                 goal = round(self.target * (period + 1) / cfg.pruning_periods)
                 count = goal - int(st["pruned"].sum())
                 already = torch.bincount(v.group_of[st["pruned"]], minlength=len(v.sizes))
-                st["annealing"] = choose(-self._importance(directions), count, v.group_of,
+                st["annealing"] = choose(-v.saliencies(directions).importance(), count, v.group_of,
                                          v.sizes, ~st["pruned"], already, cfg.group_divisible)
             return
         annealing = st["annealing"]
