@@ -3,14 +3,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.otofx-installed
 
-.PHONY: demo test test-slow fuzz bench lint clean
+.PHONY: demo inspect test test-slow fuzz bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,demo]' ruff
 	touch $(STAMP)
 
-demo: $(STAMP)  ## inspect a ResNet-50, zero half of every prunable group, shrink, compare
+demo: $(STAMP)  ## the main job: compress a CNN on load_digits with DHSPG, print the report
+	$(PY) examples/compress_digits.py
+
+inspect: $(STAMP)  ## analyse a ResNet-50, zero half of every prunable group, shrink, compare
 	$(PY) -m otofx roundtrip torchvision.models:resnet50 --input-shape 1,3,224,224 --max-rows 12
 
 test: $(STAMP)  ## the CI test suite (models under 100M parameters)
@@ -24,9 +27,10 @@ fuzz: $(STAMP)  ## thousands of random architectures (hypothesis "fuzz" profile)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.analysis_speed
+	$(PY) -m benchmarks.optimizer_overhead
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check otofx passes tests benchmarks
+	$(VENV)/bin/ruff check otofx passes tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -15,10 +15,9 @@ from otofx.api import analyze, shrink, trace
 from otofx.compress import CompressionJob, compress
 from otofx.config import DHSPGConfig, HESSOConfig
 from otofx.dhspg import DHSPG
+from otofx.errors import AnalysisError, ConfigError, OtofxError, ShapeError, ShrinkError, TraceError
 from otofx.hesso import HESSO
 from otofx.optim_base import NonFiniteGradientError
-from otofx.errors import (AnalysisError, ConfigError, OtofxError, ShapeError, ShrinkError,
-                          TraceError)
 from otofx.passes import ChannelSlice, PruningGroup
 
 __version__ = "0.1.0"

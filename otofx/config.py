@@ -70,8 +70,9 @@ class DHSPGConfig(_BaseConfig):
     as None. ``partition`` picks the redundant channels: ``"saliency"`` (default) ranks by the
     five normalised saliencies HESSO uses; ``"reference"`` by OTOv2's
     ``0.5 * normalize(cos(x, d)) + 0.5 * normalize(1 / (||x|| / |g|))``, which measured worse on
-    short runs (load_digits CNN: 0.79 vs 0.95 test accuracy at 50% sparsity). The pruning phase is ``[start_pruning_step, start_pruning_step + pruning_steps)``;
-    at its end every redundant channel is exactly zero, so the target is met exactly.
+    short runs (load_digits CNN: 0.79 vs 0.95 test accuracy at 50% sparsity). The pruning phase
+    is ``[start_pruning_step, start_pruning_step + pruning_steps)``; at its end every redundant
+    channel is exactly zero, so the target is met exactly.
     """
 
     pruning_steps: int = 100

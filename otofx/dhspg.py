@@ -1,13 +1,14 @@
 """DHSPG (Dual Half-Space Projected Gradient, OTOv2) over grouped views, with an exact target.
 
-Warm-up steps are plain base steps. At ``start_pruning_step`` every prunable channel is scored (by
-default with HESSO's five saliencies; ``partition="reference"`` uses OTOv2's cosine and inverse
-magnitude) and exactly the target count of least important channels becomes the redundant set. During the pruning phase each
-redundant channel is pulled towards zero with an adaptive lambda and projected to exactly zero
-once it crosses the half-space. otofx adds a floor so the target is exact without a jump: a
-redundant channel's norm may not exceed its norm at the partition times the fraction of the phase
-still to go, so at the end of the phase exactly ``round(target * channels)`` channels are zero,
-and they stay zero. All of it is a few vectorised ops per parameter (``otofx.grouped``).
+Warm-up steps are plain base steps. At ``start_pruning_step`` every prunable channel is scored
+(by default with HESSO's five saliencies; ``partition="reference"`` uses OTOv2's cosine and
+inverse magnitude) and exactly the target count of least important channels becomes the
+redundant set. During the pruning phase each redundant channel is pulled towards zero with an
+adaptive lambda and projected to exactly zero once it crosses the half-space. otofx adds a floor
+so that the target is exact without a jump: a redundant channel's norm may not exceed its norm at
+the partition times the fraction of the phase still to go. At the end of the phase exactly
+``round(target * channels)`` channels are zero, and they stay zero. All of it is a few vectorised
+ops per parameter (``otofx.grouped``).
 """
 
 from __future__ import annotations

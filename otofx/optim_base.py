@@ -5,7 +5,6 @@ prunable channels, and the bookkeeping (pruned channels, schedule) that ``state_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch

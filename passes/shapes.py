@@ -11,9 +11,9 @@ Before: ``conv1 = self.conv1(x)``; after, with x of shape (2, 3, 8, 8):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.fx import GraphModule, Interpreter, Node

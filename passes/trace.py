@@ -14,7 +14,6 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import nn
 from torch.fx import GraphModule, Tracer
 

@@ -99,7 +99,7 @@ def conv_rewrite(ctx, node):
     """New in/out channel counts; a depthwise conv's groups follow its channels."""
     x = node.args[0]
     old_in, new_in = ctx.old_shape(x), ctx.new_shape(x)
-    old_out, new_out = ctx.old_shape(node), ctx.new_shape(node)
+    new_out = ctx.new_shape(node)
     if node.op == "call_module":
         m = ctx.module(node)
         cdim = 1 if len(old_in) == m.weight.dim() else 0

@@ -13,12 +13,15 @@ import operator
 import torch
 import torch.nn.functional as F
 
+from .. import labels as lb
 from ..registry import RULES, Method, aten, functions, module_classes
+from ..table import AFFINE
 
 UNARY = (
     "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh",
-    "leaky_relu", "elu", "selu", "celu", "softplus", "mish", "softsign", "tanhshrink", "logsigmoid",
-    "hardshrink", "softshrink", "rrelu", "threshold", "glu_", "exp", "exp2", "expm1", "log", "log1p",
+    "leaky_relu", "elu", "selu", "celu", "softplus", "mish", "softsign", "tanhshrink",
+    "logsigmoid", "hardshrink", "softshrink", "rrelu", "threshold", "exp", "exp2", "expm1", "log",
+    "log1p",
     "log2", "sqrt", "rsqrt", "abs", "neg", "negative", "square", "pow", "clamp", "clip", "clamp_min",
     "clamp_max", "sin", "cos", "tan", "erf", "erfc", "reciprocal", "sign", "floor", "ceil", "round",
     "trunc", "frac", "nan_to_num", "sinh", "cosh", "asinh", "atan", "sgn", "logit",
@@ -100,7 +103,6 @@ def softmax(ctx, node):
     return L.clone()
 
 
-@RULES.register(F.prelu, torch.prelu, *module_classes("PReLU"), name="prelu")
 def prelu(ctx, node):
     """PReLU with one slope per channel: the slopes are sliced with the channel (dim 1)."""
     x = node.args[0]
@@ -114,8 +116,6 @@ def prelu(ctx, node):
     n = ctx.gm.get_parameter(weight).numel()
     if n == 1:
         return L.clone()
-    from ..table import AFFINE
-    from .. import labels as lb
     cdim = 1 if len(ctx.shape(x)) > 1 else 0
     ids = ctx.table.param_slices(weight, 0, n, AFFINE)
     ctx.table.unify(lb.along(lb.materialize(L, ctx.shape(x), [cdim]), cdim), ids)

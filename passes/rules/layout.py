@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.fx import Node
 
 from .. import labels as lb
-from ..registry import RULES, Method, aten, arg_of, functions, module_classes
+from ..registry import RULES, Method, arg_of, aten, functions, module_classes
 
 # ---- view family: order-preserving reshapes ---------------------------------------------------
 
@@ -56,9 +56,6 @@ def _rectangular(ctx, node: Node, L: torch.Tensor, old, new) -> None:
                 ctx.table.unify(L, L.narrow(d, 0, 1).expand_as(L))
 
 
-@RULES.register(*functions(*VIEWS), *module_classes("Flatten", "Unflatten"),
-                *[k for n in ("view", "_unsafe_view", "reshape", "squeeze", "unsqueeze", "flatten",
-                              "unflatten") for k in aten(n)], accepts_sizes=True, name="view")
 def view(ctx, node):
     x = node.args[0]
     old, new = ctx.shape(x), ctx.out_shape
@@ -155,8 +152,8 @@ def _expand_rewrite(ctx, node):
     node.kwargs = {}
 
 
-RULES.register(*functions("expand", "expand_as", "broadcast_to"), *aten("expand", "default"),
-               rewrite=_expand_rewrite, accepts_sizes=True, name="expand")(_expand)
+RULES.register(*functions("expand", "expand_as", "broadcast_to"),
+               *aten("expand", "default"), rewrite=_expand_rewrite, accepts_sizes=True, name="expand")(_expand)
 
 
 @RULES.register(*functions("repeat", "tile"), accepts_sizes=True, name="repeat")
@@ -202,9 +199,6 @@ def _split_dim(node) -> int:
     return arg_of(node, 2, "dim", 0)
 
 
-@RULES.register(*functions("split", "chunk", "tensor_split", "split_with_sizes"),
-                *aten("split", "Tensor"), *aten("split_with_sizes", "default"),
-                accepts_sizes=True, name="split")
 def split(ctx, node):
     x = node.args[0]
     shape = ctx.shape(x)
@@ -270,7 +264,6 @@ def _literal(v) -> bool:
     return v is None or isinstance(v, int)
 
 
-@RULES.register(operator.getitem, accepts_sizes=True, name="getitem")
 def getitem(ctx, node):
     source, index = node.args[0], node.args[1]
     L = ctx.labels(source)
@@ -382,14 +375,12 @@ def flip(ctx, node):
 @RULES.register(F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle,
                 *module_classes("PixelShuffle", "PixelUnshuffle"), name="pixel_shuffle")
 def pixel_shuffle(ctx, node):
-    x = node.args[0]
     if node.op == "call_module":
         m = ctx.module(node)
         factor = getattr(m, "upscale_factor", getattr(m, "downscale_factor", None))
         fn = F.pixel_shuffle if hasattr(m, "upscale_factor") else F.pixel_unshuffle
     else:
         fn, factor = node.target, ctx.arg(1, "upscale_factor", ctx.arg(1, "downscale_factor"))
-    L = ctx.labels(x)
     # sub-pixel channels land on spatial positions: their consumers pin them
     return _apply_to_labels(ctx, node, lambda full: fn(full, factor))
 

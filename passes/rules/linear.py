@@ -58,8 +58,8 @@ def linear_rewrite(ctx, node):
         m.out_features, m.in_features = m.weight.shape
 
 
-RULES.register(*module_classes("Linear"), F.linear, torch._C._nn.linear, rewrite=linear_rewrite,
-               name="linear")(linear)
+RULES.register(*module_classes("Linear"), F.linear, torch._C._nn.linear,
+               rewrite=linear_rewrite, name="linear")(linear)
 
 
 def embedding(ctx, node):

@@ -66,8 +66,8 @@ def per_channel_norm_rewrite(ctx, node):
         m.num_features = new[cdim]
 
 
-RULES.register(*BATCH_NORMS, *INSTANCE_NORMS, F.batch_norm, F.instance_norm, torch.batch_norm,
-               rewrite=per_channel_norm_rewrite, name="batch_norm")(per_channel_norm)
+RULES.register(*BATCH_NORMS, *INSTANCE_NORMS, F.batch_norm, F.instance_norm,
+               torch.batch_norm, rewrite=per_channel_norm_rewrite, name="batch_norm")(per_channel_norm)
 
 
 def group_norm(ctx, node):

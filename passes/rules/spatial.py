@@ -55,5 +55,5 @@ def spatial(ctx, node):
     return L.clone()
 
 
-RULES.register(*POOL_MODULES, *PAD_MODULES, *UPSAMPLE_MODULES, *POOL_FNS, *UPSAMPLE_FNS, F.pad,
-               name="spatial")(spatial)
+RULES.register(*POOL_MODULES, *PAD_MODULES, *UPSAMPLE_MODULES, *POOL_FNS, *UPSAMPLE_FNS,
+               F.pad, name="spatial")(spatial)

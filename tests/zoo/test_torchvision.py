@@ -3,10 +3,10 @@ and must compute the same outputs with fewer parameters."""
 
 import pytest
 import torch
-from zoo import torchvision_models as tv
 
 import otofx
 from otofx.testing import zero_groups
+from zoo import torchvision_models as tv
 
 CASES = [pytest.param(n, marks=pytest.mark.slow) if n in tv.BIG else n for n in tv.names()]
 

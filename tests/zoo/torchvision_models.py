@@ -6,7 +6,8 @@ from torch import nn
 
 # Over 100M parameters: run by `make test-slow` (pytest -m slow), not in CI.
 BIG = {"convnext_large", "efficientnet_v2_l", "regnet_x_32gf", "regnet_y_32gf", "regnet_y_128gf",
-       "vit_h_14", "vit_l_16", "vit_l_32"}
+       "vit_h_14", "vit_l_16", "vit_l_32", "wide_resnet101_2", "vgg11", "vgg11_bn", "vgg13",
+       "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"}
 # Their architecture fixes the input resolution (position embeddings, window grids).
 FULL_RESOLUTION = ("vit_", "swin", "maxvit")
 
