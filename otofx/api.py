@@ -12,6 +12,7 @@ from torch.fx import GraphModule
 from otofx.analysis import Analysis
 from otofx.errors import AnalysisError, OtofxError
 from otofx.passes import channels_pass, groups_pass, shapes_pass, shrink_graph, trace_module
+from otofx.passes.trace import copy_graph
 from otofx.passes.groups import GROUPS
 
 
@@ -45,18 +46,11 @@ def analyze(gm: nn.Module, example_inputs: Any) -> Analysis:
                             "224, 224),)).")
     if not isinstance(gm, GraphModule):
         gm = trace(gm)
-    work = GraphModule(gm, _copy_graph(gm), type(gm).__name__)
+    work = GraphModule(gm, copy_graph(gm), type(gm).__name__)
     shapes_pass(work, inputs)
     channels_pass(work)
     groups_pass(work)
     return Analysis(work, work.meta[GROUPS], inputs)
-
-
-def _copy_graph(gm: GraphModule) -> torch.fx.Graph:
-    graph = torch.fx.Graph()
-    out = graph.graph_copy(gm.graph, {})
-    graph.output(out)
-    return graph
 
 
 def shrink(gm: GraphModule, analysis: Analysis | None = None, example_inputs: Any = None,

@@ -48,8 +48,7 @@ class DHSPG(GroupSparsityOptimizer):
                 st["start_norm"] = v.dot().sqrt()
             red = st["redundant"] & ~st["pruned"]
             lr = self.param_groups[0]["lr"]
-            xx, xd = v.dot(), v.dot(None, directions)
-            dd = v.dot(directions, directions)
+            xx, xd, dd = v.products(directions, red)
             xn = xx.sqrt()
             lam = torch.full_like(xx, cfg.lmbda)
             neg = red & (xd < 0) & (xn > 0)
@@ -61,21 +60,20 @@ class DHSPG(GroupSparsityOptimizer):
             live = red & (xn > 0)
             c = torch.where(live, lr * lam / xn.clamp_min(1e-30), torch.zeros_like(xn))
             crossed = red & (xx - lr * xd - lr * lam * xn < cfg.epsilon * xx)
-            self._pending = (c, crossed, live, lr)
+            self._pending = (c, crossed, live, lr, xx, xd, dd)
             return
-        c, crossed, live, lr = self._pending
+        c, crossed, live, lr, xx, xd, dd = self._pending
         del self._pending
-        # after the base step x^ = x - lr d; the shrink term - c x = - c (x^ + lr d)
-        v.combine(1.0 - c, -c * lr, directions, live & ~crossed)
         st["pruned"] = st["pruned"] | crossed
-        # the floor that makes the target exact: a redundant channel's norm may not exceed
-        # its norm at the partition times the fraction of the phase still to go, so the last
-        # step lands on exactly zero without a jump
+        # DHSPG's update is x - lr d - c x = (1 - c) x - lr d. otofx's floor then caps a
+        # redundant channel's norm at its partition norm times the share of the phase still to
+        # go, so the last step lands on exactly zero without a jump. Both in one write, from the
+        # products already taken: in terms of x^ = x - lr d (the parameter after the base step)
+        # the result is s (1 - c) x^ - s c lr d, with s the cap's scale.
         left = (cfg.end_pruning_step - step - 1) / cfg.pruning_steps
         cap = st["start_norm"] * left
-        norm = v.dot().sqrt()
-        over = live & ~crossed & (norm > cap)
-        if bool(over.any()):
-            v.scale(torch.where(over, cap / norm.clamp_min(1e-30), torch.ones_like(norm)), over)
+        norm = ((1 - c) ** 2 * xx - 2 * (1 - c) * lr * xd + lr ** 2 * dd).clamp_min(0).sqrt()
+        s = torch.where(norm > cap, cap / norm.clamp_min(1e-30), torch.ones_like(norm))
+        v.combine(s * (1 - c), -s * c * lr, directions, live & ~crossed)
         if step == cfg.end_pruning_step - 1:
             st["pruned"] = st["pruned"] | st["redundant"]

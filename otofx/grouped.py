@@ -44,6 +44,11 @@ class _Rows:
     channel: torch.Tensor    # global channel of each row
 
 
+def _rows_of(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """Slices ``index`` of ``t`` along ``dim``, one per row of a 2-d copy."""
+    return t.detach().movedim(dim, 0).index_select(0, index.to(t.device)).reshape(index.numel(), -1)
+
+
 class GroupedViews:
     """Index tensors over ``module``'s parameters for the prunable ``groups``."""
 
@@ -74,13 +79,46 @@ class GroupedViews:
             counts.index_add_(0, r.channel, torch.full((r.index.numel(),), float(per_row)))
         self.numel = counts           # elements per channel: |g| in the algorithms
 
+    def _plan(self, channels: torch.Tensor | None) -> list[tuple[_Rows, torch.Tensor, torch.Tensor]]:
+        """(rows, index, channel) restricted to ``channels`` (bool per channel; None: all),
+        cached for the last few masks: the redundant or pruned set changes rarely."""
+        if channels is None:
+            return [(r, r.index, r.channel) for r in self.rows]
+        cache = self.__dict__.setdefault("_plans", [])
+        for mask, plan in cache:
+            if torch.equal(mask, channels):
+                return plan
+        plan = []
+        for r in self.rows:
+            keep = channels[r.channel]
+            if bool(keep.any()):
+                plan.append((r, r.index[keep], r.channel[keep]))
+        cache.insert(0, (channels.clone(), plan))
+        del cache[4:]
+        return plan
+
     @property
     def params(self) -> list[nn.Parameter]:
         return [r.param for r in self.rows]
 
     def _slices(self, rows: _Rows, t: torch.Tensor) -> torch.Tensor:
-        return t.detach().movedim(rows.dim, 0).index_select(0, rows.index.to(t.device)) \
-            .reshape(rows.index.numel(), -1)
+        return _rows_of(t, rows.dim, rows.index)
+
+    def products(self, d: dict[int, torch.Tensor], channels: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per channel ``(<x, x>, <x, d>, <d, d>)`` for the parameters x and directions d, each
+        slice read once; only ``channels`` (bool mask) when given, zeros elsewhere."""
+        xx = torch.zeros(self.num_channels, dtype=torch.float64)
+        xd, dd = torch.zeros_like(xx), torch.zeros_like(xx)
+        for r, index, channel in self._plan(channels):
+            x = _rows_of(r.param, r.dim, index)
+            xx.index_add_(0, channel, (x * x).sum(dim=1).double().cpu())
+            other = d.get(id(r.param))
+            if other is not None:
+                y = _rows_of(other, r.dim, index)
+                xd.index_add_(0, channel, (x * y).sum(dim=1).double().cpu())
+                dd.index_add_(0, channel, (y * y).sum(dim=1).double().cpu())
+        return xx, xd, dd
 
     def dot(self, a: dict[int, torch.Tensor] | None = None,
             b: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
@@ -97,7 +135,7 @@ class GroupedViews:
         return out
 
     def saliencies(self, directions: dict[int, torch.Tensor]) -> Saliencies:
-        xx, xd, dd = self.dot(), self.dot(None, directions), self.dot(directions, directions)
+        xx, xd, dd = self.products(directions)
         xn, dn = xx.sqrt(), dd.sqrt()
         cos = torch.where((xn > 0) & (dn > 0), xd / (xn * dn).clamp_min(1e-30),
                           torch.zeros_like(xd))
@@ -122,12 +160,11 @@ class GroupedViews:
                 channels: torch.Tensor) -> None:
         """Slice of channel c becomes ``alpha[c] * slice + beta[c] * other_slice`` for the
         channels where ``channels`` is True (``others`` maps ``id(param)`` to a tensor)."""
-        for r in self.rows:
+        for r, index, channel in self._plan(channels):
             other = others.get(id(r.param))
-            keep = channels[r.channel]
-            if other is None or not bool(keep.any()):
+            if other is None:
                 continue
-            index, channel = r.index[keep].to(r.param.device), r.channel[keep]
+            index = index.to(r.param.device)
             view, oview = r.param.movedim(r.dim, 0), other.movedim(r.dim, 0)
             shape = [-1] + [1] * (view.dim() - 1)
             a = alpha[channel].to(view.dtype).to(view.device).view(shape)
@@ -136,11 +173,18 @@ class GroupedViews:
 
     @torch.no_grad()
     def zero(self, channels: torch.Tensor) -> None:
-        """Set every slice of the channels where ``channels`` (bool, per channel) is True to 0."""
-        for r in self.rows:
-            index = r.index[channels[r.channel]]
-            if index.numel():
-                r.param.index_fill_(r.dim, index.to(r.param.device), 0.0)
+        """Set every slice of the channels where ``channels`` (bool, per channel) is True to 0.
+
+        The rows to zero are worked out once per distinct ``channels`` and reused, so holding
+        pruned channels at zero costs one ``index_fill_`` per parameter and step."""
+        cached = getattr(self, "_zero_mask", None)
+        if cached is None or not torch.equal(cached, channels):
+            self._zero_mask = channels.clone()
+            self._zero_plan = [(r.param, r.dim, r.index[channels[r.channel]].to(r.param.device))
+                               for r in self.rows]
+            self._zero_plan = [plan for plan in self._zero_plan if plan[2].numel()]
+        for param, dim, index in self._zero_plan:
+            param.index_fill_(dim, index, 0.0)
 
     def is_zero(self) -> torch.Tensor:
         """Bool per channel: every slice exactly zero."""

@@ -66,6 +66,9 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
 
     # ---- the step ------------------------------------------------------------------------------
     def _check_finite(self) -> None:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            return   # one reduction for all; the slow scan below only runs when it fails
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
@@ -126,9 +129,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                 if d is not None:
                     p.add_(d, alpha=-group["lr"])
         self._prune(directions, lrs, step, before=False)
-        pruned = self.otofx_state["pruned"]
-        if bool(pruned.any()):
-            self.views.zero(pruned)
+        self.views.zero(self.otofx_state["pruned"])
         self.otofx_state["step"] = step + 1
         return loss
 

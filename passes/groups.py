@@ -188,9 +188,15 @@ def _dim_exprs(gm: GraphModule, groups: list[PruningGroup]) -> None:
         L, shape = node.meta.get(LABELS), node.meta.get(SHAPE)
         if not isinstance(L, torch.Tensor) or not isinstance(shape, torch.Size):
             continue
+        if not bool((L >= 0).any()):
+            node.meta[DIMS] = tuple(sympy.Integer(s) for s in shape)
+            continue
         R = table.uf.roots(L)
         exprs = []
         for d in range(len(shape)):
+            if R.size(d) == 1 and shape[d] == 1:
+                exprs.append(sympy.Integer(1))
+                continue
             per_pos = lb.along(R, d)
             gid = torch.where(per_pos >= 0, group_of[per_pos.clamp(min=0)], -1)
             repeat = shape[d] if R.size(d) == 1 else 1

@@ -14,7 +14,6 @@ After:  conv1 (10 out) -> bn1 (10) -> relu -> conv2 (10 in), conv2.bias += folde
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from .groups import GROUPS, PruningGroup
 from .registry import RULES, arg_of
 from .shapes import evaluation
 from .table import PRODUCER, ConsumerSite, member_mask
+from .trace import copy_module
 
 
 @dataclass
@@ -367,7 +367,7 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
             "run otofx.analyze on this GraphModule first.")
     groups: list[PruningGroup] = analysis_gm.meta[GROUPS]
     table = analysis_gm.meta[TABLE]
-    sub = copy.deepcopy(gm)
+    sub = copy_module(gm)
     nodes = {n.name: n for n in sub.graph.nodes}
     stats = ShrinkStats()
 

@@ -14,6 +14,7 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import nn
 from torch.fx import GraphModule, Tracer
 
@@ -82,3 +83,19 @@ def trace_module(model: nn.Module, leaf_modules: Iterable[Any] = ()) -> GraphMod
         ) from exc
     name = type(model).__name__
     return GraphModule(tracer.root, graph, name)
+
+
+def copy_graph(gm: GraphModule) -> torch.fx.Graph:
+    """A copy of ``gm.graph`` (same node names, shallow-copied meta, same codegen)."""
+    graph = torch.fx.Graph(tracer_cls=gm.graph._tracer_cls,
+                           tracer_extras=getattr(gm.graph, "_tracer_extras", None))
+    out = graph.graph_copy(gm.graph, {})
+    graph.output(out)
+    graph._codegen = copy.deepcopy(gm.graph._codegen)
+    return graph
+
+
+def copy_module(gm: GraphModule) -> GraphModule:
+    """``copy.deepcopy(gm)``, several times faster: the graph is copied node by node instead of
+    through the generic deepcopy machinery."""
+    return copy.deepcopy(gm, {id(gm.graph): copy_graph(gm)})
