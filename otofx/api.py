@@ -12,8 +12,8 @@ from torch.fx import GraphModule
 from otofx.analysis import Analysis
 from otofx.errors import AnalysisError, OtofxError
 from otofx.passes import channels_pass, groups_pass, shapes_pass, shrink_graph, trace_module
-from otofx.passes.trace import copy_graph
 from otofx.passes.groups import GROUPS
+from otofx.passes.trace import copy_graph
 
 
 def _inputs(example_inputs: Any) -> tuple:

@@ -130,18 +130,28 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
     order = stable_argsort(roots * K + kinds)
     roots, kinds, pos = roots[order], kinds[order], pos[order]
     pairs, counts = torch.unique_consecutive(roots * K + kinds, return_counts=True)
-    signature: dict[int, list] = defaultdict(list)
-    for pair, count in zip(pairs.tolist(), counts.tolist()):
-        signature[pair // K].append((pair % K, count))
-    by_signature: dict[tuple, list[int]] = defaultdict(list)
-    for root in units.tolist():
-        by_signature[(tuple(signature[root]), root in pins)].append(root)
+    pair_root, pair_kind = pairs // K, pairs % K
+
+    # channels with the same signature (the same records, each the same number of times) and
+    # the same pinned state form a group: hashed, two independent 64-bit hashes per channel
+    gen = torch.Generator().manual_seed(0)
+    salt = torch.randint(-2 ** 62, 2 ** 62, (2, K), generator=gen)
+    hashes = torch.zeros(2, uf.size, dtype=torch.long)
+    for i in range(2):
+        hashes[i].index_add_(0, pair_root, salt[i][pair_kind] * (counts + 1))
+    pinned = member_mask(units, torch.tensor(sorted(pins), dtype=torch.long))
+    key = torch.stack([hashes[0][units], hashes[1][units], pinned.long()], dim=1)
+    _, group_index = torch.unique(key, dim=0, return_inverse=True)
+    first_root = torch.full((int(group_index.max()) + 1,), uf.size, dtype=torch.long)
+    first_root.scatter_reduce_(0, group_index, units, reduce="amin")
+    order_of_groups = torch.argsort(first_root)            # groups in channel-creation order
+    rank = torch.empty_like(order_of_groups)
+    rank[order_of_groups] = torch.arange(len(order_of_groups))
+    group_index = rank[group_index]
 
     # every (group, record) block of entries, channels in root order, positions in order
     group_of = torch.full((uf.size,), -1, dtype=torch.long)
-    keys = list(by_signature)
-    for gi, key in enumerate(keys):
-        group_of[torch.tensor(by_signature[key], dtype=torch.long)] = gi
+    group_of[units] = group_index
     block = group_of[roots] * K + kinds
     order = stable_argsort(block)
     block, pos = block[order], pos[order]
@@ -150,12 +160,16 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
     for b, n in zip(*[t.tolist() for t in torch.unique_consecutive(block, return_counts=True)]):
         starts[b] = offset
         offset += n
+    members_of = [units[group_index == gi] for gi in range(len(order_of_groups))]
 
     groups: list[PruningGroup] = []
     names: dict[str, int] = defaultdict(int)
-    for gi, (sig, pinned) in enumerate(keys):
-        members_roots = by_signature[(sig, pinned)]
-        size = len(members_roots)
+    for gi, group_roots in enumerate(members_of):
+        size = group_roots.numel()
+        rep = int(group_roots[0])
+        lo, hi = (int(torch.searchsorted(pair_root, rep, right=r)) for r in (False, True))
+        sig = list(zip(pair_kind[lo:hi].tolist(), counts[lo:hi].tolist()))
+        is_pinned = rep in pins
         members, consumers = [], []
         for k, count in sig:
             rec = records[k]
@@ -169,12 +183,12 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
         base = (producers or members)[0].param.rsplit(".", 1)[0] if members else "group"
         names[base] += 1
         name = base if names[base] == 1 else f"{base}#{names[base]}"
-        why = sorted({w for r in members_roots for w in pins.get(r, [])})[:8] if pinned else []
-        if not pinned and size < 2:
+        why = sorted({w for r in group_roots.tolist() for w in pins.get(r, [])})[:8] \
+            if is_pinned else []
+        if not is_pinned and size < 2:
             why = ["a single channel: removing it would leave the dim empty"]
         groups.append(PruningGroup(name, size, not why, why, members, sorted(set(consumers)),
-                                   torch.tensor(members_roots, dtype=torch.long)))
-    groups.sort(key=lambda g: int(g.roots[0]))
+                                   group_roots))
     return groups
 
 

@@ -55,6 +55,8 @@ def _dtype(value: Any) -> Any:
 
 
 class _Recorder(Interpreter):
+    failure: ShapeError | None = None
+
     def run_node(self, n: Node) -> Any:
         try:
             value = super().run_node(n)
@@ -63,11 +65,12 @@ class _Recorder(Interpreter):
             for a in n.all_input_nodes:
                 shape = a.meta.get(SHAPE)
                 inputs.append(f"{a.name}: {tuple(shape) if isinstance(shape, torch.Size) else shape}")
-            raise ShapeError(
+            self.failure = ShapeError(
                 f"the example inputs do not fit node '{n.name}' ({n.format_node()}): "
-                f"{type(exc).__name__}: {exc}. Its inputs were [{', '.join(inputs)}]. "
-                "Pass example inputs with the shapes and dtypes the model expects."
-            ) from exc
+                f"{type(exc).__name__}: {str(exc).splitlines()[0].rstrip('.')}. Its inputs were "
+                f"[{', '.join(inputs)}]. Pass example inputs with the shapes and dtypes the model "
+                "expects.")
+            raise
         n.meta[SHAPE] = _describe(value)
         n.meta[DTYPE] = _dtype(value)
         return value
@@ -81,6 +84,12 @@ def shapes_pass(gm: GraphModule, example_inputs: Sequence[Any]) -> PassResult:
             f"got {len(example_inputs)} example inputs but the graph takes {len(placeholders)} "
             f"({', '.join(p.name for p in placeholders)})."
         )
+    recorder = _Recorder(gm)
     with evaluation(gm):
-        _Recorder(gm).run(*example_inputs)
+        try:
+            recorder.run(*example_inputs)
+        except Exception as exc:
+            if recorder.failure is not None:
+                raise recorder.failure from exc   # raised here: torch annotates errors in run()
+            raise
     return PassResult(gm, False)
