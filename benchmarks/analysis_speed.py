@@ -392,23 +392,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def begin(args: argparse.Namespace, header: Callable[[argparse.Namespace], str]) -> str:
+    """Seed, thread count and the machine line every benchmark prints first."""
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    header = machine_line(args)
-    print(header, flush=True)
+    line = header(args)
+    print(line, flush=True)
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    header = begin(args, machine_line)
     tools = Tools.load()
     warm_up(tools, args.batch)
     rows: list[Row] = []
     for spec in model_specs(args.quick, args.deep_size):
         rows += bench_model(spec, tools, args)
-    body = "\n\n".join([markdown_table(HEADERS, [r.cells for r in rows]),
-                        NOTES.format(repeats=args.repeats, budget=args.budget),
-                        "\n".join(targets(rows))])
+    return publish(header, markdown_table(HEADERS, [r.cells for r in rows]),
+                   NOTES.format(repeats=args.repeats, budget=args.budget), targets(rows), args.out)
+
+
+def publish(header: str, table: str, notes: str, target_lines: list[str],
+            out: Path | None) -> int:
+    """Print the table, notes and target lines; also write them (with the header) to ``out``."""
+    body = "\n\n".join([table, notes, "\n".join(target_lines)])
     print("\n" + body)
-    if args.out:
-        args.out.write_text(f"{header}\n\n{body}\n")
+    if out:
+        out.write_text(f"{header}\n\n{body}\n")
     return 0
 
 

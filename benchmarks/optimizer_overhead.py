@@ -53,7 +53,7 @@ from torch import nn
 
 import otofx
 from benchmarks import peers
-from benchmarks.analysis_speed import Step, fmt, markdown_table, time_once
+from benchmarks.analysis_speed import Step, begin, fmt, markdown_table, publish, time_once
 from benchmarks.models import ModelSpec
 
 TARGET = 0.5
@@ -494,21 +494,13 @@ def bench_model(spec: ModelSpec, schedule: Schedule, tools: Tools,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    header = machine_line(args)
-    print(header, flush=True)
+    header = begin(args, machine_line)
     tools = peers.load_oto()
     rows: list[Row] = []
     for spec, schedule in model_specs(args):
         rows += bench_model(spec, schedule, tools, args)
-    body = "\n\n".join([markdown_table(HEADERS, [r.cells for r in rows]),
-                        NOTES.format(periods=args.periods, target=TARGET),
-                        "\n".join(targets(rows))])
-    print("\n" + body)
-    if args.out:
-        args.out.write_text(f"{header}\n\n{body}\n")
-    return 0
+    return publish(header, markdown_table(HEADERS, [r.cells for r in rows]),
+                   NOTES.format(periods=args.periods, target=TARGET), targets(rows), args.out)
 
 
 if __name__ == "__main__":

@@ -4,23 +4,12 @@ import pytest
 import sympy
 import torch
 import torch.nn.functional as F
+from helpers import pinned_group, roundtrip
 from torch import nn
 from zoo.small import SEBlock, Shuffle, TinyCNN
 
 import otofx
 from otofx.testing import zero_groups
-
-
-def _roundtrip(model, x, fraction=0.5, seed=0, affine=True):
-    gm = otofx.trace(model)
-    analysis = otofx.analyze(gm, (x,))
-    zero_groups(gm, analysis, fraction, seed=seed, affine=affine)
-    small = otofx.shrink(gm, analysis)
-    gm.eval()
-    small.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(small(x), gm(x), rtol=1e-4, atol=1e-5)
-    return gm, analysis, small
 
 
 def _params(m):
@@ -55,7 +44,7 @@ def test_head_is_pinned_because_it_reaches_the_output():
 
 
 def test_zeroed_channels_are_removed_and_parameters_predicted():
-    _, analysis, small = _roundtrip(TinyCNN(), torch.randn(2, 3, 8, 8))
+    _, analysis, small = roundtrip(TinyCNN(), torch.randn(2, 3, 8, 8))
     stats = small.meta["otofx.shrink"]
     assert stats.removed == {"c1": 4, "c3": 8}
     assert _params(small) == analysis.params_after(stats.removed_channels)
@@ -76,23 +65,23 @@ class _BiasThenConv(nn.Module):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_a_removed_channels_constant_is_folded_into_the_next_bias(bias):
-    _, _, small = _roundtrip(_BiasThenConv(1, 0, bias), torch.randn(2, 3, 5, 5), affine=False)
+    _, _, small = roundtrip(_BiasThenConv(1, 0, bias), torch.randn(2, 3, 5, 5), affine=False)
     stats = small.meta["otofx.shrink"]
     assert stats.removed == {"a": 3} and stats.folded == ["b"]
     assert small.b.bias is not None and small.b.in_channels == 3
 
 
 def test_a_constant_that_a_padded_conv_cannot_absorb_keeps_its_channel():
-    _, _, small = _roundtrip(_BiasThenConv(3, 1), torch.randn(2, 3, 5, 5), affine=False)
+    _, _, small = roundtrip(_BiasThenConv(3, 1), torch.randn(2, 3, 5, 5), affine=False)
     stats = small.meta["otofx.shrink"]
     assert stats.kept_constant == {"a": 3} and small.a.out_channels == 6
-    _, _, exact = _roundtrip(_BiasThenConv(3, 1), torch.randn(2, 3, 5, 5), affine=True)
+    _, _, exact = roundtrip(_BiasThenConv(3, 1), torch.randn(2, 3, 5, 5), affine=True)
     assert exact.a.out_channels == 3            # exact zeros go whatever the padding
 
 
 def test_channel_shuffle_is_exact_and_removes_one_channel_per_group():
     model = Shuffle(groups=2)
-    gm, analysis, small = _roundtrip(model, torch.randn(2, 3, 6, 6))
+    gm, analysis, small = roundtrip(model, torch.randn(2, 3, 6, 6))
     group = next(g for g in analysis.groups if g.name == "a")
     # the shuffle removes channel j of both shuffle groups together, the grouped conv channel j
     # of both conv groups: together 2 units of 4 channels each
@@ -105,7 +94,7 @@ def test_se_gate_couples_the_gate_with_the_channels_it_scales():
     analysis = otofx.analyze(otofx.trace(SEBlock()), (torch.randn(2, 3, 6, 6),))
     group = next(g for g in analysis.groups if g.name == "conv")
     assert "fc2.weight" in {m.param for m in group.slices("producer")}
-    _roundtrip(SEBlock(), torch.randn(2, 3, 6, 6))
+    roundtrip(SEBlock(), torch.randn(2, 3, 6, 6))
 
 
 class _Depthwise(nn.Module):
@@ -121,7 +110,7 @@ class _Depthwise(nn.Module):
 
 @pytest.mark.parametrize("mult", [1, 2])
 def test_depthwise_conv_carries_its_input_channels(mult):
-    _, analysis, small = _roundtrip(_Depthwise(mult), torch.randn(2, 3, 6, 6))
+    _, analysis, small = roundtrip(_Depthwise(mult), torch.randn(2, 3, 6, 6))
     group = next(g for g in analysis.groups if g.name == "a")
     assert "dw.weight" in {m.param for m in group.members}
     assert small.dw.groups == small.dw.in_channels == 3
@@ -140,7 +129,7 @@ class _Grouped(nn.Module):
 
 
 def test_grouped_conv_removes_equal_numbers_from_every_group():
-    _, analysis, small = _roundtrip(_Grouped(), torch.randn(2, 3, 5, 5))
+    _, analysis, small = roundtrip(_Grouped(), torch.randn(2, 3, 5, 5))
     sizes = {g.name: g.size for g in analysis.groups}
     assert sizes["a"] == 2 and sizes["g"] == 3      # 8/4 inputs and 12/4 outputs per group
     assert small.g.groups == 4
@@ -157,7 +146,7 @@ class _GroupNorm(nn.Module):
 
 
 def test_group_norm_prunes_whole_groups_and_stays_valid():
-    _, analysis, small = _roundtrip(_GroupNorm(), torch.randn(2, 3, 5, 5))
+    _, analysis, small = roundtrip(_GroupNorm(), torch.randn(2, 3, 5, 5))
     assert next(g for g in analysis.groups if g.name == "a").size == 4
     assert small.gn.num_channels == small.gn.num_groups * 3
 
@@ -172,9 +161,8 @@ class _LayerNormOverChannels(nn.Module):
 
 
 def test_layer_norm_over_channels_pins_them_and_says_why():
-    analysis = otofx.analyze(otofx.trace(_LayerNormOverChannels()), (torch.randn(2, 6),))
-    group = next(g for g in analysis.groups if g.name == "fc1")
-    assert not group.prunable and any("layer norm" in w for w in group.why_pinned)
+    why = pinned_group(_LayerNormOverChannels(), torch.randn(2, 6), "fc1")
+    assert any("layer norm" in w for w in why)
 
 
 class _Unknown(nn.Module):
@@ -188,7 +176,7 @@ class _Unknown(nn.Module):
 
 
 def test_an_op_without_rule_pins_what_it_touches_and_names_it():
-    gm, analysis, small = _roundtrip(_Unknown(), torch.randn(2, 3, 4, 4))
+    gm, analysis, small = roundtrip(_Unknown(), torch.randn(2, 3, 4, 4))
     pinned = {g.name: g for g in analysis.pinned}
     assert "a" in pinned and any("cumsum" in w for w in pinned["a"].why_pinned)
     assert "b" in pinned and any("no channel" in w for w in pinned["b"].why_pinned)
@@ -205,9 +193,8 @@ class _CountAsValue(nn.Module):
 
 
 def test_a_channel_count_used_as_a_value_pins_those_channels():
-    analysis = otofx.analyze(otofx.trace(_CountAsValue()), (torch.randn(2, 3, 4, 4),))
-    group = next(g for g in analysis.groups if g.name == "a")
-    assert not group.prunable and any("channel count" in w for w in group.why_pinned)
+    why = pinned_group(_CountAsValue(), torch.randn(2, 3, 4, 4), "a")
+    assert any("channel count" in w for w in why)
 
 
 class _Shared(nn.Module):
@@ -222,7 +209,7 @@ class _Shared(nn.Module):
 
 
 def test_a_weight_used_twice_couples_both_uses():
-    _, analysis, small = _roundtrip(_Shared(), torch.randn(2, 3, 4, 4))
+    _, analysis, small = roundtrip(_Shared(), torch.randn(2, 3, 4, 4))
     group = next(g for g in analysis.groups if g.name == "a")
     # shared's input columns consume a's channels and shared's own output: one group
     assert "shared.weight" in {m.param for m in group.slices("producer")}
@@ -239,7 +226,7 @@ class _FreeScale(nn.Module):
 
 
 def test_a_free_parameter_is_sliced_with_the_channels_it_scales():
-    _, analysis, small = _roundtrip(_FreeScale(), torch.randn(2, 3, 4, 4))
+    _, analysis, small = roundtrip(_FreeScale(), torch.randn(2, 3, 4, 4))
     group = next(g for g in analysis.groups if g.name == "a")
     gamma = next(m for m in group.members if m.param == "gamma")
     assert gamma.dim == 0
@@ -256,9 +243,9 @@ class _SumOverChannels(nn.Module):
 
 
 def test_a_sum_over_channels_removes_only_exact_zeros():
-    _, _, small = _roundtrip(_SumOverChannels(), torch.randn(2, 3, 4, 4), affine=True)
+    _, _, small = roundtrip(_SumOverChannels(), torch.randn(2, 3, 4, 4), affine=True)
     assert small.a.out_channels == 3
-    _, _, kept = _roundtrip(_SumOverChannels(), torch.randn(2, 3, 4, 4), affine=False)
+    _, _, kept = roundtrip(_SumOverChannels(), torch.randn(2, 3, 4, 4), affine=False)
     stats = kept.meta["otofx.shrink"]
     assert stats.removed.get("a", 0) + stats.kept_constant.get("a", 0) == 3
 
@@ -274,7 +261,7 @@ class _Chunks(nn.Module):
 
 
 def test_chunk_cat_and_slices_are_rewritten_to_the_new_sizes():
-    _roundtrip(_Chunks(), torch.randn(2, 3, 5, 5))
+    roundtrip(_Chunks(), torch.randn(2, 3, 5, 5))
 
 
 def test_dims_are_sympy_expressions_that_give_the_new_shapes():
@@ -359,6 +346,5 @@ class _OpaqueTupleWithNone(nn.Module):
 
 
 def test_an_unknown_op_returning_none_in_a_tuple_pins_and_does_not_crash():
-    analysis = otofx.analyze(otofx.trace(_OpaqueTupleWithNone()), (torch.randn(1, 4, 16),))
-    group = next(g for g in analysis.groups if g.name == "fc")
-    assert not group.prunable and any("MultiheadAttention" in w for w in group.why_pinned)
+    why = pinned_group(_OpaqueTupleWithNone(), torch.randn(1, 4, 16), "fc")
+    assert any("MultiheadAttention" in w for w in why)
