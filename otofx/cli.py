@@ -90,8 +90,8 @@ def roundtrip(args, gm, analysis, x) -> int:
     print(f"\nround trip: zeroed {args.fraction:.0%} of every prunable group (seed {args.seed}), "
           f"shrank in {took:.2f} s")
     print(f"  channels removed : {sum(stats.removed.values())} in {len(stats.removed)} groups"
-          + (f" ({sum(stats.kept_constant.values())} kept: constant not foldable)"
-             if stats.kept_constant else ""))
+          + (f" ({sum(stats.kept.values())} zero channels kept: not foldable or would empty a tensor)"
+             if stats.kept else ""))
     print(f"  parameters       : {p0:,} -> {p1:,} ({p1 / p0:.2f}x)")
     print(f"  FLOPs            : {f0:,} -> {f1:,} ({f1 / max(f0, 1):.2f}x)")
     print(f"  CPU latency      : {1e3 * l0:.1f} ms -> {1e3 * l1:.1f} ms ({l1 / l0:.2f}x)")

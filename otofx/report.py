@@ -87,8 +87,9 @@ def compression_report(job, subnet) -> str:
         f"parameters: {base['params']:,} -> {params:,} ({params / max(base['params'], 1):.3f}x)",
         f"FLOPs:      {base['flops']:,} -> {flops:,} ({flops / max(base['flops'], 1):.3f}x)",
     ]
-    if stats is not None and stats.kept_constant:
-        lines.append(f"kept (constant not foldable): {sum(stats.kept_constant.values())} channels")
+    if stats is not None and stats.kept:
+        lines.append(f"zero channels kept (a constant not foldable, or a tensor that would be "
+                     f"empty): {sum(stats.kept.values())}")
     rows = []
     removed = stats.removed if stats is not None else {}
     for g in job.analysis.prunable:

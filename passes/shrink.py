@@ -40,7 +40,7 @@ class ShrinkStats:
 
     removed: dict[str, int] = field(default_factory=dict)     # group name -> channels removed
     removed_channels: dict[str, torch.Tensor] = field(default_factory=dict)  # -> their indices
-    kept_constant: dict[str, int] = field(default_factory=dict)  # group -> kept: unfoldable
+    kept: dict[str, int] = field(default_factory=dict)  # group -> zero channels that had to stay
     folded: list[str] = field(default_factory=list)          # nodes whose bias absorbed constants
 
 
@@ -216,6 +216,33 @@ def _decide(gm: GraphModule, ctx: ShrinkContext, captures: dict[str, list[_Captu
             else:
                 deltas[name] = deltas.get(name, 0) + delta
     return keep, deltas
+
+
+def _emptied(ctx: ShrinkContext, analysis_gm: GraphModule) -> set[int]:
+    """Channels whose removal would leave some tensor with no position along a dim (a split
+    piece, a slice holding only removed channels): they stay, so no tensor becomes empty."""
+    keep: set[int] = set()
+    for node in analysis_gm.graph.nodes:
+        for L in _label_tensors(node.meta.get(LABELS)):
+            if not bool((L >= 0).any()):
+                continue
+            gone = ctx.removed(L)
+            if not bool(gone.any()):
+                continue
+            empty = bool(gone.all()) or any(
+                bool(gone.movedim(d, 0).reshape(L.size(d), -1).all(dim=1).all())
+                for d in range(L.dim()) if L.size(d) > 1)
+            if empty:
+                keep |= set(ctx.table.uf.roots(L[gone]).unique().tolist())
+    return keep
+
+
+def _label_tensors(L: Any) -> list[torch.Tensor]:
+    if isinstance(L, torch.Tensor):
+        return [L]
+    if isinstance(L, (list, tuple)):
+        return [t for x in L for t in _label_tensors(x)]
+    return []
 
 
 # ---- applying it ---------------------------------------------------------------------------------
@@ -399,6 +426,7 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
                                                                          dtype=torch.long))]
         ctx = ShrinkContext(sub, analysis_gm, removed_roots)
         more, deltas = _decide(sub, ctx, captures, nodes)
+        more |= _emptied(ctx, analysis_gm)
         if more <= keep:
             break
         keep |= more
@@ -409,7 +437,7 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
             stats.removed_channels[g.name] = torch.nonzero(gone).view(-1)
             held = int(dead[g.name].sum()) - int(gone.sum())
             if held:
-                stats.kept_constant[g.name] = held
+                stats.kept[g.name] = held
     if removed_roots.numel() == 0:
         return sub, stats
 

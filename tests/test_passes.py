@@ -74,7 +74,7 @@ def test_a_removed_channels_constant_is_folded_into_the_next_bias(bias):
 def test_a_constant_that_a_padded_conv_cannot_absorb_keeps_its_channel():
     _, _, small = roundtrip(_BiasThenConv(3, 1), torch.randn(2, 3, 5, 5), affine=False)
     stats = small.meta["otofx.shrink"]
-    assert stats.kept_constant == {"a": 3} and small.a.out_channels == 6
+    assert stats.kept == {"a": 3} and small.a.out_channels == 6
     _, _, exact = roundtrip(_BiasThenConv(3, 1), torch.randn(2, 3, 5, 5), affine=True)
     assert exact.a.out_channels == 3            # exact zeros go whatever the padding
 
@@ -247,7 +247,7 @@ def test_a_sum_over_channels_removes_only_exact_zeros():
     assert small.a.out_channels == 3
     _, _, kept = roundtrip(_SumOverChannels(), torch.randn(2, 3, 4, 4), affine=False)
     stats = kept.meta["otofx.shrink"]
-    assert stats.removed.get("a", 0) + stats.kept_constant.get("a", 0) == 3
+    assert stats.removed.get("a", 0) + stats.kept.get("a", 0) == 3
 
 
 class _Chunks(nn.Module):
@@ -348,3 +348,26 @@ class _OpaqueTupleWithNone(nn.Module):
 def test_an_unknown_op_returning_none_in_a_tuple_pins_and_does_not_crash():
     why = pinned_group(_OpaqueTupleWithNone(), torch.randn(1, 4, 16), "fc")
     assert any("MultiheadAttention" in w for w in why)
+
+
+class _SplitPieceOfOne(nn.Module):
+    """Found by hypothesis: a split piece holding a single channel must not become empty."""
+
+    def __init__(self):
+        super().__init__()
+        self.m0 = nn.Conv2d(1, 2, 1, bias=False)
+        self.bn = nn.BatchNorm2d(2)
+        self.head = nn.Linear(2, 2)
+
+    def forward(self, x):
+        x1 = self.m0(x)
+        a, b = torch.split(x1, [1, 1], dim=1)
+        y = self.bn(F.relu(torch.cat([a, b], dim=1)))
+        return self.head((y + x1).mean((2, 3)))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_a_split_piece_of_one_channel_keeps_its_channel(affine):
+    _, _, small = roundtrip(_SplitPieceOfOne(), torch.randn(2, 1, 4, 4), fraction=1.0,
+                            affine=affine)
+    assert small.m0.out_channels == 2
