@@ -193,7 +193,9 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
 
 
 def _dim_exprs(gm: GraphModule, groups: list[PruningGroup]) -> None:
-    """``node.meta["otofx.dims"]``: each dim's size as ``constant + sum(k_g * S_g)``."""
+    """``node.meta["otofx.dims"]``: each dim's size as ``constant + sum(k_g * S_g)``, ``S_g`` the
+    channels group g keeps. A dim holding only some of a group's channels (one piece of a split)
+    counts them as a constant: the expression is exact for the groups it names."""
     table = gm.meta[TABLE]
     group_of = torch.full((table.uf.size + 1,), -1, dtype=torch.long)
     for gi, g in enumerate(groups):
@@ -208,17 +210,16 @@ def _dim_exprs(gm: GraphModule, groups: list[PruningGroup]) -> None:
         R = table.uf.roots(L)
         exprs = []
         for d in range(len(shape)):
-            if R.size(d) == 1 and shape[d] == 1:
-                exprs.append(sympy.Integer(1))
+            if R.size(d) == 1:
+                # the same labels at every position along d: this dim never shrinks
+                exprs.append(sympy.Integer(shape[d]))
                 continue
             per_pos = lb.along(R, d)
             gid = torch.where(per_pos >= 0, group_of[per_pos.clamp(min=0)], -1)
-            repeat = shape[d] if R.size(d) == 1 else 1
-            expr = sympy.Integer(int((gid < 0).sum()) * repeat)
-            for gi, count in zip(*[t.tolist() for t in torch.unique(gid[gid >= 0],
-                                                                   return_counts=True)]):
+            expr = sympy.Integer(int((gid < 0).sum()))
+            for gi, n in zip(*[t.tolist() for t in torch.unique(gid[gid >= 0],
+                                                               return_counts=True)]):
                 g = groups[gi]
-                n = count * repeat
                 expr += (n // g.size) * g.symbol if n % g.size == 0 else sympy.Integer(n)
             exprs.append(expr)
         node.meta[DIMS] = tuple(exprs)

@@ -41,23 +41,28 @@ class UnionFind:
         self.size += n
         return ids
 
-    def roots(self, ids: torch.Tensor) -> torch.Tensor:
-        """Roots of ``ids``; negative entries (untracked/constant) are returned unchanged."""
-        flat = ids.reshape(-1)
-        valid = flat >= 0
-        if not bool(valid.any()):
-            return ids.clone()
-        x = flat[valid]
+    def _find(self, x: torch.Tensor) -> torch.Tensor:
         r = self._parent[x]
         while True:
             r2 = self._parent[r]
             if torch.equal(r2, r):
                 break
             r = r2
-        self._parent[x] = r
+        self._parent[x] = r          # path compression
+        return r
+
+    def roots(self, ids: torch.Tensor) -> torch.Tensor:
+        """Roots of ``ids``; negative entries (untracked/constant) are returned unchanged."""
+        flat = ids.reshape(-1)
+        if flat.numel() == 0:
+            return ids.clone()
+        valid = flat >= 0
+        if bool(valid.all()):
+            return self._find(flat).reshape(ids.shape)
         out = flat.clone()
-        out[valid] = r
-        return out.view_as(ids)
+        if bool(valid.any()):
+            out[valid] = self._find(flat[valid])
+        return out.reshape(ids.shape)
 
     def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Unify ``a[i]`` with ``b[i]`` for every i where both are ids (>= 0)."""
