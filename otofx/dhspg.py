@@ -38,10 +38,8 @@ class DHSPG(GroupSparsityOptimizer):
         return choose(score, self.target, v.group_of, v.sizes, available, already,
                       self.config.group_divisible)
 
-    def _prune(self, directions, lrs, step, before):
+    def _prune(self, directions, step, before):
         cfg, st, v = self.config, self.otofx_state, self.views
-        if not v.num_channels or not cfg.start_pruning_step <= step < cfg.end_pruning_step:
-            return
         if before:
             if "redundant" not in st:
                 st["redundant"] = self._partition(directions)

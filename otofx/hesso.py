@@ -21,10 +21,8 @@ class HESSO(GroupSparsityOptimizer):
 
     config: HESSOConfig
 
-    def _prune(self, directions, lrs, step, before):
+    def _prune(self, directions, step, before):
         cfg, st, v = self.config, self.otofx_state, self.views
-        if not v.num_channels or not cfg.start_pruning_step <= step < cfg.end_pruning_step:
-            return
         length = cfg.pruning_steps // cfg.pruning_periods
         period, tau = divmod(step - cfg.start_pruning_step, length)
         if period >= cfg.pruning_periods:

@@ -5,6 +5,7 @@ prunable channels, and the bookkeeping (pruned channels, schedule) that ``state_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -77,11 +78,13 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                         f"step {self.steps_taken}; no parameter or optimizer state was changed. "
                         "Lower the learning rate, clip gradients or check the loss.")
 
-    def _direction(self, p: torch.Tensor, group: dict, step: int) -> torch.Tensor:
-        """The base variant's update direction (the step is ``-lr * direction``)."""
+    def _direction(self, p: torch.Tensor, group: dict, step: int, apply: bool
+                   ) -> torch.Tensor | None:
+        """The base variant's update direction (the step is ``-lr * direction``); with
+        ``apply`` the step is taken in place instead, as torch's own optimizers do it."""
         grad = p.grad
         state = self.state[p]
-        wd, variant = group["weight_decay"], self.config.variant
+        wd, variant, lr = group["weight_decay"], self.config.variant, group["lr"]
         if variant == "sgd":
             d = grad.add(p, alpha=wd) if wd else grad
             if group["momentum"]:
@@ -91,6 +94,9 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                 else:
                     buf.mul_(group["momentum"]).add_(d)
                 d = buf
+            if apply:
+                p.add_(d, alpha=-lr)
+                return None
             return d
         b1, b2 = group["betas"]
         if variant == "adam" and wd:
@@ -102,9 +108,15 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         t = step + 1
-        d = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt_().add_(group["eps"]))
+        denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(group["eps"])
+        if apply:
+            if variant == "adamw" and wd:
+                p.mul_(1 - lr * wd)
+            p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+            return None
+        d = m.div(denom).div_(1 - b1 ** t)
         if variant == "adamw" and wd:
-            d = d.add(p, alpha=wd)
+            d.add_(p, alpha=wd)
         return d
 
     @torch.no_grad()
@@ -115,27 +127,29 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                 loss = closure()
         self._check_finite()
         step = self.steps_taken
+        pruning = bool(self.views.num_channels) and self.in_pruning_phase()
         directions: dict[int, torch.Tensor] = {}
-        lrs: dict[int, float] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    directions[id(p)] = self._direction(p, group, step)
-                    lrs[id(p)] = group["lr"]
-        self._prune(directions, lrs, step, before=True)
-        for group in self.param_groups:
-            for p in group["params"]:
-                d = directions.get(id(p))
-                if d is not None:
-                    p.add_(d, alpha=-group["lr"])
-        self._prune(directions, lrs, step, before=False)
+                    d = self._direction(p, group, step, apply=not pruning)
+                    if d is not None:
+                        directions[id(p)] = d
+        if pruning:
+            self._prune(directions, step, before=True)
+            for group in self.param_groups:
+                for p in group["params"]:
+                    d = directions.get(id(p))
+                    if d is not None:
+                        p.add_(d, alpha=-group["lr"])
+            self._prune(directions, step, before=False)
         self.views.zero(self.otofx_state["pruned"])
         self.otofx_state["step"] = step + 1
         return loss
 
-    def _prune(self, directions: dict[int, torch.Tensor], lrs: dict[int, float], step: int,
-               before: bool) -> None:
-        """Subclass hook, called before and after the base update of ``step``."""
+    def _prune(self, directions: dict[int, torch.Tensor], step: int, before: bool) -> None:
+        """Subclass hook for steps of the pruning phase, called before and after the base
+        update with every parameter's update direction."""
 
     # ---- reporting -------------------------------------------------------------------------------
     def sparsity_report(self) -> dict:
