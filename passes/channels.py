@@ -121,6 +121,13 @@ class ChannelContext:
         for t in _tensors(L):
             self.table.pin(t, f"{reason} (at node '{self.node.name}')")
 
+    def couple_along(self, L: torch.Tensor, dim: int, reason: str) -> None:
+        """All channels on each line of ``L`` along ``dim`` become one (removed together); a
+        line that also holds data with no channel cannot be removed, so its channels are pinned."""
+        self.table.unify(L, L.narrow(dim, 0, 1).expand_as(L))
+        mixed = (L < 0).any(dim=dim, keepdim=True).expand_as(L) & (L >= 0)
+        self.pin(L[mixed], reason)
+
     def untracked(self, shape: Any = ...) -> Any:
         """Labels of data we do not follow, shaped like ``shape`` (default: the node's output)."""
         if shape is ...:

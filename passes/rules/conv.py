@@ -75,7 +75,8 @@ def conv(ctx, node):
     else:
         per = c_in // groups
         grid = ids_in.view(groups, per)
-        table.unify(grid, grid[:1].expand_as(grid))
+        ctx.couple_along(grid, 0, "a grouped conv reads these channels beside data with no "
+                         "channel in another group")
         if transposed:
             table.unify(table.param_slices(wname, 0, c_in, CONSUMER), ids_in)
         else:
@@ -86,8 +87,7 @@ def conv(ctx, node):
             out_ids = table.param_slices(wname, 1, c_out // groups, PRODUCER).repeat(groups)
         else:
             out_ids = table.param_slices(wname, 0, c_out, PRODUCER)
-            grid = out_ids.view(groups, c_out // groups)
-            table.unify(grid, grid[:1].expand_as(grid))
+            ctx.couple_along(out_ids.view(groups, c_out // groups), 0, "grouped conv output")
     if bname is not None:
         table.unify(table.param_slices(bname, 0, c_out, AFFINE), out_ids)
     out = [1] * len(ctx.out_shape)

@@ -53,7 +53,8 @@ def _rectangular(ctx, node: Node, L: torch.Tensor, old, new) -> None:
                 keep = dynamic[0]
         for d in varying:
             if d != keep:
-                ctx.table.unify(L, L.narrow(d, 0, 1).expand_as(L))
+                ctx.couple_along(L, d, "a reshape splits these channels beside data with no "
+                                 "channel")
 
 
 def view(ctx, node):
@@ -394,7 +395,8 @@ def channel_shuffle(ctx, node):
     shape = ctx.shape(x)
     L = lb.materialize(ctx.labels(x), shape, [1])
     blocks = L.reshape(L.size(0), groups, -1, *L.shape[2:])
-    ctx.table.unify(blocks, blocks.narrow(1, 0, 1).expand_as(blocks))
+    ctx.couple_along(blocks, 1, "a channel shuffle mixes these channels with data that has no "
+                     "channel")
     return blocks.transpose(1, 2).reshape(L.shape).clone()
 
 

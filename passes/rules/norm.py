@@ -84,7 +84,8 @@ def group_norm(ctx, node):
         params = {ctx.param_of(weight): AFFINE, ctx.param_of(bias): AFFINE}
     L, ids = _channel_ids(ctx, x, 1)
     grid = ids.view(groups, -1)
-    ctx.table.unify(grid, grid[:, :1].expand_as(grid))
+    ctx.couple_along(grid, 1, "a group norm normalises these channels with data that has no "
+                     "channel")
     _slice_params(ctx, ids, params)
     return L.clone()
 
