@@ -118,7 +118,7 @@ class ChannelContext:
 
     # ---- effects -----------------------------------------------------------------------------
     def pin(self, L: Any, reason: str) -> None:
-        for t in _tensors(L):
+        for t in label_tensors(L):
             self.table.pin(t, f"{reason} (at node '{self.node.name}')")
 
     def couple_along(self, L: torch.Tensor, dim: int, reason: str) -> None:
@@ -175,11 +175,12 @@ class ChannelContext:
         return torch.where(ref >= 0, ref, fill)
 
 
-def _tensors(L: Any) -> list[torch.Tensor]:
+def label_tensors(L: Any) -> list[torch.Tensor]:
+    """The label tensors inside a node's labels (a tensor, or a tuple of them)."""
     if isinstance(L, torch.Tensor):
         return [L]
     if isinstance(L, (list, tuple)):
-        return [t for x in L for t in _tensors(x)]
+        return [t for x in L for t in label_tensors(x)]
     return []
 
 

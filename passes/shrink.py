@@ -26,7 +26,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from otofx.errors import AnalysisError, ShrinkError
 
 from . import labels as lb
-from .channels import LABELS, SHAPE, TABLE, tensor_named
+from .channels import LABELS, SHAPE, TABLE, label_tensors, tensor_named
 from .groups import GROUPS, PruningGroup
 from .registry import RULES, arg_of
 from .shapes import evaluation
@@ -204,7 +204,7 @@ def _decide(gm: GraphModule, ctx: ShrinkContext, captures: dict[str, list[_Captu
             nonzero = (flat != 0).any(dim=1) & removed
             varies = (flat != flat[:, :1]).any(dim=1) & removed
             if bool(varies.any()):
-                keep |= set(roots[varies].tolist())   # not a constant after all: keep it
+                keep |= set(roots[varies].tolist())   # not one value everywhere: no bias
             if not bool(nonzero.any()):
                 continue
             if cap.site.fold != "bias" or _bias_holder(gm, nodes[name]) is None:
@@ -223,7 +223,7 @@ def _emptied(ctx: ShrinkContext, analysis_gm: GraphModule) -> set[int]:
     piece, a slice holding only removed channels): they stay, so no tensor becomes empty."""
     keep: set[int] = set()
     for node in analysis_gm.graph.nodes:
-        for L in _label_tensors(node.meta.get(LABELS)):
+        for L in label_tensors(node.meta.get(LABELS)):
             if not bool((L >= 0).any()):
                 continue
             gone = ctx.removed(L)
@@ -235,14 +235,6 @@ def _emptied(ctx: ShrinkContext, analysis_gm: GraphModule) -> set[int]:
             if empty:
                 keep |= set(ctx.table.uf.roots(L[gone]).unique().tolist())
     return keep
-
-
-def _label_tensors(L: Any) -> list[torch.Tensor]:
-    if isinstance(L, torch.Tensor):
-        return [L]
-    if isinstance(L, (list, tuple)):
-        return [t for x in L for t in _label_tensors(x)]
-    return []
 
 
 # ---- applying it ---------------------------------------------------------------------------------
