@@ -8,8 +8,9 @@ the falsifying example hypothesis prints is a self-contained script that rebuild
 Grammar (each block maps a (B, C, H, W) feature map to another; C in 2..12, H, W in 4..12):
 conv, batchnorm, activation, residual add, cat of branches, depthwise conv, grouped conv, SE gate,
 channel shuffle, group norm, instance norm, pooling, adaptive pooling, upsampling, channel split,
-and (for the conservatism tests) ops otofx has no rule for: an opaque leaf module wrapping a custom
-``autograd.Function`` and ``torch.fft`` calls. A model ends in a linear head (global pool or
+concatenating the model's input (channels otofx cannot track), and (for the conservatism tests)
+ops otofx has no rule for: an opaque leaf module wrapping a custom ``autograd.Function`` and
+``torch.fft`` calls. A model ends in a linear head (global pool or
 flatten, then ``self.head = nn.Linear``).
 """
 
@@ -352,6 +353,8 @@ def groupnorm(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
 
 
 def instancenorm(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
+    if f.h * f.w == 1:    # instance norm of a single pixel raises in training mode
+        return batchnorm(g, f, keep, depth)
     spelling = g.pick([f"nn.InstanceNorm2d({f.c})", f"nn.InstanceNorm2d({f.c}, affine=True)",
                        "F.instance_norm"])
     if spelling.startswith("nn."):
@@ -421,6 +424,15 @@ def split(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
     return Feat(v, pa.c + pb.c, f.h, f.w)
 
 
+def input_cat(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
+    """Concatenate the model's input (channels otofx does not track) to the features."""
+    if (f.h, f.w) != g.input_hw:
+        return conv(g, f, keep, depth)
+    first = g.bool()
+    xs = f"{f.var}, x" if first else f"x, {f.var}"
+    return Feat(g.emit(f"torch.cat([{xs}], dim=1)"), f.c + g.input_c, f.h, f.w)
+
+
 def unknown(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
     """An op otofx has no rule for."""
     kind = g.pick(["leaf", "fft_channels", "fft_spatial"])
@@ -442,7 +454,7 @@ BLOCKS = {
     "conv": conv, "batchnorm": batchnorm, "activation": activation, "residual": residual,
     "cat": cat, "depthwise": depthwise, "grouped": grouped, "se": se, "shuffle": shuffle,
     "groupnorm": groupnorm, "instancenorm": instancenorm, "pool": pool, "adaptive": adaptive,
-    "upsample": upsample, "split": split,
+    "upsample": upsample, "split": split, "input_cat": input_cat,
 }
 _NESTING = {"residual", "cat", "split"}
 _SPATIAL = {"pool", "adaptive", "upsample"}
@@ -499,6 +511,17 @@ def render(g: _Gen, out: str) -> str:
             f"{textwrap.indent(body, ' ' * 8)}\n")
 
 
+def handwritten(init: str, forward: str, input_shape: tuple[int, ...], seed: int = 0,
+                leaves: tuple[str, ...] = ()) -> ModelCase:
+    """A ``ModelCase`` from the body of ``__init__`` and ``forward`` (for ``@example`` cases:
+    regressions the fuzzer found, kept in every profile)."""
+    g = _Gen(None, False)
+    g.init = textwrap.dedent(init).strip().splitlines()
+    lines = textwrap.dedent(forward).strip().splitlines()
+    g.body, out = lines[:-1], lines[-1].removeprefix("return ").strip()
+    return ModelCase(render(g, out), tuple(input_shape), seed, leaves, (), ("handwritten",))
+
+
 @st.composite
 def cnn_models(draw, min_blocks: int = 1, max_blocks: int = 5, allow_unknown: bool = False,
                kinds: tuple[str, ...] | None = None, max_hw: int = 12) -> ModelCase:
@@ -508,6 +531,7 @@ def cnn_models(draw, min_blocks: int = 1, max_blocks: int = 5, allow_unknown: bo
     cin = draw(st.integers(1, 4))
     h, w = draw(st.integers(4, max_hw)), draw(st.integers(4, max_hw))
     f = Feat("x", cin, h, w)
+    g.input_c, g.input_hw = cin, (h, w)
     if draw(st.integers(0, 4)) != 4:     # usually a stem conv, as real CNNs have
         g.kinds.append("conv")
         f = conv(g, f, False, 0)
