@@ -68,7 +68,8 @@ class UnionFind:
         """Unify ``a[i]`` with ``b[i]`` for every i where both are ids (>= 0)."""
         a, b = a.reshape(-1), b.reshape(-1)
         keep = (a >= 0) & (b >= 0)
-        a, b = a[keep], b[keep]
+        if not bool(keep.all()):
+            a, b = a[keep], b[keep]
         while a.numel():
             ra, rb = self.roots(a), self.roots(b)
             differ = ra != rb
@@ -77,6 +78,8 @@ class UnionFind:
             ra, rb = ra[differ], rb[differ]
             lo, hi = torch.minimum(ra, rb), torch.maximum(ra, rb)
             self._parent.scatter_reduce_(0, hi, lo, reduce="amin")
+            if torch.equal(self._parent[hi], lo):
+                return          # every root got the link it asked for: all pairs are joined
             a, b = a[differ], b[differ]
 
 
