@@ -97,10 +97,6 @@ class GroupedViews:
         del cache[4:]
         return plan
 
-    @property
-    def params(self) -> list[nn.Parameter]:
-        return [r.param for r in self.rows]
-
     def _slices(self, rows: _Rows, t: torch.Tensor) -> torch.Tensor:
         return _rows_of(t, rows.dim, rows.index)
 

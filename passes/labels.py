@@ -33,11 +33,6 @@ def full(shape: Sequence[int], value: int) -> torch.Tensor:
     return torch.full((1,) * len(shape), value, dtype=torch.long)
 
 
-def is_labelled(L: torch.Tensor) -> bool:
-    """True when some element belongs to a channel or a tracked constant."""
-    return bool((L >= 0).any())
-
-
 def materialize(L: torch.Tensor, shape: Sequence[int], dims: Sequence[int]) -> torch.Tensor:
     """Expand the compact dims ``dims`` of ``L`` to their real size (a contiguous copy)."""
     target = list(L.shape)

@@ -93,9 +93,6 @@ class RuleRegistry:
         target = node.target
         return f"function {getattr(target, '__module__', '') or ''}.{getattr(target, '__name__', target)}"
 
-    def __contains__(self, key: Any) -> bool:
-        return key in self._rules
-
 
 RULES = RuleRegistry()
 

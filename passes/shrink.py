@@ -25,7 +25,6 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from otofx.errors import AnalysisError, ShrinkError
 
-from . import labels as lb
 from .channels import LABELS, SHAPE, TABLE, label_tensors, tensor_named
 from .groups import GROUPS, PruningGroup
 from .registry import RULES, arg_of
@@ -463,5 +462,3 @@ def shrink_pass(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Seque
     sub, stats = shrink_graph(gm, analysis_gm, example_inputs)
     return PassResult(sub, bool(stats.removed))
 
-
-_ = lb  # labels are read through ShrinkContext.kept_mask

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.fx import Node
 
 from .. import labels as lb
-from ..registry import RULES, Method, arg_of, aten, functions, module_classes
+from ..registry import RULES, arg_of, aten, functions, module_classes
 
 # ---- view family: order-preserving reshapes ---------------------------------------------------
 
@@ -420,5 +420,3 @@ def tensor_attribute(ctx, node):
         return None
     return ctx.unknown(f"tensor attribute .{attr}")
 
-
-_ = Method  # keys are built through functions(); Method is re-exported for rule authors
