@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +20,6 @@ class Analysis:
     gm: GraphModule
     groups: list[PruningGroup]
     example_inputs: tuple
-    structures: list = field(default_factory=list)
 
     @property
     def prunable(self) -> list[PruningGroup]:

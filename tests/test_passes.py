@@ -371,3 +371,27 @@ def test_a_split_piece_of_one_channel_keeps_its_channel(affine):
     _, _, small = roundtrip(_SplitPieceOfOne(), torch.randn(2, 1, 4, 4), fraction=1.0,
                             affine=affine)
     assert small.m0.out_channels == 2
+
+
+def test_the_passes_compose_with_torch_fx_pass_manager():
+    from functools import partial
+
+    from otofx.passes import channels_pass, groups_pass, shapes_pass, shrink_pass
+    from torch.fx.passes.infra.pass_manager import PassManager
+
+    from otofx.testing import zero_groups
+
+    x = torch.randn(2, 3, 8, 8)
+    gm = otofx.trace(TinyCNN())
+    result = PassManager([partial(shapes_pass, example_inputs=(x,)), channels_pass,
+                          groups_pass])(gm)
+    assert [g.name for g in result.graph_module.meta["otofx.groups"]] == ["c1", "c3", "fc"]
+    assert all("otofx.labels" in n.meta for n in gm.graph.nodes)
+    analysis = otofx.Analysis(gm, gm.meta["otofx.groups"], (x,))
+    trained = otofx.trace(TinyCNN())
+    trained.load_state_dict(gm.state_dict())
+    zero_groups(trained, analysis, 0.5)
+    shrunk = shrink_pass(trained, gm, (x,))
+    assert shrunk.modified
+    assert sum(p.numel() for p in shrunk.graph_module.parameters()) < \
+        sum(p.numel() for p in trained.parameters())
