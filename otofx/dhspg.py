@@ -43,11 +43,12 @@ class DHSPG(GroupSparsityOptimizer):
         if before:
             if "redundant" not in st:
                 st["redundant"] = self._partition(directions)
-                st["start_norm"] = v.dot().sqrt()
             red = st["redundant"] & ~st["pruned"]
             lr = self.param_groups[0]["lr"]
             xx, xd, dd = v.products(directions, red)
             xn = xx.sqrt()
+            if "start_norm" not in st:     # the partition step: every redundant channel is in xx
+                st["start_norm"] = xn.clone()
             lam = torch.full_like(xx, cfg.lmbda)
             neg = red & (xd < 0) & (xn > 0)
             lo = torch.where(neg, -xd / xn.clamp_min(1e-30), torch.zeros_like(xd))

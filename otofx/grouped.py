@@ -97,9 +97,6 @@ class GroupedViews:
         del cache[4:]
         return plan
 
-    def _slices(self, rows: _Rows, t: torch.Tensor) -> torch.Tensor:
-        return _rows_of(t, rows.dim, rows.index)
-
     def products(self, d: dict[int, torch.Tensor], channels: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per channel ``(<x, x>, <x, d>, <d, d>)`` for the parameters x and directions d, each
@@ -115,20 +112,6 @@ class GroupedViews:
                 xd.index_add_(0, channel, (x * y).sum(dim=1).double().cpu())
                 dd.index_add_(0, channel, (y * y).sum(dim=1).double().cpu())
         return xx, xd, dd
-
-    def dot(self, a: dict[int, torch.Tensor] | None = None,
-            b: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """Per channel ``<a_c, b_c>``; ``a``/``b`` map ``id(param)`` to a tensor shaped like it
-        (None: the parameters themselves)."""
-        out = torch.zeros(self.num_channels, dtype=torch.float64)
-        for r in self.rows:
-            ta = r.param if a is None else a.get(id(r.param))
-            tb = r.param if b is None else b.get(id(r.param))
-            if ta is None or tb is None:
-                continue
-            x, y = self._slices(r, ta), self._slices(r, tb)
-            out.index_add_(0, r.channel.to(out.device), (x * y).sum(dim=1).double().cpu())
-        return out
 
     def saliencies(self, directions: dict[int, torch.Tensor]) -> Saliencies:
         xx, xd, dd = self.products(directions)
@@ -186,7 +169,7 @@ class GroupedViews:
         """Bool per channel: every slice exactly zero."""
         nonzero = torch.zeros(self.num_channels, dtype=torch.bool)
         for r in self.rows:
-            x = self._slices(r, r.param)
+            x = _rows_of(r.param, r.dim, r.index)
             nz = (x != 0).any(dim=1).cpu()
             nonzero.index_put_((r.channel[nz],), torch.ones(int(nz.sum()), dtype=torch.bool))
         return ~nonzero

@@ -328,7 +328,7 @@ def _check(expected: Any, got: Any, where: str = "output") -> None:
                     f"The smaller graph's {where} differs from the original by {err:.3g} "
                     "(max abs). This is an otofx bug: please report it with the model.")
         elif not torch.equal(expected, got):
-            raise ShrinkError(f"the smaller graph's {where} differs from the original.")
+            raise ShrinkError(f"The smaller graph's {where} differs from the original.")
     elif isinstance(expected, (list, tuple)):
         for i, (e, g) in enumerate(zip(expected, got)):
             _check(e, g, f"{where}[{i}]")
