@@ -29,8 +29,10 @@ class Analysis:
     def pinned(self) -> list[PruningGroup]:
         return [g for g in self.groups if not g.prunable]
 
-    def _removed_mask(self, channels: dict[str, torch.Tensor] | None,
-                      roles: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    def slice_masks(self, channels: dict[str, torch.Tensor] | None,
+                    roles: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        """Per parameter, a bool mask of the elements in prunable groups' slices of ``roles``
+        (all roles when empty), for every channel or only ``channels[group name]``."""
         masks = {n: torch.zeros(p.shape, dtype=torch.bool)
                  for n, p in self.gm.named_parameters()}
         for g in self.prunable:
@@ -47,12 +49,12 @@ class Analysis:
         """(parameter elements inside prunable groups' producer and affine slices, all of them):
         the share of the model that training can drive to zero."""
         total = sum(p.numel() for p in self.gm.parameters())
-        masks = self._removed_mask(None, (PRODUCER, AFFINE))
+        masks = self.slice_masks(None, (PRODUCER, AFFINE))
         return sum(int(m.sum()) for m in masks.values()), total
 
     def params_after(self, removed: dict[str, torch.Tensor]) -> int:
         """Parameter count once the channels ``removed[group name]`` (indices) are gone."""
-        return sum(int((~m).sum()) for m in self._removed_mask(removed).values())
+        return sum(int((~m).sum()) for m in self.slice_masks(removed).values())
 
     def report(self, max_rows: int = 60) -> str:
         """Groups, what is pinned and why, the prunable share of parameters and FLOPs."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
 from otofx.flops import count_flops, flops_by_module
 from otofx.passes.table import PRODUCER
 
@@ -50,16 +48,8 @@ def prunable_flops_share(analysis: Analysis) -> float:
     total = count_flops(analysis.gm, analysis.example_inputs)
     if not total:
         return 0.0
-    params = dict(analysis.gm.named_parameters())
-    share: dict[str, float] = {}
-    masks: dict[str, torch.Tensor] = {}
-    for g in analysis.prunable:
-        for m in g.slices(PRODUCER):
-            if m.param in params:
-                mask = masks.setdefault(m.param, torch.zeros(params[m.param].shape, dtype=torch.bool))
-                mask.movedim(m.dim, 0)[m.index.reshape(-1)] = True
-    for name, mask in masks.items():
-        share[name.rsplit(".", 1)[0]] = float(mask.float().mean())
+    share = {name.rsplit(".", 1)[0]: float(mask.float().mean())
+             for name, mask in analysis.slice_masks(None, (PRODUCER,)).items() if bool(mask.any())}
     saved = sum(f * share.get(mod, 0.0) for mod, f in per_module.items())
     return min(1.0, saved / total)
 
