@@ -12,6 +12,7 @@
 from otofx import passes
 from otofx.analysis import Analysis
 from otofx.api import analyze, shrink, trace
+from otofx.backend import backend
 from otofx.compress import CompressionJob, compress
 from otofx.config import DHSPGConfig, HESSOConfig
 from otofx.dhspg import DHSPG
@@ -24,5 +25,5 @@ __version__ = "0.1.0"
 
 __all__ = ["DHSPG", "HESSO", "Analysis", "AnalysisError", "ChannelSlice", "CompressionJob",
            "ConfigError", "DHSPGConfig", "HESSOConfig", "NonFiniteGradientError", "OtofxError",
-           "PruningGroup", "ShapeError", "ShrinkError", "TraceError", "analyze", "compress",
+           "PruningGroup", "ShapeError", "ShrinkError", "TraceError", "analyze", "backend", "compress",
            "passes", "shrink", "trace"]
