@@ -1,0 +1,72 @@
+"""The zoo's round trip, shared by the timm and transformers zoos: trace, analyse, zero 30% of every
+prunable group, shrink, and check outputs (every tensor leaf) and the predicted parameter count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+import otofx
+from otofx.testing import zero_groups
+
+FRACTION = 0.3
+
+
+@dataclass
+class Roundtrip:
+    gm: Any
+    analysis: otofx.Analysis
+    small: Any
+    params_before: int
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def assert_leaves_close(got: Any, expected: Any) -> None:
+    """Every tensor leaf of two outputs (tensors, tuples, HF ``ModelOutput``s) matches, with the
+    tolerances of the torchvision zoo (absolute tolerance scaled by the output's magnitude)."""
+    a, b = tree_leaves(got), tree_leaves(expected)
+    assert len(a) == len(b), (len(a), len(b))
+    assert b, "no outputs to compare"
+    for i, (u, v) in enumerate(zip(a, b)):
+        if not isinstance(v, torch.Tensor):
+            assert u == v, (i, u, v)
+            continue
+        scale = max(1.0, v.abs().max().item()) if v.numel() and v.is_floating_point() else 1.0
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5 * scale, msg=lambda m, i=i: f"leaf {i}: {m}")
+
+
+def roundtrip(model: nn.Module, inputs: tuple, leaf_modules=()) -> Roundtrip:
+    """Analyse ``model``, zero ``FRACTION`` of each prunable group, shrink; assert the shrunk
+    graph computes the same outputs with exactly the parameter count the analysis predicts,
+    fewer than before, and that the user's model was not touched."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = n_params(model)
+    gm = otofx.trace(model, inputs, leaf_modules=leaf_modules)
+    analysis = otofx.analyze(gm, inputs)
+    crashed = [w for g in analysis.groups for w in g.why_pinned if "cannot handle" in w]
+    assert not crashed, crashed
+    assert analysis.prunable, analysis.report()
+    zero_groups(gm, analysis, FRACTION, seed=0)
+    small = otofx.shrink(gm, analysis)
+    gm.eval()
+    small.eval()
+    with torch.no_grad():
+        assert_leaves_close(small(*inputs), gm(*inputs))
+    stats = small.meta["otofx.shrink"]
+    assert n_params(small) == analysis.params_after(stats.removed_channels)
+    assert n_params(small) < params
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), \
+        "the user's model changed"
+    return Roundtrip(gm, analysis, small, params)
+
+
+def param_shapes(module: nn.Module) -> dict[str, torch.Size]:
+    return {name: p.shape for name, p in module.named_parameters()}
