@@ -33,7 +33,7 @@ from torch.fx import GraphModule
 
 from otofx.api import analyze, shrink
 from otofx.errors import ConfigError
-from otofx.passes.params_as_attrs import INPUTS_KEPT, LIFTED, params_as_attrs
+from otofx.passes.params_as_attrs import INPUTS_KEPT, lifted_paths, params_as_attrs
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,13 @@ class _ShrunkGraph:
         self.refreshes = 0
         self.full: Callable | None = None       # the unshrunk graph, compiled, once used
         self.shrunk: Callable | None = None
+        self.paths = lifted_paths(gm, example_inputs)   # dynamo drops the metadata it needs later
+        self.lifted = sorted(self.paths)
         self._shrink(example_inputs)
 
     def _shrink(self, args: Sequence[Any]) -> None:
-        lifted = params_as_attrs(self.gm, args).graph_module
-        self.kept, self.lifted = lifted.meta[INPUTS_KEPT], lifted.meta[LIFTED]
+        lifted = params_as_attrs(self.gm, args, self.paths).graph_module
+        self.kept = lifted.meta[INPUTS_KEPT]
         inputs = [args[i] for i in self.kept]
         small = shrink(lifted, analyze(lifted, inputs), inputs, verify=self.stage.verify)
         stats = small.meta["otofx.shrink"]
@@ -126,7 +128,11 @@ class _ShrunkGraph:
                 return self.full(*args)
             self.refreshes += 1
             log.info("otofx backend: parameters changed since the graph was shrunk; shrinking again")
-            self._shrink(args)
+            try:
+                self._shrink(args)
+            except Exception as exc:   # the unshrunk graph is always right
+                self._settle_on_full(args, f"shrinking again failed ({type(exc).__name__}: {exc})")
+                return self.full(*args)
             if self.shrunk is None:
                 self._settle_on_full(args, "no channel is exactly zero any more")
                 return self.full(*args)

@@ -7,7 +7,7 @@ GraphModule whose root holds those tensors (the same objects, not copies) under 
 paths and reads them with ``get_attr``; the remaining placeholders are the real inputs. The other
 passes then see parameters as in an fx-traced model: rules find them with ``ctx.param_of`` and
 shrink can slice them. ``gm.meta["otofx.inputs_kept"]`` lists the positions of the original inputs
-the new graph still takes, ``gm.meta["otofx.lifted"]`` the positions now read as attributes.
+the new graph still takes, ``gm.meta["otofx.lifted"]`` maps the others to their attribute paths.
 
 Before::
 
@@ -94,37 +94,56 @@ def _free_path(used: set[str], path: str) -> str:
     return candidate
 
 
-def params_as_attrs(gm: GraphModule, example_inputs: Sequence[Any]) -> PassResult:
-    """A new GraphModule reading ``gm``'s lifted parameters and buffers with ``get_attr``.
+def lifted_paths(gm: GraphModule, example_inputs: Sequence[Any]) -> dict[int, str]:
+    """Position of each lifted parameter or buffer among ``gm``'s placeholders -> attribute path.
 
-    ``gm`` is not modified; the new module shares the tensors in ``example_inputs``. A tensor
-    lifted twice (two placeholders, one tensor) becomes one attribute.
+    Read it while dynamo's placeholder metadata is there (in the backend call; dynamo drops it
+    afterwards). A tensor lifted twice gets one path.
     """
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(example_inputs):
         raise ValueError(f"the graph has {len(placeholders)} inputs but {len(example_inputs)} "
                          "example inputs were given")
-    root = nn.Module()
-    graph = torch.fx.Graph()
-    env: dict[Node, Node] = {}
+    paths: dict[int, str] = {}
     path_of: dict[int, str] = {}
     used: set[str] = set()
-    kept, lifted = [], []
     for i, (node, example) in enumerate(zip(placeholders, example_inputs)):
         if is_param_or_buffer(node, example):
-            lifted.append(i)
             if id(example) not in path_of:
                 path_of[id(example)] = _free_path(used, module_path(node))
-                _register(root, path_of[id(example)], example)
-        else:
-            kept.append(i)
+            paths[i] = path_of[id(example)]
+    return paths
+
+
+def params_as_attrs(gm: GraphModule, example_inputs: Sequence[Any],
+                    paths: dict[int, str] | None = None) -> PassResult:
+    """A new GraphModule reading ``gm``'s lifted parameters and buffers with ``get_attr``.
+
+    ``gm`` is not modified; the new module shares the tensors in ``example_inputs``. ``paths``
+    (from :func:`lifted_paths`, the default) says which inputs become which attributes.
+    """
+    if paths is None:
+        paths = lifted_paths(gm, example_inputs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    root = nn.Module()
+    held: dict[str, torch.Tensor] = {}
+    for i, path in paths.items():
+        if path in held:
+            if held[path] is not example_inputs[i]:
+                raise ValueError(f"inputs {sorted(j for j, p in paths.items() if p == path)} were one "
+                                 f"tensor ('{path}') and now are different tensors")
+            continue
+        held[path] = example_inputs[i]
+        _register(root, path, example_inputs[i])
+    graph = torch.fx.Graph()
+    env: dict[Node, Node] = {}
     # placeholders first (in their order), then the attribute reads, then the rest of the graph
     for i, node in enumerate(placeholders):
-        if i in kept:
+        if i not in paths:
             env[node] = graph.node_copy(node, lambda n: env[n])
     for i, node in enumerate(placeholders):
-        if i in lifted:
-            attr = graph.get_attr(path_of[id(example_inputs[i])])
+        if i in paths:
+            attr = graph.get_attr(paths[i])
             attr.meta = dict(node.meta)
             env[node] = attr
     for node in gm.graph.nodes:
@@ -132,6 +151,6 @@ def params_as_attrs(gm: GraphModule, example_inputs: Sequence[Any]) -> PassResul
             env[node] = graph.node_copy(node, lambda n: env[n])
     new = GraphModule(root, graph, type(gm).__name__)
     new.meta.update(gm.meta)
-    new.meta[INPUTS_KEPT] = kept
-    new.meta[LIFTED] = lifted
-    return PassResult(new, bool(lifted))
+    new.meta[INPUTS_KEPT] = [i for i in range(len(placeholders)) if i not in paths]
+    new.meta[LIFTED] = dict(paths)
+    return PassResult(new, bool(paths))
