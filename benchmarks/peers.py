@@ -97,6 +97,33 @@ def tp_prune(tp: Any, model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Mod
     return model
 
 
+@contextlib.contextmanager
+def _cuda_is_identity() -> Any:
+    """``Tensor.cuda()`` returns the tensor itself while inside (only where CUDA is missing)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original
+
+
+def oto_on_cpu(optimizer: Any) -> Any:
+    """Let only-train-once's HESSO step on a CPU-only machine: its redundant-group selection
+    hard-codes ``.cuda()``; this instance's ``step`` runs with ``.cuda()`` as the identity."""
+    step = optimizer.step
+
+    def cpu_step(*args: Any, **kwargs: Any) -> Any:
+        with _cuda_is_identity():
+            return step(*args, **kwargs)
+
+    optimizer.step = cpu_step
+    return optimizer
+
+
 def oto_graph(oto_cls: Any, model: nn.Module, x: torch.Tensor) -> Any:
     """only-train-once's graph construction, ``OTO(model, dummy_input)``, its prints silenced."""
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
