@@ -1,8 +1,10 @@
 """Analysis speed: how long otofx takes to analyse and shrink a model, next to one forward pass.
 
-For each model (torchvision resnet18, resnet50, vit_b_16 at 224x224, and a deep synthetic
-CIFAR-style ResNet of about 500 and 2000 fx graph nodes at 32x32) this measures, as medians of
-interleaved repeats on the CPU:
+For each model (torchvision resnet18, resnet50, vit_b_16 at 224x224, a deep synthetic
+CIFAR-style ResNet of about 500 and 2000 fx graph nodes at 32x32, and two HF transformers built from
+configs, no download: BERT-base (hidden 768, 12 layers, 12 heads) on ``--seq`` tokens and ViT-B/16
+at 224x224, which come in through torch.export) this measures, as medians of interleaved repeats on
+the CPU:
 
 - one forward pass (eval mode, no_grad, ``--batch`` images);
 - ``otofx.analyze(gm, (x,))``;
@@ -158,7 +160,7 @@ def otofx_steps(case: Case) -> list[Step]:
     def count(small: nn.Module) -> None:
         case.params_left[OTOFX] = n_params(small) / n_params(case.gm)
 
-    return [Step(f"{OTOFX}.trace", lambda _: otofx.trace(case.model), after=keep_graph),
+    return [Step(f"{OTOFX}.trace", lambda _: otofx.trace(case.model, (case.x,)), after=keep_graph),
             Step(f"{OTOFX}.analyze", lambda _: otofx.analyze(case.gm, (case.x,)),
                  after=keep_analysis),
             Step(f"{OTOFX}.shrink", lambda _: otofx.shrink(case.gm, case.analysis), after=count),
@@ -199,10 +201,36 @@ class Tools:
         return cls(tp, tp_reason, oto, oto_reason)
 
 
-def build_case(name: str, model: nn.Module, image_size: int, batch: int) -> Case:
+@dataclass(frozen=True)
+class InputSpec(ModelSpec):
+    """A model whose input is not an image: ``inputs(batch)`` makes it."""
+
+    inputs: Callable[[int], torch.Tensor] | None = None
+
+
+def hf_specs(seq: int) -> list[InputSpec]:
+    """BERT-base and ViT-B/16 from HF transformers configs (random weights, no download)."""
+    def bert() -> nn.Module:
+        import transformers
+        return transformers.BertModel(transformers.BertConfig(attn_implementation="eager"))
+
+    def vit() -> nn.Module:
+        import transformers
+        return transformers.ViTModel(transformers.ViTConfig(attn_implementation="eager"))
+
+    ids = lambda batch: torch.randint(0, 30522, (batch, seq))  # noqa: E731
+    return [InputSpec("hf-bert-base", bert, 0, ids), InputSpec("hf-vit-b16", vit, 224)]
+
+
+def build_case(name: str, model: nn.Module, image_size: int, batch: int,
+               x: torch.Tensor | None = None) -> Case:
     model.eval()
-    x = torch.randn(batch, 3, image_size, image_size)
-    nodes = len(torch.fx.symbolic_trace(model).graph.nodes)
+    if x is None:
+        x = torch.randn(batch, 3, image_size, image_size)
+    try:
+        nodes = len(torch.fx.symbolic_trace(model).graph.nodes)
+    except Exception:  # noqa: BLE001 - fx cannot trace it: count the graph otofx.trace exports
+        nodes = len(otofx.trace(model, (x,)).graph.nodes)
     with torch.no_grad():
         model(x)  # untimed: first-call allocations and kernel selection
     return Case(name, model, x, nodes)
@@ -371,7 +399,7 @@ def machine_line(args: argparse.Namespace) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats; skip vit_b_16 and the 2000-node ResNet")
+                        help="fewer repeats; skip vit_b_16, the HF transformers and the 2000-node ResNet")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="most timed repeats per step (default 5, --quick 2)")
@@ -383,6 +411,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "threads make forward times swing 10x)")
     parser.add_argument("--deep-size", type=int, default=32,
                         help="input height/width of the deep synthetic ResNets (default 32)")
+    parser.add_argument("--seq", type=int, default=128, help="BERT-base tokens per input (default 128)")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -407,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     tools = Tools.load()
     warm_up(tools, args.batch)
     rows: list[Row] = []
-    for spec in model_specs(args.quick, args.deep_size):
+    for spec in model_specs(args.quick, args.deep_size) + ([] if args.quick else hf_specs(args.seq)):
         rows += bench_model(spec, tools, args)
     return publish(header, markdown_table(HEADERS, [r.cells for r in rows]),
                    NOTES.format(repeats=args.repeats, budget=args.budget), targets(rows), args.out)
@@ -427,7 +456,9 @@ def bench_model(spec: ModelSpec, tools: Tools, args: argparse.Namespace) -> list
     """The rows of one model; a model that cannot be built or traced gives one failed row."""
     start = time.perf_counter()
     try:
-        case = build_case(spec.name, spec.build(), spec.image_size, args.batch)
+        inputs = getattr(spec, "inputs", None)
+        case = build_case(spec.name, spec.build(), spec.image_size, args.batch,
+                          inputs(args.batch) if inputs else None)
     except Exception as exc:  # noqa: BLE001 - report, never crash
         blank = Case(spec.name, nn.Identity(), torch.empty(0), 0)
         return [message_row(blank, "all", f"failed to build: {peers.one_line(exc)}")]
