@@ -10,18 +10,50 @@ from torch import nn
 from torch.fx import GraphModule
 
 from otofx.analysis import Analysis
-from otofx.errors import AnalysisError, OtofxError
+from otofx.errors import AnalysisError, OtofxError, ShapeError
 from otofx.passes import channels_pass, groups_pass, shapes_pass, shrink_graph, trace_module
+from otofx.passes.erasable import STRUCTURES, erasable_pass
 from otofx.passes.groups import GROUPS
 from otofx.passes.trace import copy_graph
 
 
-def _inputs(example_inputs: Any) -> tuple:
+def _inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """Positional and keyword example inputs from a tensor, a tuple/list (positional), a dict
+    (by name) or an ``(args, kwargs)`` pair whose second item is a dict."""
     if example_inputs is None:
-        return ()
+        return (), {}
     if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)
+        return (example_inputs,), {}
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    items = tuple(example_inputs)
+    if len(items) == 2 and isinstance(items[0], (tuple, list)) and isinstance(items[1], dict):
+        return tuple(items[0]), dict(items[1])
+    return items, {}
+
+
+def bind_inputs(gm: GraphModule, example_inputs: Any) -> tuple:
+    """``example_inputs`` (see :func:`_inputs`) as positional inputs of ``gm``: keyword inputs
+    go to the placeholders of that name, and the ones left out take their defaults."""
+    args, kwargs = _inputs(example_inputs)
+    if not kwargs:
+        return args
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    names = [str(p.target).lstrip("*") for p in placeholders]
+    unknown = sorted(set(kwargs) - set(names[len(args):]))
+    if unknown:
+        raise ShapeError(f"keyword example inputs {unknown} are not inputs of the graph after its "
+                         f"{len(args)} positional ones; it takes ({', '.join(names)}).")
+    bound = list(args)
+    for name, p in list(zip(names, placeholders))[len(args):]:
+        if name in kwargs:
+            bound.append(kwargs[name])
+        elif p.args:
+            bound.append(p.args[0])
+        else:
+            raise ShapeError(f"the example inputs lack '{name}', which has no default; the graph "
+                             f"takes ({', '.join(names)}). Pass it by position or by name.")
+    return tuple(bound)
 
 
 def trace(model: nn.Module, example_inputs: Any = None,
@@ -29,28 +61,33 @@ def trace(model: nn.Module, example_inputs: Any = None,
     """``model`` as a GraphModule, traced from a deepcopy (the model is never touched).
 
     ``leaf_modules``: qualified names or classes of submodules to keep opaque (their channels
-    are pinned unless a rule knows them). ``example_inputs`` is accepted for symmetry with
-    :func:`analyze` and for front ends that need them.
+    are pinned unless a rule knows them). When torch.fx cannot trace the model (HF transformers 5.x,
+    data-dependent Python), ``example_inputs`` (a tuple of positional inputs, a dict of keyword
+    inputs, or ``(args, kwargs)``) let otofx fall back to ``torch.export``: the graph is then made
+    of aten ops and fixed to the example inputs' shapes.
     """
-    return trace_module(model, leaf_modules)
+    return trace_module(model, leaf_modules, example_inputs)
 
 
 def analyze(gm: nn.Module, example_inputs: Any) -> Analysis:
     """Run shapes, channels and groups on a copy of ``gm``'s graph (sharing its parameters).
 
     ``gm`` may be an ``nn.Module``; it is traced first. Neither it nor its parameters change.
+    ``example_inputs``: a tensor, a tuple of positional inputs, a dict of inputs by name, or an
+    ``(args, kwargs)`` pair (inputs left out take their defaults).
     """
-    inputs = _inputs(example_inputs)
-    if not inputs:
+    if not any(_inputs(example_inputs)):
         raise AnalysisError("analyze needs example inputs, e.g. analyze(gm, (torch.randn(1, 3, "
-                            "224, 224),)).")
+                            "224, 224),)) or by name: analyze(gm, {'x': x, 'mask': mask}).")
     if not isinstance(gm, GraphModule):
-        gm = trace(gm)
+        gm = trace(gm, example_inputs)
+    inputs = bind_inputs(gm, example_inputs)
     work = GraphModule(gm, copy_graph(gm), type(gm).__name__)
     shapes_pass(work, inputs)
     channels_pass(work)
     groups_pass(work)
-    return Analysis(work, work.meta[GROUPS], inputs)
+    erasable_pass(work, inputs)
+    return Analysis(work, work.meta[GROUPS], inputs, work.meta[STRUCTURES])
 
 
 def shrink(gm: GraphModule, analysis: Analysis | None = None, example_inputs: Any = None,
@@ -68,7 +105,7 @@ def shrink(gm: GraphModule, analysis: Analysis | None = None, example_inputs: An
         if example_inputs is None:
             raise AnalysisError("shrink needs an analysis (otofx.analyze) or example_inputs.")
         analysis = analyze(gm, example_inputs)
-    inputs = _inputs(example_inputs) or analysis.example_inputs
+    inputs = bind_inputs(gm, example_inputs) or analysis.example_inputs
     small, stats = shrink_graph(gm, analysis.gm, inputs, verify=verify)
     small.meta["otofx.shrink"] = stats
     return small

@@ -147,17 +147,35 @@ class ChannelContext:
                 self.table.pin(L.ids, f"{reason} (at node '{self.node.name}')")
         return self.untracked()
 
-    def combine(self, args: list[Any]) -> torch.Tensor:
-        """Labels of an elementwise op over broadcast ``args``: joins unify their channels."""
-        shape = self.out_shape
-        ops = [(self.labels(a), self.shape(a)) for a in args if self.is_tensor(a)]
+    def combine(self, args: list[Any], zero_preserving: tuple[int, ...] = ()) -> torch.Tensor:
+        """Labels of an elementwise op over broadcast ``args``: joins unify their channels.
+
+        ``zero_preserving``: positions in ``args`` of operands whose zeros stay zeros (both
+        factors of ``mul``, the numerator of ``div``). See :meth:`join`."""
+        tensor_args = [(i, a) for i, a in enumerate(args) if self.is_tensor(a)]
+        ops = [(self.labels(a), self.shape(a)) for _, a in tensor_args]
+        return self.join(ops, self.out_shape, [i in zero_preserving for i, _ in tensor_args])
+
+    def join(self, ops: list[tuple[torch.Tensor, Any]], shape: Any,
+             keeps_zero: list[bool]) -> torch.Tensor:
+        """Labels of an elementwise join of ``ops`` (label tensor, real shape) into ``shape``.
+
+        Channels meeting at a position are unified. A channel joined with data that has no
+        channel: where every other operand keeps zeros (a product), the result is still zero
+        when the channel is, so it keeps the channel; otherwise the result is not zero but may
+        still be irrelevant (attention scores plus a mask, weighed against a head's values), so
+        it gets *soft* ids (``ChannelTable.new_soft``) that any op not known to carry them to
+        such a product pins. The other operand must broadcast along the channel dims (it is not
+        sliced); if not, the channel is pinned at once."""
         if not ops:
             return lb.full(shape, lb.CONSTANT)
         nd = len(shape)
         Ls = [L.clone() for L in lb.broadcast([L for L, _ in ops], shape)]
         varying = [d for d in range(nd) if Ls[0].size(d) > 1]
+        broadcasts = []
         for L, (_, real) in zip(Ls, ops):
             real = (1,) * (nd - len(real)) + tuple(real)
+            broadcasts.append(all(real[d] == 1 for d in varying))
             if any(real[d] == 1 for d in varying):
                 # this operand is broadcast across positions that carry different labels
                 has_ids = L >= 0
@@ -170,9 +188,49 @@ class ChannelContext:
         for L in Ls:
             self.table.unify(ref, L)
         untracked = functools.reduce(torch.logical_or, [L == lb.UNTRACKED for L in Ls])
-        self.pin(ref[untracked & (ref >= 0)], "joined with data that carries no channel")
         fill = torch.where(untracked, lb.UNTRACKED, lb.CONSTANT)
-        return torch.where(ref >= 0, ref, fill)
+        if not bool((ref >= 0).any()):
+            return torch.where(ref >= 0, ref, fill)
+        soft = [self.table.is_soft(L) if self.table.has_soft else torch.zeros_like(L, dtype=torch.bool)
+                for L in Ls]
+        if all(keeps_zero) and len(Ls) > 1:
+            # a product: zero wherever one factor is a (non-soft) channel that is zero
+            hard = [(L >= 0) & ~s for L, s in zip(Ls, soft)]
+            out = ref.clone()
+            for L, h in zip(Ls, hard):
+                out = torch.where(h, L, out)
+            any_hard = functools.reduce(torch.logical_or, hard)
+            went_soft = (ref >= 0) & ~any_hard
+        else:
+            out = ref.clone()
+            went_soft = functools.reduce(torch.logical_or, soft)
+        cut = torch.zeros_like(untracked)
+        for j, (L, broadcast) in enumerate(zip(Ls, broadcasts)):
+            here = L == lb.UNTRACKED
+            if not broadcast:
+                cut |= here                          # it would need slicing with the channel
+            elif not all(k for i, k in enumerate(keeps_zero) if i != j):
+                went_soft |= here
+        self.pin(ref[cut & (ref >= 0)], "joined with data that carries no channel")
+        went_soft &= (out >= 0) & ~cut
+        if bool(went_soft.any()):
+            out = self.soften(out, went_soft, "joined with data that carries no channel")
+        return torch.where(out >= 0, out, fill)
+
+    def soften(self, L: torch.Tensor, where: torch.Tensor, reason: str) -> torch.Tensor:
+        """``L`` with the ids at ``where`` replaced by soft ids of the same channels."""
+        ids = L[where]
+        already = self.table.is_soft(ids)
+        uniq = ids[~already].unique()
+        if uniq.numel() == 0:
+            return L
+        fresh = self.table.new_soft(uniq.numel(), f"{reason} (at node '{self.node.name}')")
+        self.table.unify(fresh, uniq)
+        out = L.clone()
+        mapped = ids.clone()
+        mapped[~already] = fresh[torch.searchsorted(uniq, ids[~already])]
+        out[where] = mapped
+        return out
 
 
 def label_tensors(L: Any) -> list[torch.Tensor]:
@@ -181,7 +239,20 @@ def label_tensors(L: Any) -> list[torch.Tensor]:
         return [L]
     if isinstance(L, (list, tuple)):
         return [t for x in L for t in label_tensors(x)]
+    if isinstance(L, dict):          # dict and ModelOutput graph outputs
+        return [t for x in L.values() for t in label_tensors(x)]
     return []
+
+
+def pin_soft(ctx: ChannelContext, labels: Any, what: str) -> None:
+    """Pin the soft ids in ``labels`` (an op that does not carry them), saying where they began."""
+    if not ctx.table.has_soft:
+        return
+    for t in label_tensors(labels):
+        soft = ctx.table.is_soft(t)
+        if bool(soft.any()):
+            for ids, origin in ctx.table.soft_origins(t[soft]):
+                ctx.pin(ids, f"{origin}, {what}")
 
 
 def _flat_args(node: Node) -> list[Any]:
@@ -212,8 +283,10 @@ def propagate_node(ctx: ChannelContext, node: Node) -> Any:
             return LazyElements(name, shape)
         return ctx.untracked() if isinstance(shape, torch.Size) else None
     if node.op == "output":
-        ctx.pin(torch.fx.node.map_aggregate(node.args[0], lambda a: a.meta.get(LABELS) if isinstance(
-            a, Node) else None), "reaches a graph output")
+        labels = torch.fx.node.map_aggregate(node.args[0], lambda a: a.meta.get(LABELS) if isinstance(
+            a, Node) else None)
+        pin_soft(ctx, labels, "then reaches a graph output")
+        ctx.pin(labels, "reaches a graph output")
         return None
     rule = RULES.lookup(ctx.gm, node)
     if rule is None:
@@ -223,6 +296,10 @@ def propagate_node(ctx: ChannelContext, node: Node) -> Any:
     except Exception as exc:  # a rule that cannot handle this call pins instead of guessing
         log.debug("rule %s failed on %s", rule.name, node.name, exc_info=True)
         return ctx.unknown(f"rule '{rule.name}' cannot handle this call ({type(exc).__name__}: {exc})")
+    if ctx.table.has_soft and not rule.carries_soft:
+        for a in _flat_args(node):
+            pin_soft(ctx, a.meta.get(LABELS) if isinstance(a, Node) else None,
+                     f"then reaches {RULES.describe(ctx.gm, node)}")
     if not rule.accepts_sizes:
         for dep in _size_deps(ctx, node):
             ctx.table.pin(dep.ids, f"a channel count is used as a value (at node '{node.name}')")

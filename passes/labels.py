@@ -125,3 +125,11 @@ def along(L: torch.Tensor, dim: int) -> torch.Tensor:
     first = moved[:, 0]
     same = (moved == first[:, None]).all(dim=1)
     return torch.where(same, first, torch.full_like(first, UNTRACKED))
+
+
+def compact(L: torch.Tensor) -> torch.Tensor:
+    """``L`` with every dim along which all labels are equal shrunk to size 1."""
+    for d in range(L.dim()):
+        if L.size(d) > 1 and bool((L == L.narrow(d, 0, 1)).all()):
+            L = L.narrow(d, 0, 1)
+    return L

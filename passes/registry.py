@@ -39,6 +39,7 @@ class OpRule:
     propagate: Callable[[Any, Node], Any]
     rewrite: Callable[[Any, Node], None] | None = None
     accepts_sizes: bool = False   # takes channel counts (``x.size(1)``) as shape arguments
+    carries_soft: bool = False    # passes soft ids (attention scores) on unchanged in meaning
 
 
 class RuleRegistry:
@@ -46,11 +47,11 @@ class RuleRegistry:
         self._rules: dict[Any, OpRule] = {}
 
     def register(self, *keys: Any, rewrite: Callable | None = None, accepts_sizes: bool = False,
-                 name: str | None = None) -> Callable:
+                 carries_soft: bool = False, name: str | None = None) -> Callable:
         """Decorator: ``@RULES.register(nn.ReLU, F.relu, Method("relu"))`` on a propagate function."""
 
         def wrap(propagate: Callable) -> Callable:
-            rule = OpRule(name or propagate.__name__, propagate, rewrite, accepts_sizes)
+            rule = OpRule(name or propagate.__name__, propagate, rewrite, accepts_sizes, carries_soft)
             for key in keys:
                 if key is None:
                     continue

@@ -125,6 +125,7 @@ class ChannelTable:
     consumers: list[ConsumerSite] = field(default_factory=list)
     pins: list[tuple[torch.Tensor, str]] = field(default_factory=list)
     _element_ranges: list[tuple[int, int]] = field(default_factory=list)
+    _soft_ranges: list[tuple[int, int, str]] = field(default_factory=list)
 
     def new_channels(self, n: int) -> torch.Tensor:
         """Fresh channel ids: the origin of a prunable dimension."""
@@ -143,6 +144,15 @@ class ChannelTable:
             self.slice_roles[key] = PRODUCER
         return self.slice_ids[key]
 
+    def read_slices(self, param: str, dim: int, ids: torch.Tensor, role: str) -> None:
+        """Slice ``i`` of ``param`` along ``dim`` is used with channel ``ids[i]``. A slice used
+        with data that has no channel (``ids[i] < 0``) is pinned: it matters when the weight is
+        shared with another use whose input does have channels."""
+        slices = self.param_slices(param, dim, ids.numel(), role)
+        self.unify(slices, ids)
+        self.pin(slices[ids.reshape(-1) < 0], f"'{param}' is shared with a use whose input has no "
+                 "channel")
+
     def param_elements(self, param: str, shape: torch.Size) -> torch.Tensor:
         """One id per element of a free parameter or buffer (same ids on every use)."""
         if param not in self.element_ids:
@@ -150,6 +160,37 @@ class ChannelTable:
             self._element_ranges.append((int(ids[0]), int(ids[-1]) + 1))
             self.element_ids[param] = ids.view(shape)
         return self.element_ids[param]
+
+    def new_soft(self, n: int, origin: str = "") -> torch.Tensor:
+        """Fresh *soft* ids: data whose value is irrelevant once its channel is removed, because
+        it only reaches a product with data of the same channel that is then exactly zero
+        (attention scores of a head, multiplied with that head's values). Joins with data that
+        has no channel keep soft ids instead of pinning; any op not known to carry them to that
+        product pins them (``passes.channels``)."""
+        ids = self.uf.new(n)
+        if n:
+            self._soft_ranges.append((int(ids[0]), int(ids[-1]) + 1, origin))
+        return ids
+
+    def soft_origins(self, ids: torch.Tensor) -> list[tuple[torch.Tensor, str]]:
+        """``ids`` (all soft) grouped by the reason they became soft."""
+        out = []
+        for lo, hi, origin in self._soft_ranges:
+            here = ids[(ids >= lo) & (ids < hi)]
+            if here.numel():
+                out.append((here, origin))
+        return out
+
+    @property
+    def has_soft(self) -> bool:
+        return bool(self._soft_ranges)
+
+    def is_soft(self, ids: torch.Tensor) -> torch.Tensor:
+        """Which ids are soft (see ``new_soft``)."""
+        out = torch.zeros_like(ids, dtype=torch.bool)
+        for lo, hi, _ in self._soft_ranges:
+            out |= (ids >= lo) & (ids < hi)
+        return out
 
     def is_element(self, ids: torch.Tensor) -> torch.Tensor:
         """Which ids are elements of constants (free parameters), not channels."""

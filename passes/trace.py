@@ -11,6 +11,7 @@ Before: ``model = ResNet()``; after: a GraphModule whose nodes are ``conv1``, ``
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +20,8 @@ from torch import nn
 from torch.fx import GraphModule, Tracer
 
 from otofx.errors import TraceError
+
+from .export import export_module, split_inputs
 
 
 def default_leaves() -> list[type[nn.Module]]:
@@ -51,6 +54,13 @@ class _LeafTracer(Tracer):
             return True
         return super().is_leaf_module(m, qualname)
 
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, dict) and dataclasses.is_dataclass(a):
+            # an HF ModelOutput: rebuilt as itself (torch.fx would return a plain dict)
+            return self.create_node("call_function", type(a), (), {k: self.create_arg(v)
+                                                                   for k, v in a.items()})
+        return super().create_arg(a)
+
     def call_module(self, m, forward, args, kwargs):
         self.stack.append((self.path_of_module(m), m))
         out = super().call_module(m, forward, args, kwargs)
@@ -58,12 +68,34 @@ class _LeafTracer(Tracer):
         return out
 
 
-def trace_module(model: nn.Module, leaf_modules: Iterable[Any] = ()) -> GraphModule:
-    """Symbolically trace a deepcopy of ``model``; raise ``TraceError`` naming what failed."""
+def trace_module(model: nn.Module, leaf_modules: Iterable[Any] = (),
+                 example_inputs: Any = None) -> GraphModule:
+    """Symbolically trace a deepcopy of ``model``; when fx cannot and ``example_inputs`` are
+    given, export it with ``torch.export`` instead (``passes.export``). ``TraceError`` names what
+    failed in each."""
     if isinstance(model, GraphModule):
         return copy.deepcopy(model)
     if not isinstance(model, nn.Module):
         raise TraceError(f"expected an nn.Module to trace, got {type(model).__name__}.")
+    try:
+        return _fx_trace(model, leaf_modules)
+    except TraceError as fx_error:
+        if example_inputs is None:
+            raise TraceError(f"{fx_error} Or pass example inputs (otofx.trace(model, (x,))) so otofx "
+                             "can fall back to torch.export.") from fx_error.__cause__
+        args, kwargs = split_inputs(example_inputs)
+        try:
+            return export_module(model, args, kwargs)
+        except Exception as exc:
+            raise TraceError(
+                f"neither torch.fx nor torch.export could trace {type(model).__name__}. "
+                f"torch.fx: {fx_error} torch.export: {type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Try making the "
+                "failing code a leaf module (leaf_modules=[...]), or check the example inputs fit "
+                "the model's forward.") from exc
+
+
+def _fx_trace(model: nn.Module, leaf_modules: Iterable[Any]) -> GraphModule:
     model = copy.deepcopy(model)
     tracer = _LeafTracer(leaf_modules)
     try:

@@ -52,9 +52,27 @@ _operators = [operator.add, operator.sub, operator.mul, operator.truediv, operat
 
 @RULES.register(*functions(*UNARY, *BINARY), *module_classes(*UNARY_MODULES), *_inplace,
                 *_operators, *[k for n in UNARY + BINARY for k in aten(n)],
+                *[k for n in UNARY + BINARY for k in aten(n + "_")], carries_soft=True,
                 name="elementwise")
 def elementwise(ctx, node):
-    return ctx.combine(list(node.args) + list(node.kwargs.values()))
+    return ctx.combine(list(node.args) + list(node.kwargs.values()), _zero_preserving(node))
+
+
+_MULS = {"mul", "mul_", "multiply", "multiply_", "__mul__", "__rmul__", "__imul__", "imul"}
+_DIVS = {"div", "div_", "divide", "divide_", "true_divide", "true_divide_", "__truediv__",
+         "__itruediv__", "truediv", "itruediv"}
+
+
+def _zero_preserving(node) -> tuple[int, ...]:
+    """Operands whose zeros stay zeros: both factors of a product, the numerator of a division."""
+    target = node.target
+    packet = getattr(target, "overloadpacket", None)
+    name = (packet or target).__name__ if not isinstance(target, str) else target
+    if name in _MULS:
+        return (0, 1)
+    if name in _DIVS:
+        return (0,)
+    return ()
 
 
 def _library_passthroughs() -> list:
@@ -75,7 +93,8 @@ def _library_passthroughs() -> list:
 
 @RULES.register(*functions(*PASSTHROUGH), *module_classes(*PASSTHROUGH_MODULES),
                 *[k for n in PASSTHROUGH for k in aten(n)], *_library_passthroughs(),
-                name="passthrough")
+                *aten("dropout_"), *aten("_to_copy"), *aten("lift_fresh_copy"), *aten("alias"),
+                carries_soft=True, name="passthrough")
 def passthrough(ctx, node):
     """Ops that return their first argument's values (dropout, dtype casts, copies)."""
     L = ctx.labels(node.args[0])
@@ -85,7 +104,9 @@ def passthrough(ctx, node):
 
 
 @RULES.register(*functions("softmax", "log_softmax", "softmin"),
-                *module_classes("Softmax", "LogSoftmax", "Softmin"), name="softmax")
+                *module_classes("Softmax", "LogSoftmax", "Softmin"), *aten("softmax"),
+                *aten("_softmax"), *aten("log_softmax"), *aten("_log_softmax"), carries_soft=True,
+                name="softmax")
 def softmax(ctx, node):
     """Normalises along one dim: fine unless that dim carries channels."""
     x = node.args[0]

@@ -35,7 +35,7 @@ def _shape_args(node: Node) -> list | None:
     return rest
 
 
-def _rectangular(ctx, node: Node, L: torch.Tensor, old, new) -> None:
+def _rectangular(ctx, node: Node, L: torch.Tensor, old, new) -> torch.Tensor:
     """A view that splits one channel dim into several (heads x head_dim, groups x channels)
     keeps removal rectangular: channels are unified along all but one of the new dims.
 
@@ -55,14 +55,16 @@ def _rectangular(ctx, node: Node, L: torch.Tensor, old, new) -> None:
             if d != keep:
                 ctx.couple_along(L, d, "a reshape splits these channels beside data with no "
                                  "channel")
+                if bool((L >= 0).all()):
+                    L = L.narrow(d, 0, 1)    # one channel along d now: keep the labels compact
+    return L
 
 
 def view(ctx, node):
     x = node.args[0]
     old, new = ctx.shape(x), ctx.out_shape
     L = lb.view(ctx.labels(x), old, new)
-    _rectangular(ctx, node, L, old, new)
-    return L
+    return _rectangular(ctx, node, L, old, new).clone()
 
 
 def _view_rewrite(ctx, node):
@@ -79,24 +81,38 @@ def _view_rewrite(ctx, node):
         fixed = [new[dim + i] if isinstance(s, int) and s != -1 else s for i, s in enumerate(sizes)]
         node.args = (node.args[0], node.args[1], type(sizes)(fixed))
         return
-    if node.target not in ("view", "reshape", torch.reshape):
+    _rewrite_sizes(ctx, node, new)
+
+
+_SIZE_LIST_TARGETS = (torch.reshape, torch.broadcast_to, *aten("view", "default"),
+                      *aten("reshape", "default"), *aten("_unsafe_view", "default"),
+                      *aten("expand", "default"))
+
+
+def _rewrite_sizes(ctx, node: Node, new) -> None:
+    """Put the new sizes into a view/reshape/expand call: literal ints, and computed sizes of
+    dims whose size changed (a channel count read off another tensor, e.g. ``x.size(-1)`` of a
+    residual stream reused as the width of the heads)."""
+    if node.target not in ("view", "reshape", "expand", *_SIZE_LIST_TARGETS):
         return
     args = _shape_args(node)
     if args is None or len(args) != len(new):
         return
-    fixed = [new[i] if isinstance(a, int) and a != -1 else a for i, a in enumerate(args)]
-    if node.target == torch.reshape:
-        node.args = (node.args[0], tuple(fixed))
-        node.kwargs = {}
+    old = ctx.old_shape(node)
+    fixed = [new[i] if (isinstance(a, int) and a != -1) or (isinstance(a, Node) and new[i] != old[i])
+             else a for i, a in enumerate(args)]
+    kwargs = {k: v for k, v in node.kwargs.items() if k not in ("shape", "size")}
+    if node.target in _SIZE_LIST_TARGETS:
+        node.args = (node.args[0], list(fixed), *node.args[2:])
     else:
         node.args = (node.args[0], *fixed)
-        node.kwargs = {}
+    node.kwargs = kwargs
 
 
 RULES.register(*functions(*VIEWS), *module_classes("Flatten", "Unflatten"),
                *[k for n in ("view", "_unsafe_view", "reshape", "squeeze", "unsqueeze", "flatten",
                              "unflatten") for k in aten(n)],
-               rewrite=_view_rewrite, accepts_sizes=True, name="view")(view)
+               rewrite=_view_rewrite, accepts_sizes=True, carries_soft=True, name="view")(view)
 
 # ---- permutes -------------------------------------------------------------------------------
 
@@ -107,20 +123,20 @@ def _dims_list(args) -> list[int]:
     return list(args)
 
 
-@RULES.register(*functions("permute"), *aten("permute", "default"), name="permute")
+@RULES.register(*functions("permute"), *aten("permute", "default"), carries_soft=True, name="permute")
 def permute(ctx, node):
     dims = _dims_list(node.args[1:]) if "dims" not in node.kwargs else list(node.kwargs["dims"])
     return ctx.labels(node.args[0]).permute(dims)
 
 
 @RULES.register(*functions("transpose", "swapaxes", "swapdims"), *aten("transpose", "int"),
-                name="transpose")
+                carries_soft=True, name="transpose")
 def transpose(ctx, node):
     d0, d1 = ctx.arg(1, "dim0"), ctx.arg(2, "dim1")
     return ctx.labels(node.args[0]).transpose(d0, d1)
 
 
-@RULES.register(*functions("t"), *aten("t", "default"), name="t")
+@RULES.register(*functions("t"), *aten("t", "default"), carries_soft=True, name="t")
 def t(ctx, node):
     return ctx.labels(node.args[0]).t()
 
@@ -139,22 +155,12 @@ def _expand(ctx, node):
 
 
 def _expand_rewrite(ctx, node):
-    if node.target not in ("expand", "broadcast_to", torch.broadcast_to):
-        return
-    new = ctx.new_shape(node)
-    args = _shape_args(node)
-    if args is None or len(args) != len(new):
-        return
-    fixed = [new[i] if isinstance(a, int) and a != -1 else a for i, a in enumerate(args)]
-    if node.target == torch.broadcast_to:
-        node.args = (node.args[0], tuple(fixed))
-    else:
-        node.args = (node.args[0], *fixed)
-    node.kwargs = {}
+    _rewrite_sizes(ctx, node, ctx.new_shape(node))
 
 
 RULES.register(*functions("expand", "expand_as", "broadcast_to"),
-               *aten("expand", "default"), rewrite=_expand_rewrite, accepts_sizes=True, name="expand")(_expand)
+               *aten("expand", "default"), rewrite=_expand_rewrite, accepts_sizes=True, carries_soft=True,
+               name="expand")(_expand)
 
 
 @RULES.register(*functions("repeat", "tile"), accepts_sizes=True, name="repeat")
@@ -176,7 +182,7 @@ def _cat_labels(ctx, tensors, dim, out_shape):
         shapes.append(shape)
     compact = [max(L.size(d) for L in Ls) if d != dim else None for d in range(len(out_shape))]
     Ls = [L.expand([L.size(d) if d == dim else compact[d] for d in range(L.dim())]) for L in Ls]
-    return torch.cat(Ls, dim=dim)
+    return lb.compact(torch.cat(Ls, dim=dim)).clone()
 
 
 @RULES.register(*functions("cat", "concat", "concatenate"), *aten("cat", "default"), name="cat")

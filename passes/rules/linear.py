@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import labels as lb
-from ..channels import tensor_named
-from ..registry import RULES, Method, module_classes
+from ..channels import pin_soft, tensor_named
+from ..registry import RULES, Method, aten, module_classes
 from ..table import AFFINE, CONSUMER, PRODUCER
+from .attention import product
 
 
 def _last_dim_ids(ctx, x, what: str) -> torch.Tensor:
@@ -30,7 +31,7 @@ def _last_dim_ids(ctx, x, what: str) -> torch.Tensor:
 def _features(ctx, node, ids_in, wname, bname, in_dim: int, out_dim: int, fold: str):
     W = tensor_named(ctx.gm, wname)
     table = ctx.table
-    table.unify(table.param_slices(wname, in_dim, W.shape[in_dim], CONSUMER), ids_in)
+    table.read_slices(wname, in_dim, ids_in, CONSUMER)
     table.consume(node.name, 0, len(ctx.shape(node.args[0])) - 1, ids_in, fold, out_dim=-1)
     out_ids = table.param_slices(wname, out_dim, W.shape[out_dim], PRODUCER)
     if bname is not None:
@@ -87,7 +88,8 @@ RULES.register(*module_classes("Embedding"), F.embedding, rewrite=embedding_rewr
 
 
 @RULES.register(torch.matmul, torch.mm, torch.bmm, operator.matmul, Method("matmul"),
-                Method("mm"), Method("bmm"), Method("__matmul__"), name="matmul")
+                Method("mm"), Method("bmm"), Method("__matmul__"), *aten("matmul"), *aten("mm"),
+                *aten("bmm"), carries_soft=True, name="matmul")
 def matmul(ctx, node):
     a, b = node.args[0], node.args[1]
     sa, sb = ctx.shape(a), ctx.shape(b)
@@ -104,9 +106,8 @@ def matmul(ctx, node):
     rest_a = [d for d in range(len(sa) - 1) if La.size(d) > 1]
     rest_b = [d for d in range(len(sb)) if d != len(sb) - 2 and Lb.size(d) > 1]
     if rest_a or rest_b:
-        ctx.pin(La, "channels along a batch or row dim of a matmul")
-        ctx.pin(Lb, "channels along a batch or column dim of a matmul")
-        return ctx.untracked()
+        return product(ctx, node, a, b)         # heads: channels along batch, row or column dims
+    pin_soft(ctx, [La, Lb], f"then reaches the contracted dim of {node.name}")
     ctx.table.unify(ka, kb)
     ctx.table.consume(node.name, 0, len(sa) - 1, ka, "zero", out_dim=-1)
     ctx.table.consume(node.name, 1, len(sb) - 2, kb, "zero", out_dim=-1)

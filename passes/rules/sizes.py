@@ -15,6 +15,7 @@ import torch
 from .. import labels as lb
 from ..channels import SizeDep
 from ..registry import RULES, Method, functions
+from .elementwise import elementwise
 
 
 def _dim_dep(L: torch.Tensor, shape: torch.Size, dim: int) -> SizeDep:
@@ -58,7 +59,7 @@ def _arith(ctx, node):
         for d in deps:
             if isinstance(d, SizeDep):
                 ctx.table.pin(d.ids, f"a channel count is used as a value (at node '{node.name}')")
-        return ctx.combine(list(node.args))
+        return elementwise(ctx, node)
     ids = [d.ids for d in deps if isinstance(d, SizeDep)]
     if not ids:
         return None
@@ -69,7 +70,7 @@ RULES.register(math.sqrt, int, float, math.ceil, math.floor, accepts_sizes=True,
                name="size arithmetic")(_arith)
 for _op in (operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
             operator.mod, operator.neg, operator.pow):
-    RULES.register(_op, accepts_sizes=True, name="arithmetic")(_arith)
+    RULES.register(_op, accepts_sizes=True, carries_soft=True, name="arithmetic")(_arith)
 
 # ---- tensor factories -------------------------------------------------------------------------
 

@@ -1,0 +1,148 @@
+"""The torch.export front end: a model fx cannot trace becomes an aten-level GraphModule.
+
+``torch.export`` (non-strict) traces the model on example inputs; ``ExportedProgram.module()``
+gives a GraphModule with parameters as ``get_attr`` nodes and the original module hierarchy. That
+module refuses ``.train()``/``.eval()`` because export bakes the training flag into mode-dependent
+ops, so this pass rebuilds it as a plain ``GraphModule`` whose mode-dependent ops follow the
+module's flag again:
+
+* ``aten.dropout(x, p, train)`` becomes a call to an ``nn.Dropout(p)`` submodule;
+* ``aten.batch_norm(x, w, b, mean, var, training, momentum, eps, ...)`` becomes a call to an
+  ``nn.BatchNorm{1,2,3}d`` that owns the same tensors (the ``num_batches_tracked += 1`` export
+  wrote out is dropped: the module does it), when those tensors belong to one submodule.
+
+Before (export of ``nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))`` in train mode)::
+
+    linear = aten.linear.default(x, 0.weight, 0.bias); dropout = aten.dropout.default(linear, 0.1, True)
+
+After: ``dropout = self.otofx_dropout_0(linear)`` where ``otofx_dropout_0`` is ``nn.Dropout(0.1)``;
+``gm.eval()`` turns it off.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from torch.fx import GraphModule, Node
+
+aten = torch.ops.aten
+EXPORTED = "otofx.exported"   # gm.meta flag: the graph came through torch.export
+
+
+def export_module(model: nn.Module, args: tuple, kwargs: dict) -> GraphModule:
+    """Export a deepcopy of ``model`` on ``args``/``kwargs``; a plain, mode-following GraphModule.
+
+    Raises whatever ``torch.export`` raises; the caller turns it into a ``TraceError``."""
+    model = copy.deepcopy(model)
+    training = model.training
+    program = torch.export.export(model, args, kwargs, strict=False)
+    exported = program.module()
+    gm = GraphModule(exported, exported.graph, type(model).__name__)
+    _modes_as_modules(gm)
+    gm.train(training)
+    gm.meta[EXPORTED] = True
+    return gm
+
+
+def _free_name(gm: GraphModule, node: Node, kind: str) -> str:
+    """Where to put a module for ``node``: its original path when free, else a fresh name."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path = list(stack.values())[-1][0]
+        try:
+            gm.get_submodule(path)
+        except AttributeError:
+            parent = path.rpartition(".")[0]
+            try:
+                gm.get_submodule(parent)
+                return path
+            except AttributeError:
+                pass
+    k = 0
+    while hasattr(gm, f"otofx_{kind}_{k}"):
+        k += 1
+    return f"otofx_{kind}_{k}"
+
+
+def _as_call_module(gm: GraphModule, node: Node, path: str, module: nn.Module, x: Node) -> None:
+    gm.add_submodule(path, module)
+    with gm.graph.inserting_before(node):
+        call = gm.graph.call_module(path, (x,))
+    call.meta = dict(node.meta)
+    node.replace_all_uses_with(call)
+    gm.graph.erase_node(node)
+
+
+def _dropout(gm: GraphModule, node: Node) -> None:
+    p = node.args[1] if len(node.args) > 1 else node.kwargs.get("p", 0.5)
+    cls = nn.Dropout if node.target is aten.dropout.default else nn.AlphaDropout
+    _as_call_module(gm, node, _free_name(gm, node, "dropout"), cls(p), node.args[0])
+
+
+_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+def _batch_norm(gm: GraphModule, node: Node, counters: dict[str, Node]) -> None:
+    x, w, b, mean, var = node.args[:5]
+    momentum, eps = node.args[6], node.args[7]
+    attrs = [a for a in (w, b, mean, var) if a is not None]
+    if not all(isinstance(a, Node) and a.op == "get_attr" for a in attrs) or mean is None:
+        return   # computed statistics: keep the aten op (its mode stays as exported)
+    owners = {a.target.rpartition(".")[0] for a in attrs}
+    if len(owners) != 1:
+        return
+    owner = owners.pop()
+    rank = len(x.meta["val"].shape) if "val" in x.meta else None
+    if rank not in _BN:
+        return
+    holder = gm.get_submodule(owner) if owner else gm
+    own = {n for n, _ in holder.named_parameters(recurse=False)} | {
+        n for n, _ in holder.named_buffers(recurse=False)}
+    if not owner or own - {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}:
+        return
+    bn = _BN[rank](mean.meta["val"].shape[0] if "val" in mean.meta else getattr(holder, "running_mean").numel(),
+                   eps=eps, momentum=momentum, affine=w is not None)
+    bn.running_mean, bn.running_var = holder.running_mean, holder.running_var
+    if hasattr(holder, "num_batches_tracked"):
+        bn.num_batches_tracked = holder.num_batches_tracked
+    if w is not None:
+        bn.weight, bn.bias = holder.weight, holder.bias
+    counter = counters.pop(f"{owner}.num_batches_tracked", None)
+    if counter is not None and not counter.users:
+        gm.graph.erase_node(counter)
+    _as_call_module(gm, node, owner, bn, x)
+
+
+def _modes_as_modules(gm: GraphModule) -> None:
+    counters = {n.args[0].target: n for n in gm.graph.nodes
+                if n.op == "call_function" and n.target is aten.add_.Tensor
+                and isinstance(n.args[0], Node) and n.args[0].op == "get_attr"
+                and n.args[0].target.endswith("num_batches_tracked")}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target in (aten.dropout.default, aten.alpha_dropout.default):
+            _dropout(gm, node)
+        elif node.target is aten.batch_norm.default:
+            _batch_norm(gm, node, counters)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """Positional and keyword example inputs: a tensor, a tuple/list, a dict (keywords), or a
+    ``(args, kwargs)`` pair whose second item is a dict."""
+    if example_inputs is None:
+        return (), {}
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    items = tuple(example_inputs)
+    if len(items) == 2 and isinstance(items[0], (tuple, list)) and isinstance(items[1], dict):
+        return tuple(items[0]), dict(items[1])
+    return items, {}

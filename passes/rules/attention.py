@@ -1,0 +1,115 @@
+"""Attention: products of two activations, and scaled_dot_product_attention. Heads are channels.
+
+A head split (``view(B, T, H, Dh)``) couples each head's ``Dh`` channels into one (see
+``layout._rectangular``), so q, k and v carry one channel per head along the head dim.
+
+* ``q @ k.transpose(-2, -1)``: a product over head_dim. q's head h and k's head h are unified, and
+  the scores of head h belong to that channel (zero when q and k of the head are).
+* ``scores + mask``, ``softmax``, ``dropout``: the scores of a removed head are no longer zero, only
+  irrelevant: they get *soft* ids (``ChannelTable.new_soft``) that elementwise and layout ops carry.
+* ``attn @ v``: the product of head h is zero once v's head h is zero, whatever attn holds; the
+  soft scores are unified with v's head and the result carries v's channel, which the output
+  projection consumes. A head is one group: its q, k, v slices produce it, the output projection's
+  columns consume it, and every literal head count (``view`` sizes) is rewritten by shrink.
+* ``F.scaled_dot_product_attention(q, k, v, mask)`` does all of that in one op, grouped-query
+  attention included (q heads ``h`` share kv head ``h // (Hq // Hkv)``).
+
+Any op the scores reach that is not known to carry soft ids pins the head (``passes.channels``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import labels as lb
+from ..registry import RULES, aten
+
+
+def _whole_rows(ctx, L: torch.Tensor, dim: int, why: str) -> torch.Tensor | None:
+    """Couple the channels of ``L`` along ``dim`` (one channel per head); None if some of those
+    lines also hold data without a channel (then they are pinned)."""
+    if L.size(dim) == 1:
+        return L
+    ctx.couple_along(L, dim, why)
+    if bool((L >= 0).all()):
+        return L.narrow(dim, 0, 1)
+    return None
+
+
+def product(ctx, node, a, b) -> torch.Tensor:
+    """Labels of ``a @ b`` (batched) when channels run along batch, row or column dims.
+
+    Each output element ``[..., m, n]`` is zero when row ``m`` of ``a`` or column ``n`` of ``b``
+    is a zero channel, so the output is the elementwise product of a's row labels and b's column
+    labels (``ChannelContext.join`` with both factors keeping zeros). Channels along the
+    contracted dim are coupled per row (whole heads)."""
+    sa, sb, out = ctx.shape(a), ctx.shape(b), ctx.out_shape
+    nd = len(out)
+    La, Lb = lb.align(ctx.labels(a), nd), lb.align(ctx.labels(b), nd)
+    ra = (1,) * (nd - len(sa)) + tuple(sa)
+    rb = (1,) * (nd - len(sb)) + tuple(sb)
+    La = _whole_rows(ctx, La.clone(), nd - 1, "a product sums these channels with data that has "
+                     "no channel")
+    Lb = _whole_rows(ctx, Lb.clone(), nd - 2, "a product sums these channels with data that has "
+                     "no channel")
+    if La is None or Lb is None:
+        ctx.pin([x for x in (ctx.labels(a), ctx.labels(b))], "a product of channels with data that "
+                "has no channel")
+        return ctx.untracked()
+    rows = (La, ra[:-1] + (1,))
+    cols = (Lb, rb[:-2] + (1, rb[-1]))
+    return ctx.join([rows, cols], out, [True, True])
+
+
+def _heads(ctx, L: torch.Tensor, shape, what: str) -> torch.Tensor | None:
+    """One label per head of a (..., H, T, D) attention operand; None (pinned) if labels vary
+    along batch or sequence dims or part of a head has no channel."""
+    nd = len(shape)
+    L = lb.align(L, nd)
+    L = _whole_rows(ctx, L.clone(), nd - 1, f"the {what} of a head mix channels and data "
+                    "without one")
+    if L is None:
+        return None
+    if any(L.size(d) > 1 for d in range(nd - 3)) or L.size(nd - 2) > 1:
+        ctx.pin(L, f"channels of the attention {what} along a batch or sequence dim")
+        return None
+    return lb.along(L, nd - 3) if L.size(nd - 3) > 1 else L.reshape(-1)[:1].expand(shape[nd - 3])
+
+
+@RULES.register(F.scaled_dot_product_attention, *aten("scaled_dot_product_attention"),
+                name="scaled_dot_product_attention")
+def sdpa(ctx, node):
+    q, k, v = node.args[0], ctx.arg(1, "key"), ctx.arg(2, "value")
+    mask = ctx.arg(3, "attn_mask")
+    sq, sk, sv, out = ctx.shape(q), ctx.shape(k), ctx.shape(v), ctx.out_shape
+    if min(len(sq), len(sk), len(sv)) < 3:
+        return ctx.unknown("attention without a head dim")
+    heads = [_heads(ctx, ctx.labels(x), s, what) for x, s, what in
+             ((q, sq, "queries"), (k, sk, "keys"), (v, sv, "values"))]
+    if any(h is None for h in heads):
+        ctx.pin([ctx.labels(x) for x in (q, k, v)], "an attention whose heads cannot be followed")
+        return ctx.untracked()
+    hq, hk, hv = heads
+    n = hq.numel()
+    if hk.numel() != n:
+        if n % hk.numel():
+            return ctx.unknown("query heads not a multiple of key/value heads")
+        rep = n // hk.numel()
+        hk, hv = hk.repeat_interleave(rep), hv.repeat_interleave(rep)
+    tracked = (hq >= 0) | (hk >= 0) | (hv >= 0)
+    whole = (hq >= 0) & (hk >= 0) & (hv >= 0)
+    ctx.pin(torch.cat([hq[tracked & ~whole], hk[tracked & ~whole], hv[tracked & ~whole]]),
+            "an attention head whose queries, keys or values carry no channel")
+    if isinstance(mask, torch.fx.Node) and ctx.is_tensor(mask):
+        sm = ctx.shape(mask)
+        if len(sm) >= 3 and sm[-3] > 1:
+            ctx.pin(hv, "a per-head attention mask (it would need slicing with the heads)")
+        if bool((ctx.labels(mask) >= 0).any()):
+            ctx.pin(ctx.labels(mask), "channels in an attention mask")
+    ctx.table.unify(hq, hk)
+    ctx.table.unify(hq, hv)
+    labels = torch.where(whole, hv, torch.full_like(hv, lb.UNTRACKED))
+    shape = [1] * len(out)
+    shape[-3] = n
+    return labels.view(shape).clone()
