@@ -22,8 +22,9 @@ test: $(STAMP)  ## the CI test suite (models under 100M parameters)
 test-slow: $(STAMP)  ## the few zoo models over 100M parameters
 	$(PY) -m pytest -q -m slow
 
-fuzz: $(STAMP)  ## thousands of random architectures (hypothesis "fuzz" profile)
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_properties_cnn.py
+fuzz: $(STAMP)  ## thousands of random architectures from every grammar (hypothesis "fuzz" profile)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --hypothesis-show-statistics \
+		$(wildcard tests/test_properties_*.py)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.analysis_speed

@@ -25,7 +25,7 @@ def digits(seed: int = 0) -> tuple[Split, Split]:
     return (X[:TRAIN], y[:TRAIN]), (X[TRAIN:], y[TRAIN:])
 
 
-def noisy_digits(seed: int = 0, noise: float = 0.6, shift: int = 1) -> tuple[Split, Split]:
+def noisy_digits(seed: int = 0, noise: float = 0.3, shift: int = 1) -> tuple[Split, Split]:
     """``digits(seed)`` with every image rolled by up to ``shift`` pixels each way and Gaussian
     noise of std ``noise`` added (fixed by ``seed``, so train and test are fixed sets)."""
     (Xtr, ytr), (Xte, yte) = digits(seed)

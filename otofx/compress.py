@@ -9,7 +9,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from otofx.analysis import Analysis
-from otofx.api import _inputs, analyze, shrink, trace
+from otofx.api import analyze, shrink, trace
 from otofx.config import DHSPGConfig, HESSOConfig, _BaseConfig
 from otofx.errors import ConfigError
 from otofx.flops import count_flops
@@ -67,12 +67,11 @@ def compress(gm: nn.Module, optimizer_cfg: _BaseConfig, example_inputs: Any) -> 
     if not isinstance(optimizer_cfg, _BaseConfig):
         raise ConfigError(f"optimizer_cfg must be otofx.DHSPGConfig or otofx.HESSOConfig, got "
                           f"{type(optimizer_cfg).__name__}.")
-    inputs = _inputs(example_inputs)
     if not isinstance(gm, GraphModule):
         gm = trace(gm)
-    analysis = analyze(gm, inputs)
+    analysis = analyze(gm, example_inputs)
     optimizer = make_optimizer(gm, analysis, optimizer_cfg)
-    job = CompressionJob(gm, optimizer, analysis, inputs)
+    job = CompressionJob(gm, optimizer, analysis, analysis.example_inputs)
     job.baseline()
     return job
 

@@ -14,7 +14,8 @@ class ShapeError(OtofxError):
 
 
 class AnalysisError(OtofxError):
-    """The analysis was asked something it cannot answer (wrong graph, missing inputs)."""
+    """The analysis was asked something it cannot answer (wrong graph, missing inputs, a model
+    with nothing to train)."""
 
 
 class ShrinkError(OtofxError):

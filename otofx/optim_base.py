@@ -13,7 +13,7 @@ from torch import nn
 
 from otofx.analysis import Analysis
 from otofx.config import _BaseConfig
-from otofx.errors import OtofxError
+from otofx.errors import AnalysisError, OtofxError
 from otofx.grouped import GroupedViews
 from otofx.partition import target_count
 
@@ -35,6 +35,11 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         config.validate()
         self.config = config
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise AnalysisError(
+                f"{type(module).__name__} has no trainable parameter (none with requires_grad=True), "
+                "so there is nothing for the optimizer to train or compress. Unfreeze the layers to "
+                "compress, or use otofx.analyze and otofx.shrink on their own.")
         self._names = {id(p): n for n, p in named}
         defaults = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                         betas=config.betas, eps=config.eps)
@@ -101,10 +106,12 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         b1, b2 = group["betas"]
         if variant == "adam" and wd:
             grad = grad.add(p, alpha=wd)
-        if "exp_avg" not in state:
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
+        if "exp_avg" not in state:   # half-precision parameters keep float32 moments: eps and
+            moments = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+            state["exp_avg"] = torch.zeros_like(p, dtype=moments)    # small v underflow in fp16
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=moments)
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        grad = grad.to(m.dtype)
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         t = step + 1
@@ -114,7 +121,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                 p.mul_(1 - lr * wd)
             p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
             return None
-        d = m.div(denom).div_(1 - b1 ** t)
+        d = m.div(denom).div_(1 - b1 ** t).to(p.dtype)
         if variant == "adamw" and wd:
             d.add_(p, alpha=wd)
         return d

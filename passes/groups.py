@@ -23,7 +23,7 @@ from torch.fx import GraphModule
 from torch.fx.passes.infra.pass_base import PassResult
 
 from . import labels as lb
-from .channels import LABELS, SHAPE, TABLE
+from .channels import LABELS, SHAPE, TABLE, tensor_named
 from .table import AFFINE, PRODUCER, member_mask, stable_argsort
 
 GROUPS = "otofx.groups"
@@ -76,12 +76,21 @@ class _Record:
     roots: torch.Tensor     # root id of each position along the dim
 
 
+_FROZEN = "parameter '{}' is frozen (requires_grad=False): training cannot drive it to zero"
+
+
+def _frozen(gm: GraphModule, name: str) -> bool:
+    t = tensor_named(gm, name)
+    return isinstance(t, torch.nn.Parameter) and not t.requires_grad
+
+
 def _records(gm: GraphModule, table, units: torch.Tensor
              ) -> tuple[list[_Record], list[tuple[torch.Tensor, str]]]:
     uf = table.uf
     records = [_Record(key, table.slice_roles[key], uf.roots(ids))
                for key, ids in table.slice_ids.items()]
-    extra_pins: list[tuple[torch.Tensor, str]] = []
+    extra_pins = [(r.roots, _FROZEN.format(r.key[0])) for r in records
+                  if r.role in (PRODUCER, AFFINE) and _frozen(gm, r.key[0])]
     sliced = {name for name, _ in table.slice_ids}
     for name, ids in table.element_ids.items():
         roots = uf.roots(ids)
@@ -96,6 +105,8 @@ def _records(gm: GraphModule, table, units: torch.Tensor
                 break
         else:
             extra_pins.append((roots, f"free parameter '{name}' cannot be sliced along one dim"))
+        if _frozen(gm, name):
+            extra_pins.append((roots, _FROZEN.format(name)))
     for site in table.consumers:
         records.append(_Record(("node", site.node, site.arg, site.dim), "site", uf.roots(site.ids)))
     return records, extra_pins

@@ -63,8 +63,9 @@ class _Recorder(Interpreter):
         except Exception as exc:
             inputs = []
             for a in n.all_input_nodes:
-                shape = a.meta.get(SHAPE)
-                inputs.append(f"{a.name}: {tuple(shape) if isinstance(shape, torch.Size) else shape}")
+                shape, dtype = a.meta.get(SHAPE), a.meta.get(DTYPE)
+                dtype = f" {str(dtype).removeprefix('torch.')}" if isinstance(dtype, torch.dtype) else ""
+                inputs.append(f"{a.name}: {tuple(shape) if isinstance(shape, torch.Size) else shape}{dtype}")
             self.failure = ShapeError(
                 f"the example inputs do not fit node '{n.name}' ({n.format_node()}): "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0].rstrip('.')}. Its inputs were "

@@ -69,18 +69,18 @@ def conv(ctx, node):
         # depthwise: output channel o reads input channel o // multiplier only
         out_ids = ids_in.repeat_interleave(c_out // c_in)
         if transposed:
-            table.unify(table.param_slices(wname, 0, c_in, AFFINE), ids_in)
+            table.read_slices(wname, 0, ids_in, AFFINE)
         else:
-            table.unify(table.param_slices(wname, 0, c_out, AFFINE), out_ids)
+            table.read_slices(wname, 0, out_ids, AFFINE)
     else:
         per = c_in // groups
         grid = ids_in.view(groups, per)
         ctx.couple_along(grid, 0, "a grouped conv reads these channels beside data with no "
                          "channel in another group")
         if transposed:
-            table.unify(table.param_slices(wname, 0, c_in, CONSUMER), ids_in)
+            table.read_slices(wname, 0, ids_in, CONSUMER)
         else:
-            table.unify(table.param_slices(wname, 1, per, CONSUMER), grid[0])
+            table.read_slices(wname, 1, grid[0], CONSUMER)
         fold = "bias" if not transposed and _no_padding(padding) else "zero"
         table.consume(node.name, 0, cdim, ids_in, fold, out_dim=cdim)
         if transposed:

@@ -47,7 +47,7 @@ def per_channel_norm(ctx, node):
     else:
         cdim = 1
         names = ("running_mean", "running_var", "weight", "bias")
-        index = (1, 2, 3, 4)   # the same for batch_norm and instance_norm
+        index = (3, 4, 1, 2) if node.target is torch.batch_norm else (1, 2, 3, 4)  # F.*: stats first
         args = [ctx.arg(i, n) for i, n in zip(index, names)]
         if any(a is not None and ctx.param_of(a) is None for a in args):
             return ctx.unknown("a norm whose statistics or affine are computed")
