@@ -26,9 +26,9 @@ fuzz: $(STAMP)  ## thousands of random architectures from every grammar (hypothe
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --hypothesis-show-statistics \
 		$(wildcard tests/test_properties_*.py)
 
-bench: $(STAMP)
-	$(PY) -m benchmarks.analysis_speed
-	$(PY) -m benchmarks.optimizer_overhead
+bench: $(STAMP)  ## every benchmark, side by side with the peers; regenerates benchmarks/RESULTS.md
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
+	$(PY) -m benchmarks $(if $(QUICK),--quick)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check otofx passes tests benchmarks examples
