@@ -14,14 +14,16 @@ from torch import nn
 
 from .. import labels as lb
 from ..channels import tensor_named
-from ..registry import RULES, module_classes
+from ..registry import RULES, aten, module_classes
 from ..table import AFFINE, CONSUMER, PRODUCER
 
 CONVS = module_classes("Conv1d", "Conv2d", "Conv3d")
 TRANSPOSED = module_classes("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
-CONV_FNS = [F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d]
+CONV_FNS = [F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
+            *[k for d in (1, 2, 3) for k in aten(f"conv{d}d", "default")[1:]]]
 TRANSPOSED_FNS = [F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
-                  torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d]
+                  torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d,
+                  *[k for d in (1, 2, 3) for k in aten(f"conv_transpose{d}d", "input")[1:]]]
 
 
 def _call(ctx, node):

@@ -41,7 +41,9 @@ PASSTHROUGH_MODULES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaD
 BINARY = (
     "add", "sub", "subtract", "mul", "multiply", "div", "divide", "true_divide", "maximum",
     "minimum", "fmax", "fmin", "rsub", "atan2", "hypot", "remainder", "fmod", "floor_divide",
-    "where", "lerp", "addcmul", "addcdiv", "masked_fill",
+    "where", "lerp", "addcmul", "addcdiv", "masked_fill", "eq", "ne", "ge", "gt", "le", "lt",
+    "logical_and", "logical_or", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor",
+    "__and__", "__or__", "__xor__",
 )
 
 _inplace = [Method(n + "_") for n in UNARY + BINARY]

@@ -235,7 +235,7 @@ def _split_rewrite(ctx, node):
 
 
 RULES.register(*functions("split", "chunk", "tensor_split", "split_with_sizes"),
-               *aten("split", "Tensor"), *aten("split_with_sizes", "default"),
+               *aten("split", "Tensor"), *aten("split_with_sizes", "default"), *aten("chunk", "default"),
                rewrite=_split_rewrite, accepts_sizes=True, name="split")(split)
 
 
@@ -337,7 +337,40 @@ RULES.register(operator.getitem, rewrite=_getitem_rewrite, accepts_sizes=True,
                name="getitem")(getitem)
 
 
-@RULES.register(*functions("narrow"), name="narrow")
+def aten_slice(ctx, node):
+    """``aten.slice(x, dim, start, end, step)``: ``x[..., start:end:step]`` of export graphs."""
+    x = node.args[0]
+    L, shape = ctx.labels(x), ctx.shape(x)
+    dim = ctx.arg(1, "dim", 0) % len(shape)
+    start, end, step = ctx.arg(2, "start"), ctx.arg(3, "end"), ctx.arg(4, "step", 1)
+    if L.size(dim) == 1:
+        return L.clone()
+    if not all(_literal(v) for v in (start, end)) or step != 1:
+        ctx.pin(L, "a slice across channels with a computed bound or a step")
+    item = slice(start, end if end is None or end < shape[dim] else None)
+    return L[(slice(None),) * dim + (item,)].clone()
+
+
+def _aten_slice_rewrite(ctx, node):
+    x = node.args[0]
+    shape = ctx.old_shape(x)
+    dim = ctx.arg_of(node, 1, "dim", 0) % len(shape)
+    kept = ctx.kept_mask(x, dim)
+    if kept is None or bool(kept.all()):
+        return
+    start, end = ctx.arg_of(node, 2, "start"), ctx.arg_of(node, 3, "end")
+    s, e, _ = slice(start, end).indices(kept.numel())
+    before = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), kept.long()]), 0)
+    args = list(node.args) + [None] * (4 - len(node.args))
+    args[1], args[2], args[3] = dim, int(before[s]), int(before[max(e, s)])
+    node.args = tuple(args)
+
+
+RULES.register(*aten("slice", "Tensor"), rewrite=_aten_slice_rewrite, carries_soft=False,
+               name="slice")(aten_slice)
+
+
+@RULES.register(*functions("narrow"), *aten("narrow"), name="narrow")
 def narrow(ctx, node):
     L = ctx.labels(node.args[0])
     dim, start, length = ctx.arg(1, "dim"), ctx.arg(2, "start"), ctx.arg(3, "length")
@@ -348,7 +381,7 @@ def narrow(ctx, node):
     return L.clone()
 
 
-@RULES.register(*functions("select"), name="select")
+@RULES.register(*functions("select"), *aten("select", "int"), name="select")
 def select(ctx, node):
     L = ctx.labels(node.args[0])
     dim, index = ctx.arg(1, "dim") % L.dim(), ctx.arg(2, "index")

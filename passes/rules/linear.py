@@ -59,13 +59,15 @@ def linear_rewrite(ctx, node):
         m.out_features, m.in_features = m.weight.shape
 
 
-RULES.register(*module_classes("Linear"), F.linear, torch._C._nn.linear,
+RULES.register(*module_classes("Linear"), F.linear, torch._C._nn.linear, *aten("linear"),
                rewrite=linear_rewrite, name="linear")(linear)
 
 
 def embedding(ctx, node):
     if node.op == "call_module":
         wname = ctx.module_param("weight")
+    elif isinstance(node.target, torch._ops.OpOverload):      # aten.embedding(weight, indices)
+        wname = ctx.param_of(node.args[0])
     else:
         wname = ctx.param_of(ctx.arg(1, "weight"))
         if wname is None:
@@ -83,8 +85,22 @@ def embedding_rewrite(ctx, node):
         m.embedding_dim = m.weight.shape[1]
 
 
-RULES.register(*module_classes("Embedding"), F.embedding, rewrite=embedding_rewrite,
+RULES.register(*module_classes("Embedding"), F.embedding, *aten("embedding"), rewrite=embedding_rewrite,
                name="embedding")(embedding)
+
+
+@RULES.register(torch.addmm, Method("addmm"), *aten("addmm"), name="addmm")
+def addmm(ctx, node):
+    """``addmm(bias, x, W)`` with parameters ``W`` (in, out) and ``bias``: a linear layer
+    (HF GPT-2's Conv1D)."""
+    bias, x, w = node.args[:3]
+    wname, bname = ctx.param_of(w), ctx.param_of(bias)
+    if wname is None or bname is None or node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+        return ctx.unknown("an addmm whose weight or bias is computed, not a parameter")
+    if len(ctx.shape(bias)) != 1:
+        return ctx.unknown("an addmm with a 2-d bias")
+    ids_in = _last_dim_ids(ctx, x, "a matmul")
+    return _features(ctx, node, ids_in, wname, bname, 0, 1, "zero")
 
 
 @RULES.register(torch.matmul, torch.mm, torch.bmm, operator.matmul, Method("matmul"),

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .. import labels as lb
 from ..channels import tensor_named
-from ..registry import RULES, module_classes
+from ..registry import RULES, aten, module_classes
 from ..table import AFFINE, BUFFER
 
 BATCH_NORMS = module_classes("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")
@@ -101,11 +101,12 @@ def group_norm_rewrite(ctx, node):
         ctx.set_arg(node, 1, "num_groups", new // (old // groups))
 
 
-RULES.register(*module_classes("GroupNorm"), F.group_norm, torch.group_norm,
+RULES.register(*module_classes("GroupNorm"), F.group_norm, torch.group_norm, *aten("group_norm"),
                rewrite=group_norm_rewrite, name="group_norm")(group_norm)
 
 
-@RULES.register(*module_classes("LayerNorm", "RMSNorm"), F.layer_norm, torch.layer_norm,
+@RULES.register(*module_classes("LayerNorm", "RMSNorm"), F.layer_norm, torch.layer_norm, *aten("layer_norm"),
+                *aten("rms_norm"),
                 getattr(F, "rms_norm", None), name="layer_norm")
 def layer_norm(ctx, node):
     x = node.args[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import labels as lb
-from ..registry import RULES, functions
+from ..registry import RULES, aten, functions
 
 REDUCTIONS = ("sum", "nansum", "mean", "nanmean", "amax", "amin", "max", "min", "prod", "std",
               "var", "norm", "logsumexp", "all", "any", "argmax", "argmin", "median",
@@ -28,7 +28,7 @@ def _dims(ctx, node, ndim: int) -> list[int]:
     return [d % ndim for d in dim]
 
 
-@RULES.register(*functions(*REDUCTIONS), name="reduce")
+@RULES.register(*functions(*REDUCTIONS), *[k for n in REDUCTIONS for k in aten(n)], name="reduce")
 def reduce(ctx, node):
     x = node.args[0]
     L, shape = ctx.labels(x), ctx.shape(x)
@@ -43,7 +43,7 @@ def reduce(ctx, node):
         return ctx.combine([x, ctx.arg(1, "other")])
     dims = _dims(ctx, node, len(shape))
     across = [d for d in dims if L.size(d) > 1]
-    name = getattr(node.target, "__name__", node.target)
+    name = getattr(getattr(node.target, "overloadpacket", node.target), "__name__", node.target)
     if across:
         if name in ("sum", "nansum") and len(across) == 1 and all(
                 L.size(d) == 1 for d in range(L.dim()) if d not in across):

@@ -14,7 +14,7 @@ import torch
 
 from .. import labels as lb
 from ..channels import SizeDep
-from ..registry import RULES, Method, functions
+from ..registry import RULES, Method, aten, functions
 from .elementwise import elementwise
 
 
@@ -92,7 +92,24 @@ def random_like(ctx, node):
     return ctx.untracked()
 
 
-@RULES.register(*functions(*_FACTORIES), accepts_sizes=True, name="factory")
+def _checks() -> list:
+    keys = aten("_assert_tensor_metadata") + aten("_assert_scalar") + aten("_assert_async")
+    try:
+        from torch.export._unlift import GuardsFn
+        keys.append(GuardsFn)
+    except ImportError:
+        pass
+    return keys
+
+
+@RULES.register(*_checks(), accepts_sizes=True, name="check")
+def check(ctx, node):
+    """Assertions and input guards of export graphs: they compute nothing."""
+    return None
+
+
+@RULES.register(*functions(*_FACTORIES), *[k for n in _FACTORIES for k in aten(n)], accepts_sizes=True,
+                name="factory")
 def factory(ctx, node):
     """A new tensor: a uniform constant when every size is computed (``new_zeros(x.shape)``),
     data we do not follow when a literal size could count channels."""

@@ -11,7 +11,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-from ..registry import RULES, module_classes
+from ..registry import RULES, aten, module_classes
 
 _POOLS = ("MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "LPPool")
 POOL_MODULES = module_classes(*[f"{p}{d}d" for p in _POOLS for d in (1, 2, 3)])
@@ -36,9 +36,10 @@ def _spatial_rank(ctx, node) -> int:
         if found:
             return int(found.group(1))
         return len(ctx.out_shape) - 2
-    if node.target is F.pad:
+    name = getattr(getattr(node.target, "overloadpacket", node.target), "__name__", "")
+    if node.target is F.pad or name in ("pad", "constant_pad_nd"):
         return len(ctx.arg(1, "pad")) // 2
-    found = re.search(r"(\d)d$", getattr(node.target, "__name__", ""))
+    found = re.search(r"(\d)d$", name)
     return int(found.group(1)) if found else len(ctx.out_shape) - 2
 
 
@@ -55,5 +56,12 @@ def spatial(ctx, node):
     return L.clone()
 
 
+ATEN_SPATIAL = [k for p in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool",
+                             "max_pool{}_with_indices", "reflection_pad", "replication_pad",
+                             "upsample_nearest", "upsample_bilinear", "upsample_bicubic")
+                for d in (1, 2, 3) for k in aten(p.format(d) if "{}" in p else f"{p}{d}d")]
+ATEN_SPATIAL += aten("pad") + aten("constant_pad_nd") + aten("upsample_trilinear3d") + aten(
+    "_adaptive_avg_pool2d")
+
 RULES.register(*POOL_MODULES, *PAD_MODULES, *UPSAMPLE_MODULES, *POOL_FNS, *UPSAMPLE_FNS,
-               F.pad, torch._C._nn.pad, name="spatial")(spatial)
+               F.pad, torch._C._nn.pad, *ATEN_SPATIAL, name="spatial")(spatial)
