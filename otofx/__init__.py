@@ -14,16 +14,19 @@ from otofx.analysis import Analysis
 from otofx.api import analyze, shrink, trace
 from otofx.backend import backend
 from otofx.compress import CompressionJob, compress
-from otofx.config import DHSPGConfig, HESSOConfig
+from otofx.config import DHSPGConfig, H2SPGConfig, HESSOConfig
 from otofx.dhspg import DHSPG
 from otofx.errors import AnalysisError, ConfigError, OtofxError, ShapeError, ShrinkError, TraceError
+from otofx.h2spg import H2SPG
 from otofx.hesso import HESSO
 from otofx.optim_base import NonFiniteGradientError
 from otofx.passes import ChannelSlice, PruningGroup
+from otofx.passes.erasable import ErasableStructure
 
 __version__ = "0.1.0"
 
-__all__ = ["DHSPG", "HESSO", "Analysis", "AnalysisError", "ChannelSlice", "CompressionJob",
-           "ConfigError", "DHSPGConfig", "HESSOConfig", "NonFiniteGradientError", "OtofxError",
+__all__ = ["DHSPG", "H2SPG", "HESSO", "Analysis", "AnalysisError", "ChannelSlice", "CompressionJob",
+           "ConfigError", "DHSPGConfig", "ErasableStructure", "H2SPGConfig", "HESSOConfig",
+           "NonFiniteGradientError", "OtofxError",
            "PruningGroup", "ShapeError", "ShrinkError", "TraceError", "analyze", "backend", "compress",
            "passes", "shrink", "trace"]

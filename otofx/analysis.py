@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.fx import GraphModule
 
+from otofx.passes.erasable import ErasableStructure
 from otofx.passes.groups import PruningGroup
 from otofx.passes.table import AFFINE, PRODUCER
 
@@ -15,11 +16,17 @@ from otofx.passes.table import AFFINE, PRODUCER
 @dataclass
 class Analysis:
     """The analysed graph (``gm``: a copy of the user's graph sharing its parameters, with
-    ``node.meta`` filled by the passes), its ``groups`` and the example inputs used."""
+    ``node.meta`` filled by the passes), its ``groups``, the example inputs used and the
+    ``structures`` whose whole output can vanish (``passes.erasable``, outer ones first)."""
 
     gm: GraphModule
     groups: list[PruningGroup]
     example_inputs: tuple
+    structures: list[ErasableStructure] = field(default_factory=list)
+
+    @property
+    def erasable(self) -> list[ErasableStructure]:
+        return [s for s in self.structures if s.erasable]
 
     @property
     def prunable(self) -> list[PruningGroup]:

@@ -10,7 +10,7 @@ from torch.fx import GraphModule
 
 from otofx.analysis import Analysis
 from otofx.api import analyze, shrink, trace
-from otofx.config import DHSPGConfig, HESSOConfig, _BaseConfig
+from otofx.config import DHSPGConfig, H2SPGConfig, HESSOConfig, _BaseConfig
 from otofx.errors import ConfigError
 from otofx.flops import count_flops
 from otofx.optim_base import GroupSparsityOptimizer
@@ -19,13 +19,16 @@ from otofx.optim_base import GroupSparsityOptimizer
 def make_optimizer(module: nn.Module, analysis: Analysis, config: _BaseConfig
                    ) -> GroupSparsityOptimizer:
     from otofx.dhspg import DHSPG
+    from otofx.h2spg import H2SPG
     from otofx.hesso import HESSO
+    if isinstance(config, H2SPGConfig):
+        return H2SPG(module, analysis, config)
     if isinstance(config, DHSPGConfig):
         return DHSPG(module, analysis, config)
     if isinstance(config, HESSOConfig):
         return HESSO(module, analysis, config)
-    raise ConfigError(f"unknown optimizer config {type(config).__name__}: use otofx.DHSPGConfig "
-                      "or otofx.HESSOConfig.")
+    raise ConfigError(f"unknown optimizer config {type(config).__name__}: use otofx.DHSPGConfig, "
+                      "otofx.H2SPGConfig or otofx.HESSOConfig.")
 
 
 @dataclass
@@ -65,7 +68,8 @@ def compress(gm: nn.Module, optimizer_cfg: _BaseConfig, example_inputs: Any) -> 
     working optimizer (the base variant) and the report says so.
     """
     if not isinstance(optimizer_cfg, _BaseConfig):
-        raise ConfigError(f"optimizer_cfg must be otofx.DHSPGConfig or otofx.HESSOConfig, got "
+        raise ConfigError(f"optimizer_cfg must be otofx.DHSPGConfig, otofx.H2SPGConfig or "
+                          f"otofx.HESSOConfig, got "
                           f"{type(optimizer_cfg).__name__}.")
     if not isinstance(gm, GraphModule):
         gm = trace(gm)

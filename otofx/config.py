@@ -110,3 +110,30 @@ class HESSOConfig(_BaseConfig):
         super().validate()
         _check(self, "pruning_periods", 1 <= self.pruning_periods <= self.pruning_steps,
                "must be between 1 and pruning_steps")
+
+
+@dataclass
+class H2SPGConfig(DHSPGConfig):
+    """H2SPG (OTOv3): DHSPG's half-space steps over erasable structures (``Analysis.structures``),
+    each one group over all its parameters, and over channels too when
+    ``target_group_sparsity > 0``.
+
+    ``target_structure_sparsity`` is the fraction of erasable structures to erase (a structure
+    nested in an erased one counts as erased); ``target_structures`` an exact count instead.
+    Candidates are taken in score order and one that would disconnect an output is skipped;
+    when the target cannot be met that way the largest valid count is taken, with a warning.
+    """
+
+    target_group_sparsity: float = 0.0
+    target_structure_sparsity: float = 0.5
+    target_structures: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self, "target_structure_sparsity", 0 <= self.target_structure_sparsity <= 1,
+               "is the fraction of erasable structures to erase, in [0, 1]")
+        if self.target_structures is not None:
+            _check(self, "target_structures", isinstance(self.target_structures, int)
+                   and not isinstance(self.target_structures, bool) and self.target_structures >= 0,
+                   "is the number of structures to erase, an int >= 0 (or None to use "
+                   "target_structure_sparsity)")

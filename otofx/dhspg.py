@@ -39,10 +39,15 @@ class DHSPG(GroupSparsityOptimizer):
                       self.config.group_divisible)
 
     def _prune(self, directions, step, before):
-        cfg, st, v = self.config, self.otofx_state, self.views
+        self._half_space(self.views, self.otofx_state, self._partition, directions, step, before)
+
+    def _half_space(self, v, st, partition, directions, step, before):
+        """DHSPG's step on the rows of views ``v`` with state ``st`` (``redundant``, ``pruned``,
+        ``start_norm``); ``partition(directions)`` picks the redundant rows at the first call."""
+        cfg = self.config
         if before:
             if "redundant" not in st:
-                st["redundant"] = self._partition(directions)
+                st["redundant"] = partition(directions)
             red = st["redundant"] & ~st["pruned"]
             lr = self.param_groups[0]["lr"]
             xx, xd, dd = v.products(directions, red)
@@ -59,10 +64,9 @@ class DHSPG(GroupSparsityOptimizer):
             live = red & (xn > 0)
             c = torch.where(live, lr * lam / xn.clamp_min(1e-30), torch.zeros_like(xn))
             crossed = red & (xx - lr * xd - lr * lam * xn < cfg.epsilon * xx)
-            self._pending = (c, crossed, live, lr, xx, xd, dd)
+            self.__dict__.setdefault("_pending", {})[id(v)] = (c, crossed, live, lr, xx, xd, dd)
             return
-        c, crossed, live, lr, xx, xd, dd = self._pending
-        del self._pending
+        c, crossed, live, lr, xx, xd, dd = self._pending.pop(id(v))
         st["pruned"] = st["pruned"] | crossed
         # DHSPG's update is x - lr d - c x = (1 - c) x - lr d. otofx's floor then caps a
         # redundant channel's norm at its partition norm times the share of the phase still to

@@ -134,7 +134,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                 loss = closure()
         self._check_finite()
         step = self.steps_taken
-        pruning = bool(self.views.num_channels) and self.in_pruning_phase()
+        pruning = self._has_targets() and self.in_pruning_phase()
         directions: dict[int, torch.Tensor] = {}
         for group in self.param_groups:
             for p in group["params"]:
@@ -153,6 +153,10 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         self.views.zero(self.otofx_state["pruned"])
         self.otofx_state["step"] = step + 1
         return loss
+
+    def _has_targets(self) -> bool:
+        """Whether the pruning phase has anything to drive to zero."""
+        return bool(self.views.num_channels)
 
     def _prune(self, directions: dict[int, torch.Tensor], step: int, before: bool) -> None:
         """Subclass hook for steps of the pruning phase, called before and after the base

@@ -54,6 +54,17 @@ def prunable_flops_share(analysis: Analysis) -> float:
     return min(1.0, saved / total)
 
 
+def structure_line(sp: dict, stats) -> str:
+    """H2SPG's line: erased structures, target vs reached, and what shrink deleted."""
+    erased = sp["erased_structures"]
+    state = "reached exactly" if len(erased) == sp["target_structures"] else (
+        sp["structure_warning"] or ("pruning phase not finished" if not sp["pruning_done"]
+                                    else "differs"))
+    deleted = ", ".join(stats.erased) if stats is not None and stats.erased else "none"
+    return (f"structures: target {sp['target_structures']} of {sp['erasable_structures']} "
+            f"erasable, erased {len(erased)}: {state}\nstructures deleted: {deleted}")
+
+
 def compression_report(job, subnet) -> str:
     """What a compression job reached: sparsity target vs reached, params/FLOPs, widths."""
     opt = job.optimizer
@@ -73,6 +84,8 @@ def compression_report(job, subnet) -> str:
             f"group sparsity: target {sp['target']:.3f} ({sp['target_channels']} of "
             f"{sp['prunable_channels']} channels), reached {sp['reached']:.3f} "
             f"({sp['zero_channels']} channels): {state}")
+    if "erasable_structures" in sp:
+        lines.append(structure_line(sp, stats))
     lines += [
         f"parameters: {base['params']:,} -> {params:,} ({params / max(base['params'], 1):.3f}x)",
         f"FLOPs:      {base['flops']:,} -> {flops:,} ({flops / max(base['flops'], 1):.3f}x)",

@@ -11,16 +11,38 @@ from otofx.passes.table import AFFINE, PRODUCER
 
 
 @torch.no_grad()
+def erase_structures(gm: GraphModule, analysis: Analysis, fraction: float, seed: int = 0
+                     ) -> list[str]:
+    """Zero every parameter of a random valid set of ``round(fraction * erasable)`` structures
+    (or the largest valid one found), as H2SPG would; returns their names (outermost only)."""
+    from otofx.h2spg import select_structures
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    erasable = analysis.erasable
+    gen = torch.Generator().manual_seed(seed)
+    order = [erasable[i] for i in torch.randperm(len(erasable), generator=gen).tolist()]
+    chosen, _ = select_structures(analysis.gm, analysis.structures, order,
+                                  round(fraction * len(erasable)))
+    for s in chosen:
+        for p in s.params:
+            tensor_named(gm, p).zero_()
+    return [s.name for s in chosen]
+
+
+@torch.no_grad()
 def zero_groups(gm: GraphModule, analysis: Analysis, fraction: float, seed: int = 0,
-                affine: bool = True) -> dict[str, torch.Tensor]:
+                affine: bool = True, structures: float = 0.0) -> dict[str, torch.Tensor]:
     """Zero the producers of a random ``fraction`` of each prunable group's channels, in place.
 
     ``affine=False`` leaves biases and norm affines alone, so removed channels become non-zero
     constants that shrink must fold. At least one channel of every group is left alone.
-    Returns, per group name, the indices of the zeroed channels.
+    ``structures`` > 0 also erases that fraction of the erasable structures
+    (:func:`erase_structures`). Returns, per group name, the indices of the zeroed channels.
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    if structures:
+        erase_structures(gm, analysis, structures, seed)
     gen = torch.Generator().manual_seed(seed)
     roles = (PRODUCER, AFFINE) if affine else (PRODUCER,)
     zeroed = {}

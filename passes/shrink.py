@@ -28,6 +28,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from otofx.errors import AnalysisError, ShrinkError
 
 from .channels import LABELS, SHAPE, TABLE, label_tensors, tensor_named
+from .erase import apply_erase, erase_plan
 from .groups import GROUPS, PruningGroup
 from .registry import RULES, arg_of
 from .shapes import evaluation
@@ -43,6 +44,7 @@ class ShrinkStats:
     removed_channels: dict[str, torch.Tensor] = field(default_factory=dict)  # -> their indices
     kept: dict[str, int] = field(default_factory=dict)  # group -> zero channels that had to stay
     folded: list[str] = field(default_factory=list)          # nodes whose bias absorbed constants
+    erased: list[str] = field(default_factory=list)          # structures deleted (outermost)
 
 
 class ShrinkContext:
@@ -219,11 +221,14 @@ def _decide(gm: GraphModule, ctx: ShrinkContext, captures: dict[str, list[_Captu
     return keep, deltas
 
 
-def _emptied(ctx: ShrinkContext, analysis_gm: GraphModule) -> set[int]:
+def _emptied(ctx: ShrinkContext, analysis_gm: GraphModule, erased: set[str]) -> set[int]:
     """Channels whose removal would leave some tensor with no position along a dim (a split
-    piece, a slice holding only removed channels): they stay, so no tensor becomes empty."""
+    piece, a slice holding only removed channels): they stay, so no tensor becomes empty.
+    Tensors of ``erased`` nodes do not count: those nodes go."""
     keep: set[int] = set()
     for node in analysis_gm.graph.nodes:
+        if node.name in erased:
+            continue
         for L in label_tensors(node.meta.get(LABELS)):
             if not bool((L >= 0).any()):
                 continue
@@ -416,10 +421,12 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
     sub = copy_module(gm)
     nodes = {n.name: n for n in sub.graph.nodes}
     stats = ShrinkStats()
+    plan = erase_plan(sub, analysis_gm)
+    stats.erased = [s.name for s in plan.structures]
 
     dead: dict[str, torch.Tensor] = {}
     for g in groups:
-        if g.prunable:
+        if g.prunable and not plan.owns(g):
             d = dead_channels(sub, g)
             if bool(d.all()):
                 d[0] = False          # a group keeps one channel: no dim may become empty
@@ -427,14 +434,16 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
                 dead[g.name] = d
     candidates = torch.cat([g.roots[dead[g.name]] for g in groups if g.name in dead]) \
         if dead else torch.empty(0, dtype=torch.long)
-    if candidates.numel() == 0:
+    if plan.forced_roots.numel():
+        candidates = torch.cat([candidates, plan.forced_roots]).unique()
+    if candidates.numel() == 0 and not plan:
         return sub, stats
 
     ctx = ShrinkContext(sub, analysis_gm, candidates)
     captures: dict[str, list[_Capture]] = {}
     for site in table.consumers:
         positions = torch.nonzero(ctx.removed(site.ids)).view(-1)
-        if positions.numel():
+        if positions.numel() and site.node not in plan.nodes:
             captures.setdefault(site.node, []).append(_Capture(site, positions, None))
     with evaluation(sub):
         reference = _Recorder(sub, captures).run(*example_inputs)
@@ -445,7 +454,8 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
                                                                          dtype=torch.long))]
         ctx = ShrinkContext(sub, analysis_gm, removed_roots)
         more, deltas = _decide(sub, ctx, captures, nodes)
-        more |= _emptied(ctx, analysis_gm)
+        more |= _emptied(ctx, analysis_gm, plan.nodes)
+        more -= set(plan.forced_roots.tolist())
         if more <= keep:
             break
         keep |= more
@@ -457,12 +467,13 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
             held = int(dead[g.name].sum()) - int(gone.sum())
             if held:
                 stats.kept[g.name] = held
-    if removed_roots.numel() == 0:
+    if removed_roots.numel() == 0 and not plan:
         return sub, stats
 
     with torch.no_grad():
         stats.folded = _add_biases(sub, nodes, deltas, ctx)
         _slice_tensors(sub, ctx)
+    apply_erase(sub, plan)
     for node in sub.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
@@ -472,6 +483,8 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
         if ctx.changed(node) or any(ctx.changed(a) for a in node.all_input_nodes):
             rule.rewrite(ctx, node)
     sub.graph.eliminate_dead_code(is_impure_node=_mutates)
+    if plan:
+        sub.delete_all_unused_submodules()
     sub.recompile()
     if verify:
         try:

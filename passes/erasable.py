@@ -1,0 +1,403 @@
+"""The erasable pass: structures whose whole output can vanish (OTOv3's operator level).
+
+A *structure* is one operand of a join, together with the nodes that exist only to compute it:
+
+* a residual branch: the operand of ``x + f(x)`` beside an identity or projection skip (a
+  transformer block's attention and MLP sub-layers are such branches),
+* a candidate of a NAS mixed edge: a term of a sum of parallel ops (``a + b + c`` or ``sum(...)``),
+* an operand of a ``cat`` along a channel dim.
+
+Its *region* is the operand's node and every node whose uses all lie in the region (walked
+backwards); its parameters are the ones the region reads. A structure is erasable when it owns
+its parameters (none is read outside the region), has some, and zeroing all of them makes its
+output exactly zero (checked by running the region on the example inputs and on random ones).
+Erasing one deletes the region and simplifies the join: an add keeps its other operand, a sum
+loses the term, a cat loses the segment (its channels go like zero channels, with the consumers'
+input slices). Structures nest: a region inside another one is its child (a DAG, kept as
+``parents``/``children``). :func:`connected` answers whether a set of erased structures leaves
+every graph output computed from the inputs.
+
+Results: ``gm.meta["otofx.structures"]`` (list of :class:`ErasableStructure`, outer ones first)
+and ``node.meta["otofx.structure"]`` (names of the structures whose region holds the node).
+
+Before::
+
+    y = relu(bn1(conv1(x))); out = x + bn2(conv2(y))
+
+After: one structure ``conv2``-branch (kind ``"residual branch"``, nodes conv1..bn2, parameters
+conv1.*, bn1.*, conv2.*, bn2.*), erasable; ``out`` would become ``x``.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.fx import GraphModule, Interpreter, Node
+from torch.fx.passes.infra.pass_base import PassResult
+
+from .channels import LABELS, TABLE
+from .groups import GROUPS
+from .registry import RULES, Method, aten, functions
+from .shapes import SHAPE, evaluation
+
+STRUCTURES = "otofx.structures"
+STRUCTURE = "otofx.structure"
+
+# The joins a structure can be erased from: how each spelling of add and cat is read.
+ADDS = {operator.add, operator.iadd, torch.add, Method("add"), *aten("add", "Tensor")}
+CATS = set(functions("cat", "concat", "concatenate")) | set(aten("cat", "default"))
+
+
+@dataclass
+class ErasableStructure:
+    """One operand of a join (``join``) and the nodes only it needs (``nodes``, output last)."""
+
+    name: str
+    kind: str                     # "residual branch", "mixed-edge candidate", "cat operand"
+    join: str                     # the add / cat node the output feeds
+    output: str                   # the operand's node
+    nodes: tuple[str, ...]
+    params: tuple[str, ...]       # canonical names of the parameters it owns
+    numel: int = 0
+    erasable: bool = True
+    why_pinned: list[str] = field(default_factory=list)
+    parents: list[str] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+    cat_dim: int | None = None            # cat operands: the dim and positions of the segment
+    segment: tuple[int, int] | None = None
+    roots: torch.Tensor | None = field(default=None, repr=False)   # cat: the segment's channels
+
+    def __repr__(self) -> str:
+        state = "erasable" if self.erasable else f"pinned: {'; '.join(self.why_pinned[:2])}"
+        return f"ErasableStructure({self.name!r}, {self.kind}, {len(self.params)} params, {state})"
+
+
+def join_kind(gm: GraphModule, node: Node) -> str | None:
+    """``"add"`` or ``"cat"`` for a join structures can be erased from, else None."""
+    if node.op not in ("call_function", "call_method"):
+        return None
+    key = RULES.key(gm, node)
+    try:
+        if key in ADDS and "alpha" not in node.kwargs and len(node.args) == 2:
+            return "add"
+        if key in CATS:
+            return "cat"
+    except TypeError:        # unhashable targets
+        return None
+    return None
+
+
+def _is_zero_literal(a: Any) -> bool:
+    return isinstance(a, (int, float)) and not isinstance(a, bool) and a == 0
+
+
+def sum_terms(gm: GraphModule, node: Node) -> list[Any]:
+    """The leaves of the tree of adds rooted at ``node`` (an add whose operand is another add
+    used only there is one n-ary sum): nodes and literal zeros."""
+    out: list[Any] = []
+    for a in node.args:
+        if isinstance(a, Node) and len(a.users) == 1 and join_kind(gm, a) == "add":
+            out += sum_terms(gm, a)
+        else:
+            out.append(a)
+    return out
+
+
+def _region(output: Node) -> list[Node]:
+    """``output`` and every node whose uses all lie in the region, in graph order."""
+    region = {output}
+    order = [output]
+    node = output.prev
+    while node.op != "root":
+        if node.op in ("call_module", "call_function", "call_method", "get_attr") and node.users \
+                and all(u in region for u in node.users):
+            region.add(node)
+            order.append(node)
+        node = node.prev
+    return order[::-1]
+
+
+class _ParamIndex:
+    """Canonical parameter names read by each node, and the nodes reading each parameter."""
+
+    def __init__(self, gm: GraphModule) -> None:
+        canonical: dict[int, str] = {}
+        self.alias: dict[str, str] = {}
+        self.numel: dict[str, int] = {}
+        for name, p in gm.named_parameters(remove_duplicate=False):
+            self.alias[name] = canonical.setdefault(id(p), name)
+            self.numel[self.alias[name]] = p.numel()
+        self.of: dict[str, set[str]] = {}
+        self.readers: dict[str, set[str]] = {}
+        for node in gm.graph.nodes:
+            names: set[str] = set()
+            if node.op == "get_attr" and node.target in self.alias:
+                names.add(self.alias[node.target])
+            elif node.op == "call_module":
+                module = gm.get_submodule(node.target)
+                prefix = f"{node.target}." if node.target else ""
+                names |= {self.alias[prefix + n] for n, _ in module.named_parameters(
+                    remove_duplicate=False) if prefix + n in self.alias}
+            self.of[node.name] = names
+            for n in names:
+                self.readers.setdefault(n, set()).add(node.name)
+
+
+def _common_name(params: Sequence[str], fallback: str) -> str:
+    modules = [p.rsplit(".", 1)[0] if "." in p else "" for p in params]
+    prefix = os.path.commonprefix([m.split(".") for m in modules]) if modules else []
+    return ".".join(prefix) or fallback
+
+
+# ---- does zeroing the parameters zero the output? -----------------------------------------------
+
+
+class _Values(Interpreter):
+    def __init__(self, gm: GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: Node) -> Any:
+        out = super().run_node(n)
+        self.values[n.name] = out
+        return out
+
+
+def _run_zeroed(gm: GraphModule, region: list[Node], values: dict[str, Any],
+                randomize: bool, gen: torch.Generator) -> Any:
+    """The region's output with every parameter it reads set to zero; inputs from outside the
+    region are the reference ``values`` (or random tensors of their shape with ``randomize``)."""
+    names = {n.name for n in region}
+    env: dict[str, Any] = {}
+
+    def outside(a: Node) -> Any:
+        v = values[a.name]
+        if isinstance(v, torch.Tensor):
+            if randomize and v.is_floating_point():
+                return torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device)
+            return v.clone()
+        return v
+
+    def arg(a: Node) -> Any:
+        return env[a.name] if a.name in names else outside(a)
+
+    for node in region:
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), arg)
+        if node.op == "get_attr":
+            v = values[node.name]
+            env[node.name] = torch.zeros_like(v) if isinstance(v, torch.Tensor) else v
+        elif node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            zeros = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
+            env[node.name] = torch.func.functional_call(module, zeros, tuple(args), kwargs)
+        elif node.op == "call_method":
+            env[node.name] = getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            env[node.name] = node.target(*args, **kwargs)
+    return env[region[-1].name]
+
+
+def _vanishes(gm: GraphModule, region: list[Node], values: dict[str, Any]) -> bool:
+    gen = torch.Generator().manual_seed(0)
+    try:
+        for randomize in (False, True):
+            out = _run_zeroed(gm, region, values, randomize, gen)
+            if not isinstance(out, torch.Tensor) or bool((out != 0).any()):
+                return False
+    except Exception:      # a region we cannot run alone is not erasable
+        return False
+    return True
+
+
+# ---- finding the structures --------------------------------------------------------------------
+
+
+def _candidates(gm: GraphModule) -> list[tuple[Node, Node, str, int | None, int]]:
+    """(operand, join, kind, cat dim, operand position) for every operand of every join."""
+    found = []
+    for node in gm.graph.nodes:
+        kind = join_kind(gm, node)
+        if kind == "add":
+            parent = next(iter(node.users)) if len(node.users) == 1 else None
+            if parent is not None and join_kind(gm, parent) == "add":
+                continue            # an inner add of a longer sum: its top add lists the terms
+            terms = sum_terms(gm, node)
+            nodes = [t for t in terms if isinstance(t, Node)]
+            if any(not isinstance(t, Node) and not _is_zero_literal(t) for t in terms):
+                continue            # a literal other than 0 would be left alone
+            label = "residual branch" if len(nodes) == 2 else "mixed-edge candidate"
+            same = all(t.meta.get(SHAPE) == node.meta.get(SHAPE) for t in nodes)
+            for t in nodes:
+                join = next(u for u in t.users) if len(t.users) == 1 else node
+                found.append((t, join, label if same else "", None, 0))
+        elif kind == "cat":
+            tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            for i, t in enumerate(tensors):
+                if isinstance(t, Node):
+                    found.append((t, node, "cat operand", dim, i))
+    return found
+
+
+def find_structures(gm: GraphModule, example_inputs: Sequence[Any]) -> list[ErasableStructure]:
+    """Every structure of ``gm`` (analysed by the shapes, channels and groups passes)."""
+    index = _ParamIndex(gm)
+    values: dict[str, Any] | None = None
+    structures: list[ErasableStructure] = []
+    taken: dict[str, int] = {}
+    for operand, join, kind, cat_dim, position in _candidates(gm):
+        if operand.op in ("placeholder", "get_attr") or len(operand.users) != 1:
+            continue                # a skip: its value is used beyond the join
+        why: list[str] = []
+        region = _region(operand)
+        names = {n.name for n in region}
+        params = sorted(set().union(*(index.of[n.name] for n in region)))
+        shared = [p for p in params if not index.readers[p] <= names]
+        if shared:
+            outside = sorted(index.readers[shared[0]] - names)
+            why.append(f"parameter '{shared[0]}' is shared with node '{outside[0]}' outside it")
+        if not params:
+            why.append("it has no parameters to drive to zero")
+        if not kind:
+            kind = "sum term"
+            why.append(f"the terms of the sum at '{join.name}' broadcast to different shapes")
+        s = ErasableStructure("", kind, join.name, operand.name, tuple(n.name for n in region),
+                              tuple(params), sum(index.numel[p] for p in params))
+        if kind == "cat operand":
+            why += _cat_segment(gm, s, join, cat_dim, position)
+        if not why:
+            if values is None:
+                interp = _Values(gm)
+                with evaluation(gm):
+                    interp.run(*example_inputs)
+                values = interp.values
+            with evaluation(gm):
+                if not _vanishes(gm, region, values):
+                    why.append("zeroing its parameters does not make its output zero")
+        base = _common_name(params, operand.name)
+        taken[base] = taken.get(base, 0) + 1
+        s.name = base if taken[base] == 1 else f"{base}#{taken[base]}"
+        s.erasable, s.why_pinned = not why, why
+        structures.append(s)
+    _hierarchy(structures)
+    return structures
+
+
+def _cat_segment(gm: GraphModule, s: ErasableStructure, join: Node, dim: int, position: int
+                 ) -> list[str]:
+    """Record the channels of a cat operand's segment; reasons it cannot go, if any."""
+    out_shape = join.meta.get(SHAPE)
+    L = join.meta.get(LABELS)
+    if not isinstance(out_shape, torch.Size) or not isinstance(L, torch.Tensor):
+        return ["the cat's output is not a tracked tensor"]
+    dim = dim % len(out_shape)
+    tensors = join.args[0] if join.args else join.kwargs["tensors"]
+    sizes = [t.meta.get(SHAPE)[dim] if isinstance(t, Node) else 0 for t in tensors]
+    start = sum(sizes[:position])
+    s.cat_dim, s.segment = dim, (start, start + sizes[position])
+    if len(tensors) < 2:
+        return ["it is the only operand of the cat"]
+    if L.size(dim) != out_shape[dim]:
+        return [f"the cat's dim {dim} carries no channels"]
+    seg = L.narrow(dim, start, sizes[position])
+    table = gm.meta[TABLE]
+    roots = table.uf.roots(seg.movedim(dim, 0).reshape(seg.size(dim), -1))
+    if bool((roots < 0).any()) or bool((roots != roots[:, :1]).any()):
+        return [f"the cat's dim {dim} carries no channels"]
+    s.roots = roots[:, 0].clone()
+    owner: dict[int, Any] = {}
+    for g in gm.meta.get(GROUPS, []):
+        for r in g.roots.tolist():
+            owner[r] = g
+    mine = set(s.params)
+    for r in s.roots.tolist():
+        g = owner.get(r)
+        if g is None or not g.prunable:
+            return [f"its channels are pinned ({'; '.join(g.why_pinned[:1]) if g else 'no group'})"]
+        if any(m.param not in mine for m in g.slices("producer")):
+            return [f"its channels are also produced outside it (group '{g.name}')"]
+    return []
+
+
+def _hierarchy(structures: list[ErasableStructure]) -> None:
+    """Parents and children: a structure whose region holds another's region is its ancestor;
+    the parent is the smallest such."""
+    regions = [set(s.nodes) for s in structures]
+    for i, s in enumerate(structures):
+        above = [j for j, r in enumerate(regions) if j != i and regions[i] < r]
+        if not above:
+            continue
+        smallest = min(len(regions[j]) for j in above)
+        for j in above:
+            if len(regions[j]) == smallest:
+                s.parents.append(structures[j].name)
+                structures[j].children.append(s.name)
+    structures.sort(key=lambda s: -len(s.nodes))
+
+
+# ---- connectivity ------------------------------------------------------------------------------
+
+
+def connected(gm: GraphModule, structures: Iterable[ErasableStructure]) -> bool:
+    """With ``structures`` erased, is every graph output still computed from the inputs?
+
+    An erased region is gone and its output is zero; an add or cat is live while one operand
+    is; any other op needs all the inputs that depended on the graph inputs to stay live."""
+    erased = list(structures)
+    gone = set().union(*(set(s.nodes) for s in erased)) if erased else set()
+    dropped = {s.output for s in erased if s.kind == "cat operand"}
+    depends: dict[str, bool] = {}
+    live: dict[str, bool] = {}
+    for node in gm.graph.nodes:
+        ins = [a for a in node.all_input_nodes]
+        if node.op == "placeholder":
+            depends[node.name] = live[node.name] = True
+            continue
+        depends[node.name] = any(depends[a.name] for a in ins)
+        if node.name in gone:
+            live[node.name] = False
+            continue
+        relevant = [a for a in ins if depends[a.name]]
+        if node.op == "output":
+            return all(live[a.name] for a in relevant)
+        kind = join_kind(gm, node)
+        if kind == "add":
+            live[node.name] = any(live[a.name] for a in relevant)
+        elif kind == "cat":     # an erased operand drops out; any other dead one kills the cat
+            live[node.name] = any(live[a.name] for a in relevant) and all(
+                live[a.name] or a.name in dropped for a in relevant)
+        else:
+            live[node.name] = bool(relevant) and all(live[a.name] for a in relevant)
+    return True
+
+
+def closure(structures: list[ErasableStructure], names: Iterable[str]) -> set[str]:
+    """``names`` and every structure nested inside them."""
+    by = {s.name: s for s in structures}
+    out: set[str] = set()
+    todo = list(names)
+    while todo:
+        n = todo.pop()
+        if n not in out:
+            out.add(n)
+            todo += by[n].children
+    return out
+
+
+def erasable_pass(gm: GraphModule, example_inputs: Sequence[Any]) -> PassResult:
+    """Find the structures of ``gm`` (after the shapes, channels and groups passes); store them
+    in ``gm.meta["otofx.structures"]`` and name them in each node's ``"otofx.structure"``."""
+    structures = find_structures(gm, example_inputs)
+    gm.meta[STRUCTURES] = structures
+    member: dict[str, list[str]] = {}
+    for s in structures:
+        for n in s.nodes:
+            member.setdefault(n, []).append(s.name)
+    for node in gm.graph.nodes:
+        node.meta[STRUCTURE] = member.get(node.name, [])
+    return PassResult(gm, False)
