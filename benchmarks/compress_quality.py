@@ -334,6 +334,9 @@ def comparison(results: Results, tasks: list[str], targets: list[float]) -> tupl
             if not scored:
                 lines.append(f"- {task}, target {target:g}: no otofx result")
                 continue
+            if not peer_names:
+                lines.append(f"- {task}, target {target:g}: no peer result to compare with")
+                continue
             score, name, cells = max(scored, key=lambda t: t[0])
             ok = score > float("-inf") and all("LOSES" not in c[1] for c in cells)
             lines.append(f"- {task}, target {target:g}: best otofx is {name}: "

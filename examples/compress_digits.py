@@ -168,18 +168,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=50, help="latency repeats per model")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: steadier on a shared machine)")
-    parser.add_argument("--quick", action="store_true", help="2 epochs, 10 latency repeats")
+    parser.add_argument("--quick", action="store_true", help="1 epoch, 5 latency repeats")
     parser.add_argument("--out", type=Path, default=ROOT / "out")
     args = parser.parse_args(argv)
     if args.quick:
-        args.epochs, args.repeats = 2, 10
+        args.epochs, args.repeats = 1, 5
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return job_and_report(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def job_and_report(args: argparse.Namespace) -> int:
     train_set, test_set = digits()
     steps = args.epochs * steps_per_epoch(train_set)
     print(f"load_digits: {len(train_set[0])} train / {len(test_set[0])} test images; "
