@@ -19,6 +19,7 @@ from otofx.dhspg import DHSPG
 from otofx.errors import AnalysisError, ConfigError, OtofxError, ShapeError, ShrinkError, TraceError
 from otofx.h2spg import H2SPG
 from otofx.hesso import HESSO
+from otofx.io import load, save
 from otofx.optim_base import NonFiniteGradientError
 from otofx.passes import ChannelSlice, PruningGroup
 from otofx.passes.erasable import ErasableStructure
@@ -29,4 +30,4 @@ __all__ = ["DHSPG", "H2SPG", "HESSO", "Analysis", "AnalysisError", "ChannelSlice
            "ConfigError", "DHSPGConfig", "ErasableStructure", "H2SPGConfig", "HESSOConfig",
            "NonFiniteGradientError", "OtofxError",
            "PruningGroup", "ShapeError", "ShrinkError", "TraceError", "analyze", "backend", "compress",
-           "passes", "shrink", "trace"]
+           "load", "passes", "save", "shrink", "trace"]
