@@ -111,8 +111,8 @@ def test_runner_report_says_which_benchmark_failed_and_fixes_links(tmp_path):
                         runner.fix_links("![plot](fake.png)", runner.RESULTS_DIR), True)
     bad = runner.Outcome(runner.Script("other", "Other.", set()), ["python", "-m", "benchmarks.other"],
                          1.0, "**Failed** (exit 1): boom", False)
-    text = runner.results_markdown([ok, bad], quick=True, load_before=(1.0, 1.0, 1.0))
+    text = runner.results_markdown([ok, bad], load_before=(1.0, 1.0, 1.0))
     assert "![plot](results/fake.png)" in text
-    assert "| [other](#other) | Other. | FAILED | 1 s |" in text
+    assert "| [other](#other) | Other. | FAILED | default | 1 s |" in text
     assert "Reproduce: `python -m benchmarks.fake_bench`" in text
     assert "Versions: Python" in text and "torch " in text
