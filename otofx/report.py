@@ -74,7 +74,9 @@ def compression_report(job, subnet) -> str:
     flops = count_flops(subnet, job.example_inputs)
     stats = subnet.meta.get("otofx.shrink")
     lines = [f"otofx compression report ({type(opt).__name__}, {opt.steps_taken} steps)"]
-    if not sp["prunable_channels"]:
+    if not sp["prunable_channels"] and "erasable_structures" in sp:
+        lines.append("channels: not pruned (target_group_sparsity = 0)")
+    elif not sp["prunable_channels"]:
         lines.append("no prunable group: the optimizer ran as plain "
                      f"{opt.config.variant}; see analysis.report() for why")
     else:

@@ -254,3 +254,12 @@ def test_h2spg_state_dict_resumes_bit_for_bit():
 def test_h2spg_config_names_the_wrong_field(field, value):
     with pytest.raises(otofx.ConfigError, match=field):
         otofx.H2SPGConfig(**{field: value})
+
+
+def test_erase_digits_example_runs_quick(capsys):
+    from examples import erase_digits
+    result = erase_digits.run(erase_digits.parse_args(["--quick", "--net", "unet", "--width", "4"]))
+    out = capsys.readouterr().out
+    assert "erased" in out and "accuracy:   full" in out and "structures: target" in out
+    assert result["erased"] and result["subnet_params"] < result["dense_params"]
+    assert result["subnet_flops"] < result["dense_flops"]
