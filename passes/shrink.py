@@ -341,7 +341,8 @@ def _check(expected: Any, got: Any, where: str = "output") -> None:
                 err = (got - expected).abs().max().item()
                 raise ShrinkError(
                     f"The smaller graph's {where} differs from the original by {err:.3g} "
-                    "(max abs). This is an otofx bug: please report it with the model.")
+                    "(max abs). If the model draws random numbers in eval mode, pass verify=False; "
+                    "otherwise this is an otofx bug: please report it with the model.")
         elif not torch.equal(expected, got):
             raise ShrinkError(f"The smaller graph's {where} differs from the original.")
     elif isinstance(expected, (list, tuple)):
