@@ -80,6 +80,8 @@ def _training_reason(gm: GraphModule, example_inputs: Sequence[Any]) -> str | No
             flags = normalized.kwargs if normalized is not None else node.kwargs
             if flags.get("training") is True or flags.get("train") is True:
                 return f"a layer runs in training mode (node '{node.name}'); call model.eval() first"
+            if flags.get("inplace") is True and node.args and node.args[0] in inputs:
+                return f"the graph updates an input in place (node '{node.name}': inplace=True)"
     return None
 
 

@@ -98,8 +98,31 @@ def test_compiled_equals_eager_and_inner_backend_gets_the_smaller_graph():
     assert not any(n.op == "placeholder" and "parameters" in n.name for n in gm.graph.nodes)
     assert sum(p.numel() for p in gm.parameters()) == analysis.params_after(removed)
     assert small.tensor_elements() < full.tensor_elements()
+    pins = [w for g in otofx.analyze(gm, small.graphs[0][1]).groups for w in g.why_pinned]
+    assert not any("no rule" in w for w in pins), pins      # every torch-level spelling is known
     after = state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)   # the user's model is untouched
+
+
+class TorchBatchNorm(nn.Module):
+    """``torch.batch_norm`` takes (weight, bias, mean, var); ``F.batch_norm`` (mean, var, weight, bias)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 4, 1, bias=False), nn.Conv2d(4, 2, 1)
+        self.w, self.b = nn.Parameter(torch.rand(4) + 0.5), nn.Parameter(torch.rand(4))
+        self.register_buffer("mean", torch.rand(4))
+        self.register_buffer("var", torch.rand(4) + 1)
+
+    def forward(self, x):
+        return self.out(torch.batch_norm(self.conv(x), self.w, self.b, self.mean, self.var,
+                                         False, 0.1, 1e-5, False))
+
+
+def test_torch_batch_norm_slices_its_affine_and_statistics_by_role():
+    group = otofx.analyze(otofx.trace(TorchBatchNorm()), (torch.randn(1, 3, 4, 4),)).groups[0]
+    roles = {m.param: m.role for m in group.members}
+    assert roles["w"] == roles["b"] == "affine" and roles["mean"] == roles["var"] == "buffer"
 
 
 def test_recompiles_stay_bounded_when_the_input_shape_changes():
