@@ -195,9 +195,9 @@ def contestants(case: Case, family: Family, oto_cls: Any, oto_reason: str) -> li
         model = copy.deepcopy(case.model)
         graph = peers.oto_graph(oto_cls, model, case.x[:1])
         with contextlib.redirect_stdout(io.StringIO()):   # it prints its setup
-            optimizer = graph.hesso(target_group_sparsity=TARGET, start_pruning_step=sched.start,
-                                    pruning_steps=sched.during, pruning_periods=sched.periods,
-                                    **family.oto)
+            optimizer = peers.oto_on_cpu(graph.hesso(  # its step hard-codes .cuda()
+                target_group_sparsity=TARGET, start_pruning_step=sched.start,
+                pruning_steps=sched.during, pruning_periods=sched.periods, **family.oto))
         return model, optimizer
 
     out = [contestant(family.label, TORCH, base),
