@@ -43,7 +43,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from .channels import LABELS, TABLE
 from .groups import GROUPS
 from .registry import RULES, Method, aten, functions
-from .shapes import SHAPE, evaluation
+from .shapes import DTYPE, SHAPE, evaluation
 
 STRUCTURES = "otofx.structures"
 STRUCTURE = "otofx.structure"
@@ -58,7 +58,8 @@ class ErasableStructure:
     """One operand of a join (``join``) and the nodes only it needs (``nodes``, output last)."""
 
     name: str
-    kind: str                     # "residual branch", "mixed-edge candidate", "cat operand"
+    kind: str      # "residual branch" ("attention"/"MLP sub-layer"), "mixed-edge candidate",
+    #                "cat operand"
     join: str                     # the add / cat node the output feeds
     output: str                   # the operand's node
     nodes: tuple[str, ...]
@@ -158,60 +159,89 @@ def _common_name(params: Sequence[str], fallback: str) -> str:
 
 
 class _Values(Interpreter):
-    def __init__(self, gm: GraphModule) -> None:
+    """Runs the graph, keeping the values of the nodes named in ``keep`` only."""
+
+    def __init__(self, gm: GraphModule, keep: set[str]) -> None:
         super().__init__(gm)
+        self.keep = keep
         self.values: dict[str, Any] = {}
 
     def run_node(self, n: Node) -> Any:
         out = super().run_node(n)
-        self.values[n.name] = out
+        if n.name in self.keep:
+            self.values[n.name] = out
         return out
 
 
-def _run_zeroed(gm: GraphModule, region: list[Node], values: dict[str, Any],
-                randomize: bool, gen: torch.Generator) -> Any:
-    """The region's output with every parameter it reads set to zero; inputs from outside the
-    region are the reference ``values`` (or random tensors of their shape with ``randomize``)."""
+def _fetch(gm: GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _float_tensor(node: Node) -> bool:
+    dtype = node.meta.get(DTYPE)
+    return isinstance(node.meta.get(SHAPE), torch.Size) and isinstance(dtype, torch.dtype) \
+        and dtype.is_floating_point
+
+
+def _vanishes(gm: GraphModule, region: list[Node], values: dict[str, Any],
+              gen: torch.Generator, device: torch.device) -> bool:
+    """Whether the region's output is exactly zero with every parameter it reads set to zero,
+    on random normal inputs (values from ``values`` for inputs that are not float tensors)."""
     names = {n.name for n in region}
     env: dict[str, Any] = {}
 
-    def outside(a: Node) -> Any:
-        v = values[a.name]
-        if isinstance(v, torch.Tensor):
-            if randomize and v.is_floating_point():
-                return torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device)
-            return v.clone()
-        return v
-
     def arg(a: Node) -> Any:
-        return env[a.name] if a.name in names else outside(a)
+        if a.name in names:
+            return env[a.name]
+        if a.name in values or a.op == "get_attr":
+            v = values[a.name] if a.name in values else _fetch(gm, a.target)
+            return v.clone() if isinstance(v, torch.Tensor) else v
+        return torch.randn(a.meta[SHAPE], generator=gen).to(device, a.meta[DTYPE])
 
-    for node in region:
-        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), arg)
-        if node.op == "get_attr":
-            v = values[node.name]
-            env[node.name] = torch.zeros_like(v) if isinstance(v, torch.Tensor) else v
-        elif node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            zeros = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
-            env[node.name] = torch.func.functional_call(module, zeros, tuple(args), kwargs)
-        elif node.op == "call_method":
-            env[node.name] = getattr(args[0], node.target)(*args[1:], **kwargs)
-        else:
-            env[node.name] = node.target(*args, **kwargs)
-    return env[region[-1].name]
-
-
-def _vanishes(gm: GraphModule, region: list[Node], values: dict[str, Any]) -> bool:
-    gen = torch.Generator().manual_seed(0)
     try:
-        for randomize in (False, True):
-            out = _run_zeroed(gm, region, values, randomize, gen)
-            if not isinstance(out, torch.Tensor) or bool((out != 0).any()):
-                return False
+        for node in region:
+            args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), arg)
+            if node.op == "get_attr":
+                v = _fetch(gm, node.target)
+                env[node.name] = torch.zeros_like(v) if isinstance(v, torch.Tensor) else v
+            elif node.op == "call_module":
+                module = gm.get_submodule(node.target)
+                zeros = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
+                env[node.name] = torch.func.functional_call(module, zeros, tuple(args), kwargs)
+            elif node.op == "call_method":
+                env[node.name] = getattr(args[0], node.target)(*args[1:], **kwargs)
+            else:
+                env[node.name] = node.target(*args, **kwargs)
     except Exception:      # a region we cannot run alone is not erasable
         return False
-    return True
+    out = env[region[-1].name]
+    return isinstance(out, torch.Tensor) and not bool((out != 0).any())
+
+
+def _check_vanishing(gm: GraphModule, structures: list[ErasableStructure],
+                     regions: list[list[Node]], example_inputs: Sequence[Any]) -> None:
+    """Pin the structures whose output is not exactly zero once their parameters are. Each
+    region runs alone on random inputs; inputs that are not float tensors (sizes, masks,
+    indices) take their real values from one run of the graph, made only when some are needed."""
+    todo = [(s, r) for s, r in zip(structures, regions) if s.erasable]
+    need = {a.name for _, r in todo for n in r for a in n.all_input_nodes
+            if a not in set(r) and a.op != "get_attr" and not _float_tensor(a)}
+    values: dict[str, Any] = {}
+    with evaluation(gm):
+        if need:
+            interp = _Values(gm, need)
+            interp.run(*example_inputs)
+            values = interp.values
+        param = next(gm.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        gen = torch.Generator().manual_seed(0)
+        for s, region in todo:
+            if not _vanishes(gm, region, values, gen, device):
+                s.erasable = False
+                s.why_pinned.append("zeroing its parameters does not make its output zero")
 
 
 # ---- finding the structures --------------------------------------------------------------------
@@ -247,8 +277,8 @@ def _candidates(gm: GraphModule) -> list[tuple[Node, Node, str, int | None, int]
 def find_structures(gm: GraphModule, example_inputs: Sequence[Any]) -> list[ErasableStructure]:
     """Every structure of ``gm`` (analysed by the shapes, channels and groups passes)."""
     index = _ParamIndex(gm)
-    values: dict[str, Any] | None = None
     structures: list[ErasableStructure] = []
+    regions: list[list[Node]] = []
     taken: dict[str, int] = {}
     for operand, join, kind, cat_dim, position in _candidates(gm):
         if operand.op in ("placeholder", "get_attr") or len(operand.users) != 1:
@@ -270,22 +300,32 @@ def find_structures(gm: GraphModule, example_inputs: Sequence[Any]) -> list[Eras
                               tuple(params), sum(index.numel[p] for p in params))
         if kind == "cat operand":
             why += _cat_segment(gm, s, join, cat_dim, position)
-        if not why:
-            if values is None:
-                interp = _Values(gm)
-                with evaluation(gm):
-                    interp.run(*example_inputs)
-                values = interp.values
-            with evaluation(gm):
-                if not _vanishes(gm, region, values):
-                    why.append("zeroing its parameters does not make its output zero")
+        if kind == "residual branch":
+            s.kind = _sublayer(gm, region) or kind
         base = _common_name(params, operand.name)
+        if base in taken:
+            base = next((n.target for n in reversed(region) if n.op == "call_module"), base)
         taken[base] = taken.get(base, 0) + 1
         s.name = base if taken[base] == 1 else f"{base}#{taken[base]}"
         s.erasable, s.why_pinned = not why, why
         structures.append(s)
+        regions.append(region)
+    _check_vanishing(gm, structures, regions, example_inputs)
     _hierarchy(structures)
     return structures
+
+
+def _sublayer(gm: GraphModule, region: list[Node]) -> str | None:
+    """A transformer block's sub-layer: ``"attention sub-layer"`` when the branch attends,
+    ``"MLP sub-layer"`` when its layers are all linear (a label; erasing is the same)."""
+    names = [type(gm.get_submodule(n.target)).__name__ if n.op == "call_module"
+             else str(getattr(n.target, "__name__", n.target)) for n in region]
+    if any("attention" in x.lower() or "softmax" in x for x in names):
+        return "attention sub-layer"
+    layers = [x for n, x in zip(region, names) if n.op == "call_module" and "Norm" not in x]
+    if layers and all(x == "Linear" or x in ("GELU", "ReLU", "SiLU", "Dropout") for x in layers):
+        return "MLP sub-layer"
+    return None
 
 
 def _cat_segment(gm: GraphModule, s: ErasableStructure, join: Node, dim: int, position: int
@@ -344,35 +384,39 @@ def _hierarchy(structures: list[ErasableStructure]) -> None:
 
 
 def connected(gm: GraphModule, structures: Iterable[ErasableStructure]) -> bool:
-    """With ``structures`` erased, is every graph output still computed from the inputs?
+    """With ``structures`` erased, is the network still valid, every output computed from the
+    inputs it was computed from before?
 
-    An erased region is gone and its output is zero; an add or cat is live while one operand
-    is; any other op needs all the inputs that depended on the graph inputs to stay live."""
+    An erased region is gone and its output is zero. An add drops zero operands (it is zero
+    when none is left); a cat drops erased operands but must keep one; any other op, a cat or
+    the output reading a zero value would be left without an input: not valid."""
     erased = list(structures)
     gone = set().union(*(set(s.nodes) for s in erased)) if erased else set()
-    dropped = {s.output for s in erased if s.kind == "cat operand"}
-    depends: dict[str, bool] = {}
-    live: dict[str, bool] = {}
+    before: dict[str, bool] = {}      # depended on the graph inputs before erasing
+    after: dict[str, bool | None] = {}   # ... after erasing; None: the value is zero or gone
     for node in gm.graph.nodes:
-        ins = [a for a in node.all_input_nodes]
+        ins = node.all_input_nodes
+        before[node.name] = node.op == "placeholder" or any(before[a.name] for a in ins)
         if node.op == "placeholder":
-            depends[node.name] = live[node.name] = True
+            after[node.name] = True
             continue
-        depends[node.name] = any(depends[a.name] for a in ins)
         if node.name in gone:
-            live[node.name] = False
+            after[node.name] = None
             continue
-        relevant = [a for a in ins if depends[a.name]]
-        if node.op == "output":
-            return all(live[a.name] for a in relevant)
+        live = [a for a in ins if after[a.name] is not None]
         kind = join_kind(gm, node)
         if kind == "add":
-            live[node.name] = any(live[a.name] for a in relevant)
-        elif kind == "cat":     # an erased operand drops out; any other dead one kills the cat
-            live[node.name] = any(live[a.name] for a in relevant) and all(
-                live[a.name] or a.name in dropped for a in relevant)
-        else:
-            live[node.name] = bool(relevant) and all(live[a.name] for a in relevant)
+            after[node.name] = any(after[a.name] for a in live) if live else None
+            continue
+        if kind == "cat":
+            zero = [a for a in ins if after[a.name] is None and a.name not in gone]
+            if zero or not live:
+                return False
+        elif len(live) < len(ins):
+            return False
+        if node.op == "output":
+            return all(after[a.name] for a in ins if before[a.name])
+        after[node.name] = any(after[a.name] for a in live)
     return True
 
 

@@ -184,6 +184,37 @@ def test_random_valid_erasures_of_supernets_shrink_exactly(net):
         _same(work, small, x)
 
 
+class TransformerBlock(nn.Module):
+    def __init__(self, d=16, heads=2):
+        super().__init__()
+        self.emb, self.head = nn.Linear(8, d), nn.Linear(d, 3)
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        x = self.emb(x)
+        y = self.ln1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return self.head(x.mean(1))
+
+
+def test_transformer_sub_layers_are_structures_and_erase_exactly():
+    x = torch.randn(2, 5, 8)
+    gm, a = _analyze(TransformerBlock(), x)
+    kinds = {s.kind: s for s in a.structures}
+    assert set(kinds) == {"attention sub-layer", "MLP sub-layer"}
+    assert {p.split(".")[0] for p in kinds["attention sub-layer"].params} == {"ln1", "attn"}
+    assert {p.split(".")[0] for p in kinds["MLP sub-layer"].params} == {"ln2", "fc1", "fc2"}
+    for s in a.structures:
+        _zero(gm, s)
+    small = otofx.shrink(gm, a)        # both go: the block is the identity, emb feeds the head
+    assert len(small.meta["otofx.shrink"].erased) == 2
+    assert {n for n, _ in small.named_children()} == {"emb", "head"}
+    _same(gm, small, x)
+
+
 # ---- H2SPG ---------------------------------------------------------------------------------------
 
 
