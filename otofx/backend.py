@@ -111,7 +111,6 @@ class _ShrunkGraph:
         small = shrink(lifted, analyze(lifted, inputs), inputs, verify=self.stage.verify)
         stats = small.meta["otofx.shrink"]
         self.removed = sum(stats.removed.values())
-        self.small = small
         self.stamp = _stamp(args, self.lifted)
         self.shrunk = self.stage.compile_inner(small, inputs) if self.removed else None
 
