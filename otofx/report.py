@@ -38,7 +38,22 @@ def analysis_report(analysis: Analysis, max_rows: int = 60) -> str:
     out.append(_table(rows, ["group", "channels", "state", "layers"]))
     if len(analysis.groups) > max_rows:
         out.append(f"... and {len(analysis.groups) - max_rows} more groups")
+    if analysis.structures:
+        out += ["", structures_table(analysis, max_rows)]
     return "\n".join(out)
+
+
+def structures_table(analysis: Analysis, max_rows: int = 60) -> str:
+    """Erasable structures (``passes.erasable``): kind, parameters, parent, pinned and why."""
+    shown = analysis.structures[:max_rows]
+    rows = [[s.name, s.kind, f"{s.numel:,}", ", ".join(s.parents) or "-",
+             "erasable" if s.erasable else "pinned: " + "; ".join(s.why_pinned[:1])]
+            for s in shown]
+    text = (f"structures: {len(analysis.structures)} ({len(analysis.erasable)} erasable)\n"
+            + _table(rows, ["structure", "kind", "params", "inside", "state"]))
+    if len(analysis.structures) > max_rows:
+        text += f"\n... and {len(analysis.structures) - max_rows} more structures"
+    return text
 
 
 def prunable_flops_share(analysis: Analysis) -> float:

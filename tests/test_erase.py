@@ -215,6 +215,28 @@ def test_transformer_sub_layers_are_structures_and_erase_exactly():
     _same(gm, small, x)
 
 
+# regressions found by tests/test_properties_erase.py
+CAT_OF_SUM = [("residual", ("seq", [("cat", [("seq", [("sum", [("seq", [("conv", 1, False)]),
+                                                              ("seq", [("conv", 1, False)])],
+                                                       False)])], False)]))]
+CAT_OF_TWO = [("residual", ("seq", [("cat", [("seq", [("conv", 1, False)]),
+                                             ("seq", [("conv", 1, False)])], False)]))]
+
+
+@pytest.mark.parametrize("spec", [CAT_OF_SUM, CAT_OF_TWO])
+def test_a_cat_keeps_an_operand_and_never_reads_an_erased_sum(spec):
+    from strategies_erase import INPUT, build
+    x = torch.randn(INPUT)
+    gm, a = _analyze(build(spec), x)
+    inner = [s for s in a.erasable if not s.children]
+    assert len(inner) == 2 and not connected(a.gm, inner)      # an empty cat, or a zero read
+    for s in inner:
+        _zero(gm, s)
+    small = otofx.shrink(gm, a)
+    assert len(small.meta["otofx.shrink"].erased) == 1
+    _same(gm, small, x)
+
+
 # ---- H2SPG ---------------------------------------------------------------------------------------
 
 
