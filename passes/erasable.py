@@ -93,7 +93,8 @@ def join_kind(gm: GraphModule, node: Node) -> str | None:
     return None
 
 
-def _is_zero_literal(a: Any) -> bool:
+def zero_literal(a: Any) -> bool:
+    """A literal 0 (the start of Python's ``sum``): a term that adds nothing."""
     return isinstance(a, (int, float)) and not isinstance(a, bool) and a == 0
 
 
@@ -258,7 +259,7 @@ def _candidates(gm: GraphModule) -> list[tuple[Node, Node, str, int | None, int]
                 continue            # an inner add of a longer sum: its top add lists the terms
             terms = sum_terms(gm, node)
             nodes = [t for t in terms if isinstance(t, Node)]
-            if any(not isinstance(t, Node) and not _is_zero_literal(t) for t in terms):
+            if any(not isinstance(t, Node) and not zero_literal(t) for t in terms):
                 continue            # a literal other than 0 would be left alone
             label = "residual branch" if len(nodes) == 2 else "mixed-edge candidate"
             same = all(t.meta.get(SHAPE) == node.meta.get(SHAPE) for t in nodes)
@@ -299,7 +300,10 @@ def find_structures(gm: GraphModule, example_inputs: Sequence[Any]) -> list[Eras
         s = ErasableStructure("", kind, join.name, operand.name, tuple(n.name for n in region),
                               tuple(params), sum(index.numel[p] for p in params))
         if kind == "cat operand":
-            why += _cat_segment(gm, s, join, cat_dim, position)
+            try:
+                why += _cat_segment(gm, s, join, cat_dim, position)
+            except Exception as exc:    # a cat we cannot read: never erased
+                why.append(f"its cat segment cannot be read ({type(exc).__name__}: {exc})")
         if kind == "residual branch":
             s.kind = _sublayer(gm, region) or kind
         base = _common_name(params, operand.name)

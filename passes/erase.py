@@ -26,7 +26,7 @@ from torch.fx import GraphModule, Node
 from otofx.errors import ShrinkError
 
 from .channels import tensor_named
-from .erasable import STRUCTURES, ErasableStructure, _is_zero_literal, connected, join_kind
+from .erasable import STRUCTURES, ErasableStructure, connected, join_kind, zero_literal
 from .groups import PruningGroup
 from .table import PRODUCER
 
@@ -92,7 +92,7 @@ def apply_erase(gm: GraphModule, plan: ErasePlan) -> None:
         if node in zero or join_kind(gm, node) != "add":
             continue
         left = [a for a in node.args if not (isinstance(a, Node) and a in zero)
-                and not _is_zero_literal(a)]
+                and not zero_literal(a)]
         if len(left) == len(node.args):
             continue
         simplified.append(node)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
+from zoo.supernets import PoolBN
 
 C = 4            # channels everywhere inside the network
 INPUT = (2, 3, 6, 6)
@@ -30,17 +31,6 @@ class ConvBN(nn.Module):
 
     def forward(self, x):
         return self.bn(self.conv(F.relu(x) if self.relu_first else x))
-
-
-class PoolBN(nn.Module):
-    def __init__(self, kind: str):
-        super().__init__()
-        self.kind = kind
-        self.bn = nn.BatchNorm2d(C)
-
-    def forward(self, x):
-        pool = F.max_pool2d if self.kind == "max" else F.avg_pool2d
-        return self.bn(pool(x, 3, 1, 1))
 
 
 class Seq(nn.Module):
@@ -106,7 +96,7 @@ def build(spec) -> nn.Module:
     if kind == "conv":
         return ConvBN(rest[0], rest[1])
     if kind == "pool":
-        return PoolBN(rest[0])
+        return PoolBN(C, rest[0])
     if kind == "seq":
         return Seq([build(op) for op in rest[0]])
     if kind == "plain":
