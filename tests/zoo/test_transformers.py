@@ -37,7 +37,11 @@ def assert_heads_shrink(before: dict, after: dict, heads: hf.Heads) -> None:
     assert any(lost), "no attention layer lost a head"
 
 
-@pytest.mark.parametrize("name", hf.CASES)
+CASES = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=hf.XFAIL[n])) if n in hf.XFAIL else n
+         for n in hf.CASES]
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_transformer_shrinks_exactly(name):
     model, inputs, heads = hf.build(name)
     run = roundtrip(model, inputs)
