@@ -56,11 +56,10 @@ class Spec:
 
 
 def specs(args: argparse.Namespace) -> list[Spec]:
-    found = [Spec("resnet50", lambda s: torchvision.models.resnet50(), args.size)]
-    if not args.quick:
-        found.append(Spec("vit_b_16", lambda s: torchvision.models.vit_b_16(image_size=s),
-                          args.vit_size))
-    return found
+    found = [Spec("resnet50", lambda s: torchvision.models.resnet50(), args.size),
+             Spec("vit_b_16", lambda s: torchvision.models.vit_b_16(image_size=s), args.vit_size)]
+    wanted = args.models.split(",") if args.models else ["resnet50"] if args.quick else None
+    return [s for s in found if wanted is None or s.name in wanted]
 
 
 @dataclass
@@ -92,6 +91,10 @@ class _RemovedCounter(logging.Handler):
 def prepare(spec: Spec, batch: int) -> Case:
     """Zero half of every prunable group, shrink, compile both ways (first calls timed)."""
     model = spec.build(spec.size).eval()
+    with torch.no_grad():   # torchvision zero-initialises vit's head: every output would be 0
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.02)
     x = torch.randn(batch, 3, spec.size, spec.size)
     gm = otofx.trace(model, (x,))
     analysis = otofx.analyze(gm, (x,))
@@ -185,13 +188,15 @@ def header_line(args: argparse.Namespace) -> str:
 NOTES = """Notes: latency ratio = variant / its full counterpart (eager subnet / eager full, \
 inductor via otofx / inductor full); FLOPs ratio = subnet / full FLOPs \
 (torch.utils.flop_counter); the latency ratio approaches it when the saved work was the cost. \
-compile s = the first call (dynamo + otofx analysis and shrink + inductor). max |diff| = largest \
+compile s = the first call (dynamo + otofx analysis and shrink + inductor; shorter when inductor's \
+on-disk cache holds the graph from an earlier run). max |diff| = largest \
 output difference from eager full on the same input. Medians of n interleaved repeats."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="resnet50 only, fewer repeats")
+    parser.add_argument("--models", help="comma-separated subset of resnet50,vit_b_16")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
     parser.add_argument("--size", type=int, default=224, help="resnet50 input size (default 224)")
     parser.add_argument("--vit-size", type=int, default=224, help="vit_b_16 input size (default 224)")
