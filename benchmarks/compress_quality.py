@@ -121,8 +121,9 @@ def otofx_method(name: str) -> Method:
         s.fit(job.module, job.optimizer, s.epochs)
         sp = job.optimizer.sparsity_report()
         if "erased_structures" in sp:
-            note = (f"{sp['erased_structures']}/{sp['target_structures']} of "
-                    f"{sp['erasable_structures']} structures")
+            count = lambda v: len(v) if isinstance(v, (list, tuple, set, dict)) else v  # noqa: E731
+            note = (f"{count(sp['erased_structures'])}/{count(sp['target_structures'])} of "
+                    f"{count(sp['erasable_structures'])} structures")
         else:
             note = f"{sp['zero_channels']}/{sp['target_channels']} of {sp['prunable_channels']}"
         return job.subnet(), note
