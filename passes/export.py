@@ -103,7 +103,7 @@ def _batch_norm(gm: GraphModule, node: Node, counters: dict[str, Node]) -> None:
         n for n, _ in holder.named_buffers(recurse=False)}
     if not owner or own - {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}:
         return
-    bn = _BN[rank](mean.meta["val"].shape[0] if "val" in mean.meta else getattr(holder, "running_mean").numel(),
+    bn = _BN[rank](mean.meta["val"].shape[0] if "val" in mean.meta else holder.running_mean.numel(),
                    eps=eps, momentum=momentum, affine=w is not None)
     bn.running_mean, bn.running_var = holder.running_mean, holder.running_var
     if hasattr(holder, "num_batches_tracked"):

@@ -27,7 +27,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from otofx.errors import AnalysisError, ShrinkError
 
-from .channels import LABELS, SHAPE, TABLE, label_tensors, tensor_named
+from .channels import LABELS, SHAPE, TABLE, SizeDep, label_tensors, tensor_named
 from .erase import apply_erase, erase_plan
 from .groups import GROUPS, PruningGroup
 from .registry import RULES, arg_of
@@ -89,6 +89,10 @@ class ShrinkContext:
         return self._new(self._labels(arg), self.old_shape(arg))
 
     def changed(self, arg: Node) -> bool:
+        """Whether ``arg``'s shape changes, or, for a size (``x.size(-1)``), its value."""
+        dep = self._labels(arg)
+        if isinstance(dep, SizeDep):
+            return dep.ids.numel() > 0 and bool(self.removed(dep.ids).any())
         return self.new_shape(arg) != self.old_shape(arg)
 
     def module(self, node: Node) -> nn.Module:

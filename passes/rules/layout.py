@@ -89,6 +89,14 @@ _SIZE_LIST_TARGETS = (torch.reshape, torch.broadcast_to, *aten("view", "default"
                       *aten("expand", "default"))
 
 
+def _counts_channels(ctx, size: Node) -> bool:
+    """Whether a computed size counts channels (``x.size(1)``, ``c // groups``): its value in the
+    smaller graph may differ from the size this dim gets, so the literal replaces it."""
+    from ..channels import SizeDep
+    dep = ctx._labels(size)
+    return isinstance(dep, SizeDep) and dep.ids.numel() > 0
+
+
 def _rewrite_sizes(ctx, node: Node, new) -> None:
     """Put the new sizes into a view/reshape/expand call: literal ints, and computed sizes of
     dims whose size changed (a channel count read off another tensor, e.g. ``x.size(-1)`` of a
@@ -98,8 +106,7 @@ def _rewrite_sizes(ctx, node: Node, new) -> None:
     args = _shape_args(node)
     if args is None or len(args) != len(new):
         return
-    old = ctx.old_shape(node)
-    fixed = [new[i] if (isinstance(a, int) and a != -1) or (isinstance(a, Node) and new[i] != old[i])
+    fixed = [new[i] if (isinstance(a, int) and a != -1) or (isinstance(a, Node) and _counts_channels(ctx, a))
              else a for i, a in enumerate(args)]
     kwargs = {k: v for k, v in node.kwargs.items() if k not in ("shape", "size")}
     if node.target in _SIZE_LIST_TARGETS:
@@ -293,6 +300,7 @@ def getitem(ctx, node):
                 if not all(_literal(v) for v in (item.start, item.stop, item.step)) or \
                         item.step not in (None, 1):
                     ctx.pin(L, "a slice across channels with a computed bound or a step")
+                    return ctx.untracked()
                 L = L[(slice(None),) * d + (item,)]
             d += 1
         elif isinstance(item, int):
