@@ -33,19 +33,24 @@ class Heads:
     k: str
     v: str
     o: str
-    heads: int
-    kv_heads: int
+    heads: int | tuple[int, ...]     # a tuple: per layer
+    kv_heads: int | tuple[int, ...]
     head_dim: int
     layers: int = LAYERS
     fused: bool = False
     conv1d: bool = False  # HF Conv1D weights are (in, out)
+
+    def count(self, i: int, kv: bool = False) -> int:
+        """Heads (``kv``: key/value heads) of layer ``i``."""
+        n = self.kv_heads if kv else self.heads
+        return n if isinstance(n, int) else n[i]
 
 
 @dataclass(frozen=True)
 class Spec:
     build: Callable[[str], nn.Module]
     inputs: Callable[[], tuple]
-    heads: Heads
+    heads: Heads | None   # None: no attention
 
 
 def _ids() -> tuple:
@@ -133,6 +138,20 @@ def _whisper_encoder(attn: str) -> nn.Module:
     return T.WhisperModel(cfg).get_encoder()
 
 
+def _swin(attn: str) -> nn.Module:
+    import transformers as T
+    cfg = T.SwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4,
+                       mlp_ratio=2.0, attn_implementation=attn)
+    return T.SwinModel(cfg)
+
+
+def _convnext(attn: str) -> nn.Module:
+    import transformers as T
+    cfg = T.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, patch_size=2, image_size=32,
+                           layer_scale_init_value=0.5)
+    return T.ConvNextModel(cfg)
+
+
 HD = HIDDEN // HEADS
 _BERT_HEADS = Heads("encoder.layer.{}.attention", "self.query", "self.key", "self.value", "output.dense",
                     HEADS, HEADS, HD)
@@ -157,6 +176,9 @@ SPECS: dict[str, Spec] = {
                                        HEADS, HEADS, HD)),
     "clip_vision": Spec(_clip_vision, _pixels(), Heads("encoder.layers.{}.self_attn", "q_proj",
                                                         "k_proj", "v_proj", "out_proj", HEADS, HEADS, HD)),
+    "swin": Spec(_swin, _pixels(), Heads("encoder.layers.{}.blocks.0.attention", "q_proj", "k_proj", "v_proj",
+                                         "o_proj", (2, 4), (2, 4), 8)),
+    "convnext": Spec(_convnext, _pixels(), None),
     "whisper_encoder": Spec(_whisper_encoder, lambda: (torch.randn(BATCH, 16, 16),), _BART_HEADS),
 }
 
@@ -184,4 +206,7 @@ XFAIL: dict[str, str] = {
     "qwen2:eager": _MASK,
     "opt:eager": _MASK,
     "vit:eager": _MASK,
+    "swin:eager": "heads pinned: the relative position bias, relative_position_bias_table[index] "
+                  "(aten.index.Tensor gathering rows of a (49, heads) parameter), carries no head channel and is "
+                  "'joined with data that carries no channel' at the scores add",
 }

@@ -1,4 +1,4 @@
-"""HF transformers zoo: tiny configs of a dozen families (eager and SDPA attention) come in through
+"""HF transformers zoo: tiny configs of 14 families (eager and SDPA attention) come in through
 ``otofx.trace``'s torch.export front end; 30% of every prunable group is zeroed, the graph shrunk, and
 it must compute the same outputs (every tensor leaf of the ModelOutput), with the predicted
 parameter count, and with whole attention heads gone from the q/k/v/o weights."""
@@ -25,10 +25,10 @@ def head_sizes(shapes: dict, heads: hf.Heads, i: int) -> dict[str, int]:
 
 def assert_heads_shrink(before: dict, after: dict, heads: hf.Heads) -> None:
     """Every q/k/v/o width is a whole number of heads, and at least one layer lost heads."""
-    q, kv = heads.heads * heads.head_dim, heads.kv_heads * heads.head_dim
-    full = {"qkv": q + 2 * kv} if heads.fused else {"q": q, "k": kv, "v": kv}
     lost = []
     for i in range(heads.layers):
+        q, kv = heads.count(i) * heads.head_dim, heads.count(i, kv=True) * heads.head_dim
+        full = {"qkv": q + 2 * kv} if heads.fused else {"q": q, "k": kv, "v": kv}
         old, new = head_sizes(before, heads, i), head_sizes(after, heads, i)
         assert old == {**full, "o": q}, old
         for role, size in new.items():
@@ -45,4 +45,5 @@ CASES = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=hf.XFAIL[n]
 def test_transformer_shrinks_exactly(name):
     model, inputs, heads = hf.build(name)
     run = roundtrip(model, inputs)
-    assert_heads_shrink(param_shapes(model), param_shapes(run.small), heads)
+    if heads is not None:
+        assert_heads_shrink(param_shapes(model), param_shapes(run.small), heads)
