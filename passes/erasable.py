@@ -222,14 +222,26 @@ def _vanishes(gm: GraphModule, region: list[Node], values: dict[str, Any],
     return isinstance(out, torch.Tensor) and not bool((out != 0).any())
 
 
+def _inputs_needing_values(parts: list[list[Node]]) -> set[str]:
+    return {a.name for part in parts for n in part for a in n.all_input_nodes
+            if a not in set(part) and a.op != "get_attr" and not _float_tensor(a)}
+
+
 def _check_vanishing(gm: GraphModule, structures: list[ErasableStructure],
-                     regions: list[list[Node]], example_inputs: Sequence[Any]) -> None:
-    """Pin the structures whose output is not exactly zero once their parameters are. Each
-    region runs alone on random inputs; inputs that are not float tensors (sizes, masks,
+                     regions: list[list[Node]], index: _ParamIndex,
+                     example_inputs: Sequence[Any]) -> None:
+    """Pin the structures whose output is not exactly zero once their parameters are.
+
+    First the region's tail alone, from its last node that reads a parameter (a conv, a norm),
+    on random inputs: zero there means zero whatever comes in, and costs one layer. Otherwise
+    the whole region, on random inputs. Inputs that are not float tensors (sizes, masks,
     indices) take their real values from one run of the graph, made only when some are needed."""
-    todo = [(s, r) for s, r in zip(structures, regions) if s.erasable]
-    need = {a.name for _, r in todo for n in r for a in n.all_input_nodes
-            if a not in set(r) and a.op != "get_attr" and not _float_tensor(a)}
+    plans = []
+    for s, region in zip(structures, regions):
+        if s.erasable:
+            last = max(i for i, n in enumerate(region) if index.of[n.name])
+            plans.append((s, [region[last:]] + ([region] if last else [])))
+    need = _inputs_needing_values([part for _, parts in plans for part in parts])
     values: dict[str, Any] = {}
     with evaluation(gm):
         if need:
@@ -239,8 +251,8 @@ def _check_vanishing(gm: GraphModule, structures: list[ErasableStructure],
         param = next(gm.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         gen = torch.Generator().manual_seed(0)
-        for s, region in todo:
-            if not _vanishes(gm, region, values, gen, device):
+        for s, parts in plans:
+            if not any(_vanishes(gm, part, values, gen, device) for part in parts):
                 s.erasable = False
                 s.why_pinned.append("zeroing its parameters does not make its output zero")
 
@@ -314,7 +326,7 @@ def find_structures(gm: GraphModule, example_inputs: Sequence[Any]) -> list[Eras
         s.erasable, s.why_pinned = not why, why
         structures.append(s)
         regions.append(region)
-    _check_vanishing(gm, structures, regions, example_inputs)
+    _check_vanishing(gm, structures, regions, index, example_inputs)
     _hierarchy(structures)
     return structures
 
