@@ -1,7 +1,6 @@
 """The torch.compile backend stage: backend="otofx" shrinks what is zero, and is never stale."""
 
 import logging
-import os
 import subprocess
 import sys
 import textwrap
@@ -227,14 +226,27 @@ def test_backend_name_works_in_a_fresh_process_that_never_imported_otofx():
             model[0].weight[:4] = 0
             model[0].bias[:4] = 0
             x = torch.randn(1, 3, 8, 8)
-            got = torch.compile(model, backend="otofx")(x)
+            got = torch.compile(model, backend="otofx", options={"inner": "eager"})(x)
         assert "otofx.backend" in sys.modules      # loaded through the entry point
         torch.testing.assert_close(got, model(x), rtol=1e-4, atol=1e-5)
         print("ok")
     """)
-    env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300, env=env, cwd="/")
+                            timeout=300, cwd="/")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok" in result.stdout
-    assert "otofx backend: removed 4 channels before inductor" in result.stderr
+    assert "otofx backend: removed 4 channels before eager" in result.stderr
+
+
+@pytest.mark.slow   # a cold inductor compile takes 15-60 s on two shared cores
+def test_the_default_inner_backend_is_inductor(caplog):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        model[0].weight[:4] = 0
+        model[0].bias[:4] = 0
+        x = torch.randn(1, 3, 8, 8)
+        with torch._inductor.config.patch(compile_threads=1), \
+                caplog.at_level(logging.INFO, logger="otofx.backend"):
+            got = torch.compile(model, backend="otofx")(x)
+        torch.testing.assert_close(got, model(x), rtol=1e-4, atol=1e-5)
+    assert "removed 4 channels before inductor" in caplog.text
