@@ -39,7 +39,7 @@ import torchvision
 from torch import nn
 
 import otofx
-from benchmarks.analysis_speed import Budget, Step, Timings, begin, fmt, markdown_table, measure, publish
+from benchmarks.analysis_speed import Budget, Step, Timings, begin, fmt, machine_line, markdown_table, measure, publish
 from otofx.flops import count_flops
 from otofx.testing import zero_groups
 
@@ -177,12 +177,8 @@ def targets(results: list[tuple[Case, Timings]]) -> list[str]:
 
 
 def header_line(args: argparse.Namespace) -> str:
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"Machine: {os.cpu_count()} CPUs, load average {load}; torch {torch.__version__}, "
-            f"torch threads {torch.get_num_threads()}; batch {args.batch}, resnet50 at "
-            f"{args.size}x{args.size}, vit_b_16 at {args.vit_size}x{args.vit_size}; "
-            f"{int(FRACTION * 100)}% of each prunable group zeroed; repeats <= {args.repeats}, "
-            f"budget {args.budget:g} s per variant and model")
+    return (f"{machine_line(args)}; resnet50 at {args.size}x{args.size}, vit_b_16 at "
+            f"{args.vit_size}x{args.vit_size}; {int(FRACTION * 100)}% of each prunable group zeroed")
 
 
 NOTES = """Notes: latency ratio = variant / its full counterpart (eager subnet / eager full, \
