@@ -64,6 +64,7 @@ class ErasableStructure:
     output: str                   # the operand's node
     nodes: tuple[str, ...]
     params: tuple[str, ...]       # canonical names of the parameters it owns
+    producers: tuple[str, ...] = ()   # those whose zeroing alone zeroes the output (a tail)
     numel: int = 0
     erasable: bool = True
     why_pinned: list[str] = field(default_factory=list)
@@ -252,9 +253,12 @@ def _check_vanishing(gm: GraphModule, structures: list[ErasableStructure],
         device = param.device if param is not None else torch.device("cpu")
         gen = torch.Generator().manual_seed(0)
         for s, parts in plans:
-            if not any(_vanishes(gm, part, values, gen, device) for part in parts):
+            part = next((p for p in parts if _vanishes(gm, p, values, gen, device)), None)
+            if part is None:
                 s.erasable = False
                 s.why_pinned.append("zeroing its parameters does not make its output zero")
+            else:
+                s.producers = tuple(sorted(set().union(*(index.of[n.name] for n in part))))
 
 
 # ---- finding the structures --------------------------------------------------------------------
@@ -310,7 +314,7 @@ def find_structures(gm: GraphModule, example_inputs: Sequence[Any]) -> list[Eras
             kind = "sum term"
             why.append(f"the terms of the sum at '{join.name}' broadcast to different shapes")
         s = ErasableStructure("", kind, join.name, operand.name, tuple(n.name for n in region),
-                              tuple(params), sum(index.numel[p] for p in params))
+                              tuple(params), numel=sum(index.numel[p] for p in params))
         if kind == "cat operand":
             try:
                 why += _cat_segment(gm, s, join, cat_dim, position)
