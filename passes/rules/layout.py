@@ -40,13 +40,15 @@ def _rectangular(ctx, node: Node, L: torch.Tensor, old, new) -> torch.Tensor:
     keeps removal rectangular: channels are unified along all but one of the new dims.
 
     The kept dim is the first whose size argument is computed at run time (it adapts to the new
-    count, e.g. ``c // groups`` in a channel shuffle), else the outermost one (whole heads)."""
+    count, e.g. ``c // groups`` in a channel shuffle), else the one before the innermost: the
+    heads of ``(heads, head_dim)`` and of a fused ``(3, heads, head_dim)`` (whole heads; q, k and
+    v of a head are coupled, as attention couples them anyway)."""
     args = _shape_args(node) if node.target in ("view", "reshape", torch.reshape) else None
     for _, dims in lb.split_dims(old, new):
         varying = [d for d in dims if L.size(d) > 1]
         if len(varying) < 2:
             continue
-        keep = varying[0]
+        keep = varying[-2]
         if args is not None and len(args) == len(new):
             dynamic = [d for d in varying if isinstance(args[d], Node)]
             if dynamic:
@@ -251,7 +253,7 @@ def unbind(ctx, node):
     x = node.args[0]
     shape = ctx.shape(x)
     dim = ctx.arg(1, "dim", 0) % len(shape)
-    L = lb.materialize(ctx.labels(x), shape, [dim])
+    L = ctx.labels(x)
     if L.size(dim) == 1:
         return tuple(L.squeeze(dim).clone() for _ in ctx.out_shape)
     ctx.pin(L, "unbind along a channel dim")

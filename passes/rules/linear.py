@@ -28,11 +28,11 @@ def _last_dim_ids(ctx, x, what: str) -> torch.Tensor:
     return lb.along(lb.materialize(L, shape, [len(shape) - 1]), len(shape) - 1)
 
 
-def _features(ctx, node, ids_in, wname, bname, in_dim: int, out_dim: int, fold: str):
+def _features(ctx, node, ids_in, wname, bname, in_dim: int, out_dim: int, fold: str, arg: int = 0):
     W = tensor_named(ctx.gm, wname)
     table = ctx.table
     table.read_slices(wname, in_dim, ids_in, CONSUMER)
-    table.consume(node.name, 0, len(ctx.shape(node.args[0])) - 1, ids_in, fold, out_dim=-1)
+    table.consume(node.name, arg, len(ctx.shape(node.args[arg])) - 1, ids_in, fold, out_dim=-1)
     out_ids = table.param_slices(wname, out_dim, W.shape[out_dim], PRODUCER)
     if bname is not None:
         table.unify(table.param_slices(bname, 0, W.shape[out_dim], AFFINE), out_ids)
@@ -100,7 +100,7 @@ def addmm(ctx, node):
     if len(ctx.shape(bias)) != 1:
         return ctx.unknown("an addmm with a 2-d bias")
     ids_in = _last_dim_ids(ctx, x, "a matmul")
-    return _features(ctx, node, ids_in, wname, bname, 0, 1, "zero")
+    return _features(ctx, node, ids_in, wname, bname, 0, 1, "zero", arg=1)
 
 
 @RULES.register(torch.matmul, torch.mm, torch.bmm, operator.matmul, Method("matmul"),

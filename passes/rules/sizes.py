@@ -102,7 +102,7 @@ def _checks() -> list:
     return keys
 
 
-@RULES.register(*_checks(), accepts_sizes=True, name="check")
+@RULES.register(*_checks(), accepts_sizes=True, carries_soft=True, name="check")
 def check(ctx, node):
     """Assertions and input guards of export graphs: they compute nothing."""
     return None
