@@ -64,7 +64,6 @@ class ErasableStructure:
     output: str                   # the operand's node
     nodes: tuple[str, ...]
     params: tuple[str, ...]       # canonical names of the parameters it owns
-    producers: tuple[str, ...] = ()   # those whose zeroing alone zeroes the output (a tail)
     numel: int = 0
     erasable: bool = True
     why_pinned: list[str] = field(default_factory=list)
@@ -253,12 +252,9 @@ def _check_vanishing(gm: GraphModule, structures: list[ErasableStructure],
         device = param.device if param is not None else torch.device("cpu")
         gen = torch.Generator().manual_seed(0)
         for s, parts in plans:
-            part = next((p for p in parts if _vanishes(gm, p, values, gen, device)), None)
-            if part is None:
+            if not any(_vanishes(gm, part, values, gen, device) for part in parts):
                 s.erasable = False
                 s.why_pinned.append("zeroing its parameters does not make its output zero")
-            else:
-                s.producers = tuple(sorted(set().union(*(index.of[n.name] for n in part))))
 
 
 # ---- finding the structures --------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Erasing structures inside shrink: which erasable structures are gone, and the graph edits.
 
-A structure (``passes.erasable``) is erased when its output is provably zero: every parameter
-of its producers (the tail from its last parameterised node, whose zeroing the erasable pass
-checked makes the output exactly zero) is exactly zero. H2SPG zeroes all of its parameters.
-Shrink calls :func:`erase_plan` before it decides on channels and :func:`apply_erase` before the
-op rules rewrite the graph:
+A structure (``passes.erasable``) is erased when every parameter it owns is exactly zero, as
+H2SPG leaves it (the erasable pass checked that its output is then exactly zero). A structure
+whose output is zero while some of its parameters are not (a residual block whose last
+BatchNorm starts at zero) is kept: its channels shrink as usual. Shrink calls
+:func:`erase_plan` before it decides on channels and :func:`apply_erase` before the op rules
+rewrite the graph:
 
 * an add left with one operand becomes that operand; a sum loses the term,
 * a cat loses the operand; the segment's channels are removed like zero channels
@@ -53,9 +54,8 @@ class ErasePlan:
 
 
 def is_zero(gm: GraphModule, s: ErasableStructure) -> bool:
-    """Every parameter of ``s``'s producers is exactly zero in ``gm``: its output is zero."""
-    return all(not bool(tensor_named(gm, p).detach().ne(0).any())
-               for p in s.producers or s.params)
+    """Every parameter of ``s`` is exactly zero in ``gm``."""
+    return all(not bool(tensor_named(gm, p).detach().ne(0).any()) for p in s.params)
 
 
 def erase_plan(gm: GraphModule, analysis_gm: GraphModule) -> ErasePlan:
