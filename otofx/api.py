@@ -69,13 +69,17 @@ def trace(model: nn.Module, example_inputs: Any = None,
     return trace_module(model, leaf_modules, example_inputs)
 
 
-def analyze(gm: nn.Module, example_inputs: Any) -> Analysis:
+def analyze(gm: nn.Module, example_inputs: Any, attention_unit: str = "head") -> Analysis:
     """Run shapes, channels and groups on a copy of ``gm``'s graph (sharing its parameters).
 
     ``gm`` may be an ``nn.Module``; it is traced first. Neither it nor its parameters change.
+    ``attention_unit``: the pruning unit of attention, whole ``"head"``s (default) or
+    ``"head_dim"`` (the same head_dim channels removed from every head).
     ``example_inputs``: a tensor, a tuple of positional inputs, a dict of inputs by name, or an
     ``(args, kwargs)`` pair (inputs left out take their defaults).
     """
+    if attention_unit not in ("head", "head_dim"):
+        raise AnalysisError(f"attention_unit must be 'head' or 'head_dim', got {attention_unit!r}.")
     if not any(_inputs(example_inputs)):
         raise AnalysisError("analyze needs example inputs, e.g. analyze(gm, (torch.randn(1, 3, "
                             "224, 224),)) or by name: analyze(gm, {'x': x, 'mask': mask}).")
@@ -84,7 +88,7 @@ def analyze(gm: nn.Module, example_inputs: Any) -> Analysis:
     inputs = bind_inputs(gm, example_inputs)
     work = GraphModule(gm, copy_graph(gm), type(gm).__name__)
     shapes_pass(work, inputs)
-    channels_pass(work)
+    channels_pass(work, attention_unit)
     groups_pass(work)
     erasable_pass(work, inputs)
     return Analysis(work, work.meta[GROUPS], inputs, work.meta[STRUCTURES])

@@ -60,20 +60,22 @@ class CompressionJob:
         return self._baseline
 
 
-def compress(gm: nn.Module, optimizer_cfg: _BaseConfig, example_inputs: Any) -> CompressionJob:
+def compress(gm: nn.Module, optimizer_cfg: _BaseConfig, example_inputs: Any,
+             attention_unit: str = "head") -> CompressionJob:
     """Analyse ``gm`` and build the optimizer that trains it to the configured group sparsity.
 
     A GraphModule is trained in place (``job.module is gm``); an ``nn.Module`` is traced from a
     deepcopy first, so the original stays untouched. A model with no prunable group still gets a
-    working optimizer (the base variant) and the report says so.
+    working optimizer (the base variant) and the report says so. ``attention_unit``: see
+    :func:`otofx.analyze`.
     """
     if not isinstance(optimizer_cfg, _BaseConfig):
         raise ConfigError(f"optimizer_cfg must be otofx.DHSPGConfig, otofx.H2SPGConfig or "
                           f"otofx.HESSOConfig, got "
                           f"{type(optimizer_cfg).__name__}.")
     if not isinstance(gm, GraphModule):
-        gm = trace(gm)
-    analysis = analyze(gm, example_inputs)
+        gm = trace(gm, example_inputs)
+    analysis = analyze(gm, example_inputs, attention_unit)
     optimizer = make_optimizer(gm, analysis, optimizer_cfg)
     job = CompressionJob(gm, optimizer, analysis, analysis.example_inputs)
     job.baseline()

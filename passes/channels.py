@@ -60,6 +60,7 @@ class ChannelContext:
     def __init__(self, gm: GraphModule, table: ChannelTable) -> None:
         self.gm = gm
         self.table = table
+        self.attention_unit = "head"
         self.node: Node | None = None
         self._alias: dict[str, str] = {}
         canonical: dict[int, str] = {}
@@ -306,15 +307,23 @@ def propagate_node(ctx: ChannelContext, node: Node) -> Any:
     return out
 
 
-def channels_pass(gm: GraphModule) -> PassResult:
+ATTENTION_UNITS = ("head", "head_dim")
+
+
+def channels_pass(gm: GraphModule, attention_unit: str = "head") -> PassResult:
     """Label every node (``node.meta["otofx.labels"]``) and build ``gm.meta["otofx.table"]``.
 
-    Needs ``node.meta["otofx.shape"]`` from the shapes pass.
+    Needs ``node.meta["otofx.shape"]`` from the shapes pass. ``attention_unit``: what a head split
+    (``view(B, T, heads, head_dim)``) makes prunable: whole ``"head"``s (default), or
+    ``"head_dim"`` channels removed uniformly from every head.
     """
     from . import rules  # noqa: F401  (registers the op rules)
 
+    if attention_unit not in ATTENTION_UNITS:
+        raise ValueError(f"attention_unit must be one of {ATTENTION_UNITS}, got {attention_unit!r}")
     table = ChannelTable()
     ctx = ChannelContext(gm, table)
+    ctx.attention_unit = attention_unit
     for node in gm.graph.nodes:
         node.meta[LABELS] = propagate_node(ctx, node)
     gm.meta[TABLE] = table

@@ -4,7 +4,8 @@
   smaller model computes what the zeroed model computes, whatever the attention spelling;
 * parameter count: exactly what the groups predict, and smaller whenever something was zeroed;
 * heads are whole: a zeroed attention group removes whole heads (q/k/v/o slices of ``head_dim``
-  rows each), and the head count in the rebuilt graph's literals is the kept count;
+  rows each), and the head count in the rebuilt graph's literals is the kept count; with
+  ``attention_unit="head_dim"`` the same head_dim channels go from every head instead;
 * never mutate: the user's model is bit-identical afterwards.
 """
 
@@ -34,14 +35,16 @@ CI_EXAMPLES = settings(max_examples=25) if os.environ.get("HYPOTHESIS_PROFILE", 
 
 
 @CI_EXAMPLES
-@given(spec=transformer_specs(), fraction=fractions, seed=st.integers(0, 2**16))
-def test_random_transformers_shrink_exactly(spec, fraction, seed):
-    note(f"RandomTransformer({spec!r})")
+@given(spec=transformer_specs(), fraction=fractions, seed=st.integers(0, 2**16),
+       unit=st.sampled_from(["head", "head_dim"]))
+def test_random_transformers_shrink_exactly(spec, fraction, seed, unit):
+    """Exact for either pruning unit of attention: whole heads, or head_dim channels."""
+    note(f"RandomTransformer({spec!r}), attention_unit={unit!r}")
     model = RandomTransformer(spec).eval()
     before = _state(model)
     x = torch.randn(2, spec.seq, spec.features, generator=torch.Generator().manual_seed(seed))
     gm = otofx.trace(model)
-    analysis = otofx.analyze(gm, (x,))
+    analysis = otofx.analyze(gm, (x,), attention_unit=unit)
     crashed = [w for g in analysis.groups for w in g.why_pinned if "cannot handle" in w]
     assert not crashed, crashed
     zeroed = zero_groups(gm, analysis, fraction, seed=seed)

@@ -19,6 +19,8 @@ Any op the scores reach that is not known to carry soft ids pins the head (``pas
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -77,14 +79,24 @@ def _heads(ctx, L: torch.Tensor, shape, what: str) -> torch.Tensor | None:
     return lb.along(L, nd - 3) if L.size(nd - 3) > 1 else L.reshape(-1)[:1].expand(shape[nd - 3])
 
 
+def _sdpa_rewrite(ctx, node):
+    """Fewer head_dim channels change the default scale ``1/sqrt(E)``: keep the original one."""
+    q = node.args[0]
+    old, new = ctx.old_shape(q)[-1], ctx.new_shape(q)[-1]
+    if old != new and len(node.args) < 7 and node.kwargs.get("scale") is None:
+        node.kwargs = {**node.kwargs, "scale": 1.0 / math.sqrt(old)}
+
+
 @RULES.register(F.scaled_dot_product_attention, *aten("scaled_dot_product_attention"),
-                name="scaled_dot_product_attention")
+                rewrite=_sdpa_rewrite, name="scaled_dot_product_attention")
 def sdpa(ctx, node):
     q, k, v = node.args[0], ctx.arg(1, "key"), ctx.arg(2, "value")
     mask = ctx.arg(3, "attn_mask")
     sq, sk, sv, out = ctx.shape(q), ctx.shape(k), ctx.shape(v), ctx.out_shape
     if min(len(sq), len(sk), len(sv)) < 3:
         return ctx.unknown("attention without a head dim")
+    if ctx.attention_unit == "head_dim":
+        return _sdpa_head_dim(ctx, q, k, v)
     heads = [_heads(ctx, ctx.labels(x), s, what) for x, s, what in
              ((q, sq, "queries"), (k, sk, "keys"), (v, sv, "values"))]
     if any(h is None for h in heads):
@@ -113,3 +125,27 @@ def sdpa(ctx, node):
     shape = [1] * len(out)
     shape[-3] = n
     return labels.view(shape).clone()
+
+
+def _sdpa_head_dim(ctx, q, k, v) -> torch.Tensor:
+    """head_dim as the unit: q and k channel ``d`` are summed over in the scores (removable once
+    zero, coupled), v's channel ``d`` goes to the output. Channels must not vary across heads."""
+    dims = []
+    for x, what in ((q, "queries"), (k, "keys"), (v, "values")):
+        L = lb.align(ctx.labels(x), len(ctx.shape(x)))
+        if any(L.size(d) > 1 for d in range(L.dim() - 1)):
+            ctx.pin([ctx.labels(y) for y in (q, k, v)], f"head_dim channels of the {what} differ "
+                     "across heads or positions")
+            return ctx.untracked()
+        dims.append(lb.along(lb.materialize(L, ctx.shape(x), [L.dim() - 1]), L.dim() - 1))
+    dq, dk, dv = dims
+    if dq.numel() != dk.numel():
+        return ctx.unknown("queries and keys of different head_dim")
+    both = (dq >= 0) & (dk >= 0)
+    ctx.pin(torch.cat([dq[~both], dk[~both]]), "a query/key channel whose partner carries no channel")
+    ctx.table.unify(dq, dk)
+    ctx.table.consume(ctx.node.name, 0, len(ctx.shape(q)) - 1, dq, "zero", out_dim=-1)
+    ctx.table.consume(ctx.node.name, 1, len(ctx.shape(k)) - 1, dk, "zero", out_dim=-1)
+    shape = [1] * len(ctx.out_shape)
+    shape[-1] = dv.numel()
+    return dv.view(shape).clone()

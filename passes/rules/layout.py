@@ -48,7 +48,7 @@ def _rectangular(ctx, node: Node, L: torch.Tensor, old, new) -> torch.Tensor:
         varying = [d for d in dims if L.size(d) > 1]
         if len(varying) < 2:
             continue
-        keep = varying[-2]
+        keep = varying[-1] if ctx.attention_unit == "head_dim" else varying[-2]
         if args is not None and len(args) == len(new):
             dynamic = [d for d in varying if isinstance(args[d], Node)]
             if dynamic:
