@@ -92,12 +92,11 @@ def apply_erase(gm: GraphModule, plan: ErasePlan) -> None:
             zero.add(out)
     simplified: list[Node] = []
     for node in list(gm.graph.nodes):
-        if node in zero or join_kind(gm, node) != "add":
+        if node in zero or join_kind(gm, node) != "add" or not any(
+                isinstance(a, Node) and a in zero for a in node.args):
             continue
         left = [a for a in node.args if not (isinstance(a, Node) and a in zero)
                 and not zero_literal(a)]
-        if len(left) == len(node.args):
-            continue
         simplified.append(node)
         if not left:
             zero.add(node)
