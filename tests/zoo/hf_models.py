@@ -194,18 +194,7 @@ def build(name: str) -> tuple[nn.Module, tuple, Heads]:
     return model, spec.inputs(), spec.heads
 
 # Known failures (core rules missing), each with its precise cause; strict, so a fix shows up as XPASS.
-_MASK = ("heads pinned: the additive attention mask (B, 1, S, S), broadcast over the head dim, is 'joined with "
-         "data that carries no channel' at the scores add (aten.add.Tensor(scores, where(...)))")
-_CONV1D = ("shrink crashes: IndexError in passes/shrink.py (index_select while capturing constants) at "
-           "aten.addmm(bias, x, weight) of GPT-2's Conv1D mlp.c_proj, whose weight is (in, out)")
 XFAIL: dict[str, str] = {
-    "gpt2:eager": _CONV1D + "; " + _MASK,
-    "gpt2:sdpa": _CONV1D,
-    "llama:eager": _MASK,
-    "mistral:eager": _MASK,
-    "qwen2:eager": _MASK,
-    "opt:eager": _MASK,
-    "vit:eager": _MASK,
     "swin:eager": "heads pinned: the relative position bias, relative_position_bias_table[index] "
                   "(aten.index.Tensor gathering rows of a (49, heads) parameter), carries no head channel and is "
                   "'joined with data that carries no channel' at the scores add",

@@ -72,28 +72,24 @@ HEADS = {"vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_tiny_distilled_p
          "xcit_nano_12_p16_224", "efficientformer_l1", "caformer_s18"}
 
 # Known failures (core rules missing), each with its precise cause; strict, so a fix shows up as XPASS.
-_UNBIND = ("heads pinned: 'unbind along a channel dim' at the fused qkv.reshape(B, N, 3, H, hd)"
-           ".permute(2, 0, 3, 1, 4).unbind(0)")
 _BN_ACT = ("no prunable group: its batch norms are timm's BatchNormAct2d, a no-trace leaf module with no "
            "rule ('no rule for BatchNormAct2d module')")
 XFAIL: dict[str, str] = {
-    "vit_tiny_patch16_224": _UNBIND,
-    "deit_tiny_patch16_224": _UNBIND,
-    "deit_tiny_distilled_patch16_224": _UNBIND,
-    "pit_ti_224": _UNBIND,
-    "caformer_s18": _UNBIND,
-    "swin_tiny_patch4_window7_224": _UNBIND + "; also no rule for torch.roll (shifted windows)",
-    "pvt_v2_b0": "heads pinned: 'unbind along a channel dim' at kv.reshape(B, N, 2, H, hd).permute(2, 0, 3, 1, 4)"
-                 ".unbind(0) (q and kv linears)",
-    "twins_svt_small": "LocallyGroupedAttn is a timm no-trace leaf with no rule; GlobalSubSampleAttn heads pinned: "
-                       "'unbind along a channel dim' at kv.reshape(...).permute(...).unbind(0)",
+    "swin_tiny_patch4_window7_224": "heads pinned: the relative position bias, relative_position_bias_table["
+                                    "relative_position_index] (a gather of a (window cells, heads) parameter), "
+                                    "is 'joined with data that carries no channel' at the scores add; also no "
+                                    "rule for torch.roll (shifted windows)",
+    "twins_svt_small": "LocallyGroupedAttn is a timm no-trace leaf with no rule; GlobalSubSampleAttn's heads form "
+                       "one group of size 1 ('a single channel: removing it would leave the dim empty'): its "
+                       "q.reshape(B, N, num_heads, C // num_heads) takes C from x.shape",
     "cait_xxs24_224": "TalkingHeadAttn heads pinned: 'joined with data that carries no channel' at the attn @ v "
                       "matmul (proj_l / proj_w linears mix the head dim; q-k and v-o need separate head groups)",
     "coat_lite_tiny": "FactorAttnConvRelPosEnc heads pinned: 'a product of channels with data that has no channel' "
                       "and 'broadcast across the channels of another tensor' at k.softmax(2)^T @ v and q @ (...) "
-                      "matmuls; 'unbind along a channel dim'; no rule for operator.eq (ConvRelPosEnc)",
+                      "matmuls; no rule for operator.eq (ConvRelPosEnc)",
     "xcit_nano_12_p16_224": "XCA heads pinned: no rule for torch.nn.functional.normalize (q, k normalised over "
-                            "tokens); 'unbind along a channel dim' at qkv...unbind(0)",
+                            "tokens); the per-head temperature parameter (heads, 1, 1) is 'joined with data that "
+                            "carries no channel' at the scores mul",
     "efficientformer_l1": "Attention heads pinned: the per-head attention_biases[:, attention_bias_idxs] added to the "
                           "scores is 'joined with data that carries no channel' (add_28)",
     "mobilevit_xxs": _BN_ACT + "; MobileVitBlock is a no-trace leaf too",
