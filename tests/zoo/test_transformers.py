@@ -1,44 +1,66 @@
 """HF transformers zoo: tiny configs of 14 families (eager and SDPA attention) come in through
 ``otofx.trace``'s torch.export front end; 30% of every prunable group is zeroed, the graph shrunk, and
 it must compute the same outputs (every tensor leaf of the ModelOutput), with the predicted
-parameter count, and with whole attention heads gone from the q/k/v/o weights."""
+parameter count, and with whole attention heads gone from the q/k/v/o weights (which features were kept
+is read back from the weights). With ``attention_unit="head_dim"`` every head stays and loses the same
+offsets instead."""
 
 import pytest
 
 from zoo import hf_models as hf
-from zoo.zoo_checks import param_shapes, roundtrip
+from zoo.zoo_checks import kept_indices, roundtrip
 
 
-def head_sizes(shapes: dict, heads: hf.Heads, i: int) -> dict[str, int]:
-    """Widths of layer ``i``'s q, k, v (output features; one ``qkv`` width when fused) and o (input
-    features)."""
+def head_rows(heads: hf.Heads, i: int, original: dict, shrunk: dict) -> dict[str, list[int]]:
+    """Per role (q, k, v or one fused qkv, and o), which of layer ``i``'s original head features (output
+    features; input features of o) the shrunk weights kept."""
     base = heads.layer.format(i)
 
-    def width(name: str, dim: int) -> int:
+    def rows(name: str, dim: int) -> list[int]:
         key = f"{base}.{name}.weight"
-        assert key in shapes, f"{key} is not a parameter of the shrunk graph"
-        return shapes[key][1 - dim if heads.conv1d else dim]
+        assert key in shrunk, f"{key} is not a parameter of the shrunk graph"
+        return kept_indices(original[key], shrunk[key], 1 - dim if heads.conv1d else dim)
 
     roles = {"qkv": heads.q} if heads.fused else {r: getattr(heads, r) for r in "qkv"}
-    return {**{r: width(n, 0) for r, n in roles.items()}, "o": width(heads.o, 1)}
+    return {**{r: rows(n, 0) for r, n in roles.items()}, "o": rows(heads.o, 1)}
 
 
-def assert_heads_shrink(before: dict, after: dict, heads: hf.Heads) -> None:
-    """Every q/k/v/o width is a whole number of heads, and at least one layer lost heads."""
+def heads_kept(rows: list[int], n: int, head_dim: int, offset: int = 0) -> dict[int, list[int]]:
+    """Kept ``rows`` of an ``n``-head projection starting at ``offset``: head -> kept offsets in it."""
+    kept: dict[int, list[int]] = {}
+    for r in rows:
+        if offset <= r < offset + n * head_dim:
+            kept.setdefault((r - offset) // head_dim, []).append((r - offset) % head_dim)
+    return kept
+
+
+def projections(heads: hf.Heads, i: int, rows: dict[str, list[int]]) -> list[tuple[str, dict, int]]:
+    """(role, head -> kept offsets, number of heads) of each of layer ``i``'s projections."""
+    n, kv, d = heads.count(i), heads.count(i, kv=True), heads.head_dim
+    if heads.fused:
+        parts = [("q", 0, n), ("k", n * d, kv), ("v", (n + kv) * d, kv)]
+        out = [(r, heads_kept(rows["qkv"], h, d, off), h) for r, off, h in parts]
+    else:
+        out = [(r, heads_kept(rows[r], h, d), h) for r, h in (("q", n), ("k", kv), ("v", kv))]
+    return out + [("o", heads_kept(rows["o"], n, d), n)]
+
+
+def assert_heads_shrink(model, small, heads: hf.Heads) -> None:
+    """Each projection keeps whole heads (every offset of a head it keeps), and some layer lost heads."""
+    before, after = dict(model.named_parameters()), dict(small.named_parameters())
     lost = []
     for i in range(heads.layers):
-        q, kv = heads.count(i) * heads.head_dim, heads.count(i, kv=True) * heads.head_dim
-        full = {"qkv": q + 2 * kv} if heads.fused else {"q": q, "k": kv, "v": kv}
-        old, new = head_sizes(before, heads, i), head_sizes(after, heads, i)
-        assert old == {**full, "o": q}, old
-        for role, size in new.items():
-            assert size % heads.head_dim == 0, f"layer {i} {role}: width {size} is not whole heads"
-            lost.append(size < old[role])
+        for role, kept, n in projections(heads, i, head_rows(heads, i, before, after)):
+            for h, offsets in kept.items():
+                assert offsets == list(range(heads.head_dim)), f"layer {i} {role} head {h}: kept {offsets}"
+            lost.append(len(kept) < n)
     assert any(lost), "no attention layer lost a head"
 
 
 CASES = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=hf.XFAIL[n])) if n in hf.XFAIL else n
          for n in hf.CASES]
+# attention_unit="head_dim": every head loses the same q-k (and v-o) channels.
+HEAD_DIM_CASES = ["bert:eager", "llama:sdpa", "gpt2:eager", "t5_encoder:eager"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -46,4 +68,27 @@ def test_transformer_shrinks_exactly(name):
     model, inputs, heads = hf.build(name)
     run = roundtrip(model, inputs)
     if heads is not None:
-        assert_heads_shrink(param_shapes(model), param_shapes(run.small), heads)
+        assert_heads_shrink(model, run.small, heads)
+
+
+def assert_head_dim_shrinks(model, small, heads: hf.Heads) -> None:
+    """Every head stays, each keeping the same offsets (q with k, v with o); some layer got narrower."""
+    before, after = dict(model.named_parameters()), dict(small.named_parameters())
+    narrower = []
+    for i in range(heads.layers):
+        kept = {role: (k, n) for role, k, n in projections(heads, i, head_rows(heads, i, before, after))}
+        for pair in (("q", "k"), ("v", "o")):
+            common = next(iter(kept[pair[0]][0].values()), [])
+            for role in pair:
+                offsets, n = kept[role]
+                assert sorted(offsets) == list(range(n)), f"layer {i} {role}: heads {sorted(offsets)} of {n}"
+                assert all(o == common for o in offsets.values()), f"layer {i} {role}: offsets differ {offsets}"
+            narrower.append(len(common) < heads.head_dim)
+    assert any(narrower), "no attention layer got narrower heads"
+
+
+@pytest.mark.parametrize("name", HEAD_DIM_CASES)
+def test_transformer_head_dim_unit_shrinks_exactly(name):
+    model, inputs, heads = hf.build(name)
+    run = roundtrip(model, inputs, attention_unit="head_dim")
+    assert_head_dim_shrinks(model, run.small, heads)

@@ -42,14 +42,14 @@ def assert_leaves_close(got: Any, expected: Any) -> None:
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5 * scale, msg=lambda m, i=i: f"leaf {i}: {m}")
 
 
-def roundtrip(model: nn.Module, inputs: tuple, leaf_modules=()) -> Roundtrip:
+def roundtrip(model: nn.Module, inputs: tuple, leaf_modules=(), attention_unit: str = "head") -> Roundtrip:
     """Analyse ``model``, zero ``FRACTION`` of each prunable group, shrink; assert the shrunk
     graph computes the same outputs with exactly the parameter count the analysis predicts,
     fewer than before, and that the user's model was not touched."""
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = n_params(model)
     gm = otofx.trace(model, inputs, leaf_modules=leaf_modules)
-    analysis = otofx.analyze(gm, inputs)
+    analysis = otofx.analyze(gm, inputs, attention_unit=attention_unit)
     crashed = [w for g in analysis.groups for w in g.why_pinned if "cannot handle" in w]
     assert not crashed, crashed
     assert analysis.prunable, analysis.report()
@@ -70,3 +70,12 @@ def roundtrip(model: nn.Module, inputs: tuple, leaf_modules=()) -> Roundtrip:
 
 def param_shapes(module: nn.Module) -> dict[str, torch.Size]:
     return {name: p.shape for name, p in module.named_parameters()}
+
+
+def kept_indices(before: torch.Tensor, after: torch.Tensor, dim: int) -> list[int]:
+    """Which slices along ``dim`` of the original weight ``before`` the shrunk ``after`` kept, in order
+    (each slice of ``after`` is found bit for bit in ``before``)."""
+    rows = {before.select(dim, i).detach().numpy().tobytes(): i for i in range(before.shape[dim])}
+    found = [rows.get(after.select(dim, i).detach().numpy().tobytes()) for i in range(after.shape[dim])]
+    assert None not in found, f"a kept slice along dim {dim} is not a slice of the original weight"
+    return found
