@@ -485,7 +485,9 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
         rule = RULES.lookup(sub, node)
         if rule is None or rule.rewrite is None:
             continue
-        if ctx.changed(node) or any(ctx.changed(a) for a in node.all_input_nodes):
+        # modules are rebuilt from their (sliced) weights even when no shape around them
+        # changes: heads removed inside nn.MultiheadAttention leave its input and output alone
+        if node.op == "call_module" or ctx.changed(node) or any(ctx.changed(a) for a in node.all_input_nodes):
             rule.rewrite(ctx, node)
     sub.graph.eliminate_dead_code(is_impure_node=_mutates)
     if plan:

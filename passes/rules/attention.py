@@ -20,6 +20,7 @@ Any op the scores reach that is not known to carry soft ids pins the head (``pas
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -149,3 +150,78 @@ def _sdpa_head_dim(ctx, q, k, v) -> torch.Tensor:
     shape = [1] * len(ctx.out_shape)
     shape[-1] = dv.numel()
     return dv.view(shape).clone()
+
+
+# ---- nn.MultiheadAttention ----------------------------------------------------------------------
+
+
+def multihead_attention(ctx, node):
+    """Self-attention through ``nn.MultiheadAttention``: each head's rows of the packed q/k/v
+    projection (and bias) produce one channel, the out projection's columns consume it; the input
+    is consumed by the projection's columns, the output is a fresh channel per out feature."""
+    m = ctx.module(node)
+    query = node.args[0]
+    key, value = ctx.arg(1, "key"), ctx.arg(2, "value")
+    if key is not query or value is not query or not m._qkv_same_embed_dim or m.bias_k is not None \
+            or m.add_zero_attn:
+        return ctx.unknown("a MultiheadAttention that is not plain self-attention")
+    E, H = m.embed_dim, m.num_heads
+    Dh = E // H
+    table = ctx.table
+    x_ids = _feature_ids(ctx, query)
+    table.read_slices(ctx.module_param("in_proj_weight"), 1, x_ids, "consumer")
+    rows = table.param_slices(ctx.module_param("in_proj_weight"), 0, 3 * E, "producer").view(3, H, Dh)
+    heads = rows[0, :, 0].clone()
+    table.unify(rows, heads.view(1, H, 1).expand(3, H, Dh))
+    if m.in_proj_bias is not None:
+        table.unify(table.param_slices(ctx.module_param("in_proj_bias"), 0, 3 * E, "affine").view(3, H, Dh),
+                    heads.view(1, H, 1).expand(3, H, Dh))
+    cols = table.param_slices(ctx.module_param("weight", _out_proj(node)), 1, E, "consumer").view(H, Dh)
+    table.unify(cols, heads.view(H, 1).expand(H, Dh))
+    mask = ctx.arg(5, "attn_mask")
+    if isinstance(mask, torch.fx.Node) and len(ctx.shape(mask)) == 3:
+        ctx.pin(heads, "a per-head attention mask (it would need slicing with the heads)")
+    if any(u.op != "call_function" or u.target is not operator.getitem or u.args[1] != 0
+           for u in node.users) and ctx.arg(4, "need_weights", True):
+        ctx.pin(heads, "the attention weights, averaged over heads, are used")
+    out_w = ctx.module_param("weight", _out_proj(node))
+    out_ids = table.param_slices(out_w, 0, E, "producer")
+    if m.out_proj.bias is not None:
+        table.unify(table.param_slices(ctx.module_param("bias", _out_proj(node)), 0, E, "affine"), out_ids)
+    shape = [1] * len(ctx.shape(query))
+    shape[-1] = E
+    return (out_ids.view(shape).clone(), ctx.untracked(ctx.out_shape[1]) if isinstance(
+        ctx.out_shape, tuple) and len(ctx.out_shape) > 1 else None)
+
+
+class _out_proj:  # noqa: N801  (a stand-in node for ``module_param`` on the out projection)
+    def __init__(self, node):
+        self.target = f"{node.target}.out_proj"
+
+
+def _feature_ids(ctx, x) -> torch.Tensor:
+    L, shape = ctx.labels(x), ctx.shape(x)
+    if any(L.size(d) > 1 for d in range(len(shape) - 1)):
+        ctx.pin(L, "channels along a dim that attention treats as a batch or sequence dim")
+        L = lb.full(shape, lb.UNTRACKED)
+    return lb.along(lb.materialize(L, shape, [len(shape) - 1]), len(shape) - 1)
+
+
+def multihead_attention_rewrite(ctx, node):
+    from ..modules import HeadPrunedAttention
+    m = ctx.module(node)
+    if not isinstance(m, torch.nn.MultiheadAttention):
+        return
+    rows = m.in_proj_weight.shape[0] // 3
+    if rows == m.embed_dim:
+        return
+    Dh = m.embed_dim // m.num_heads
+    m.out_proj.in_features = rows
+    new = HeadPrunedAttention(m.embed_dim, rows // Dh, Dh, m.in_proj_weight, m.in_proj_bias, m.out_proj,
+                              m.dropout, m.batch_first)
+    new.train(m.training)
+    ctx.gm.add_submodule(node.target, new)
+
+
+RULES.register(torch.nn.MultiheadAttention, rewrite=multihead_attention_rewrite,
+               name="multihead_attention")(multihead_attention)
