@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from otofx.flops import count_flops, flops_by_module
+from otofx.flops import count_flops, flops_by_node
 from otofx.passes.table import PRODUCER
 
 if TYPE_CHECKING:
@@ -57,15 +57,26 @@ def structures_table(analysis: Analysis, max_rows: int = 60) -> str:
 
 
 def prunable_flops_share(analysis: Analysis) -> float:
-    """FLOPs of each module weighted by the share of its weight rows that are prunable channels'
-    producers: the part of the compute that training can switch off."""
-    per_module = flops_by_module(analysis.gm, analysis.example_inputs)
-    total = count_flops(analysis.gm, analysis.example_inputs)
+    """FLOPs of each node weighted by the share of its weight's rows that are prunable channels'
+    producers: the part of the compute that training can switch off. (Products of two
+    activations, such as attention scores, are not counted as prunable.)"""
+    gm = analysis.gm
+    per_node = flops_by_node(gm, analysis.example_inputs)
+    total = sum(per_node.values())
     if not total:
         return 0.0
-    share = {name.rsplit(".", 1)[0]: float(mask.float().mean())
+    share = {name: float(mask.float().mean())
              for name, mask in analysis.slice_masks(None, (PRODUCER,)).items() if bool(mask.any())}
-    saved = sum(f * share.get(mod, 0.0) for mod, f in per_module.items())
+    saved = 0.0
+    for node in gm.graph.nodes:
+        if node.name not in per_node:
+            continue
+        if node.op == "call_module":
+            weights = [f"{node.target}.{n}" for n, _ in gm.get_submodule(node.target).named_parameters()]
+        else:
+            weights = [a.target for a in node.all_input_nodes if a.op == "get_attr"]
+        fractions = [share[w] for w in weights if w in share]
+        saved += per_node[node.name] * (max(fractions) if fractions else 0.0)
     return min(1.0, saved / total)
 
 
