@@ -12,7 +12,7 @@ from torch import nn
 from zoo.supernets import DartsSuperNet, SuperResNet, UNetStack
 
 import otofx
-from otofx.testing import erase_structures
+from otofx.testing import erase_structures, zero_groups
 
 
 def conv_bn(cin, cout, k=3):
@@ -239,6 +239,16 @@ def test_a_cat_keeps_an_operand_and_never_reads_an_erased_sum(spec):
         _zero(gm, s)
     small = otofx.shrink(gm, a)
     assert len(small.meta["otofx.shrink"].erased) == 1
+    _same(gm, small, x)
+
+
+def test_zero_groups_can_erase_structures_too():
+    x = torch.randn(2, 1, 8, 8)
+    gm, a = _analyze(SuperResNet(c=4, stages=1, blocks=3), x)
+    zero_groups(gm, a, 0.5, seed=1, structures=0.5)
+    small = otofx.shrink(gm, a)
+    stats = small.meta["otofx.shrink"]
+    assert stats.erased and stats.removed
     _same(gm, small, x)
 
 
