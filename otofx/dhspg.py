@@ -26,14 +26,17 @@ class DHSPG(GroupSparsityOptimizer):
 
     config: DHSPGConfig
 
-    def _partition(self, directions: dict[int, torch.Tensor]) -> torch.Tensor:
+    def _partition(self, directions: dict[int, torch.Tensor],
+                   available: torch.Tensor | None = None) -> torch.Tensor:
+        """The redundant channels: the target count of least important ``available`` ones."""
         v = self.views
         s = v.saliencies(directions)
         if self.config.partition == "reference":
             score = 0.5 * normalize(s.cosine) + 0.5 * normalize(1.0 / (s.mean_magnitude + 1e-6))
         else:
             score = -s.importance()
-        available = torch.ones(v.num_channels, dtype=torch.bool)
+        if available is None:
+            available = torch.ones(v.num_channels, dtype=torch.bool)
         already = torch.zeros(len(v.sizes), dtype=torch.long)
         return choose(score, self.target, v.group_of, v.sizes, available, already,
                       self.config.group_divisible)

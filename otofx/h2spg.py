@@ -122,6 +122,30 @@ class H2SPG(DHSPG):
         names = {c.name for c in chosen}
         return torch.tensor([s.name in names for s in self.structures], dtype=torch.bool)
 
+    def _partition(self, directions, available=None):
+        """Channels: the structures are chosen first; channels that erased structures remove
+        anyway (every slice inside them) are not candidates, so the channel target counts the
+        channels pruned outside erased structures."""
+        self._structure_redundant(directions)
+        return super()._partition(directions, ~self._inside_erased())
+
+    def _structure_redundant(self, directions) -> torch.Tensor | None:
+        st = self.otofx_state[STRUCTURES]
+        if "redundant" not in st and self.structure_views.num_channels:
+            st["redundant"] = self._partition_structures(directions)
+        return st.get("redundant")
+
+    def _inside_erased(self) -> torch.Tensor:
+        """Bool per prunable channel: every slice of it lies in a structure chosen to be erased."""
+        red = self.otofx_state[STRUCTURES].get("redundant")
+        names = {p for s, r in zip(self.structures, [] if red is None else red.tolist()) if r
+                 for p in s.params}
+        outside = torch.zeros(self.views.num_channels, dtype=torch.bool)
+        for r in self.views.rows:
+            if r.name not in names:
+                outside[r.channel] = True
+        return ~outside
+
     def _prune(self, directions, step, before):
         if self.views.num_channels:
             super()._prune(directions, step, before)
@@ -145,6 +169,9 @@ class H2SPG(DHSPG):
 
     def sparsity_report(self) -> dict:
         report = super().sparsity_report()
+        if self.views.num_channels:
+            inside = self._inside_erased() & self.views.is_zero()
+            report["zero_channels_in_erased"] = int(inside.sum())
         st = self.otofx_state[STRUCTURES]
         report.update({"erasable_structures": len(self.structures),
                        "target_structures": self.structure_target,

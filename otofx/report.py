@@ -106,12 +106,15 @@ def compression_report(job, subnet) -> str:
         lines.append("no prunable group: the optimizer ran as plain "
                      f"{opt.config.variant}; see analysis.report() for why")
     else:
-        state = "reached exactly" if sp["zero_channels"] == sp["target_channels"] else (
+        in_erased = sp.get("zero_channels_in_erased", 0)
+        state = "reached exactly" if sp["zero_channels"] - in_erased == sp["target_channels"] else (
             "pruning phase not finished" if not sp["pruning_done"] else "differs")
         lines.append(
             f"group sparsity: target {sp['target']:.3f} ({sp['target_channels']} of "
             f"{sp['prunable_channels']} channels), reached {sp['reached']:.3f} "
-            f"({sp['zero_channels']} channels): {state}")
+            f"({sp['zero_channels']} channels"
+            + (f": {sp['zero_channels'] - in_erased} pruned + {in_erased} inside erased structures"
+               if in_erased else "") + f"): {state}")
     if "erasable_structures" in sp:
         lines.append(structure_line(sp, stats))
     lines += [
