@@ -116,7 +116,8 @@ class HESSOConfig(_BaseConfig):
 class H2SPGConfig(DHSPGConfig):
     """H2SPG (OTOv3): DHSPG's half-space steps over erasable structures (``Analysis.structures``),
     each one group over all its parameters, and over channels too when
-    ``target_group_sparsity > 0``.
+    ``target_group_sparsity > 0`` (that share of the prunable channels is pruned outside the
+    structures chosen for erasing; the channels inside those go with them).
 
     ``target_structure_sparsity`` is the fraction of erasable structures to erase (a structure
     nested in an erased one counts as erased); ``target_structures`` an exact count instead.
