@@ -203,7 +203,10 @@ class ChannelContext:
             any_hard = functools.reduce(torch.logical_or, hard)
             went_soft = (ref >= 0) & ~any_hard
         else:
+            # a channel id where the positions hold one (not an element id of a free parameter)
             out = ref.clone()
+            for L, s in zip(Ls, soft):
+                out = torch.where((L >= 0) & ~s & ~self.table.is_element(L), L, out)
             went_soft = functools.reduce(torch.logical_or, soft)
         cut = torch.zeros_like(untracked)
         for j, (L, broadcast) in enumerate(zip(Ls, broadcasts)):
@@ -216,7 +219,7 @@ class ChannelContext:
         went_soft &= (out >= 0) & ~cut
         if bool(went_soft.any()):
             out = self.soften(out, went_soft, "joined with data that carries no channel")
-        return torch.where(out >= 0, out, fill)
+        return lb.compact(torch.where(out >= 0, out, fill)).clone()
 
     def soften(self, L: torch.Tensor, where: torch.Tensor, reason: str) -> torch.Tensor:
         """``L`` with the ids at ``where`` replaced by soft ids of the same channels."""

@@ -196,9 +196,17 @@ def _cat_labels(ctx, tensors, dim, out_shape):
 
 @RULES.register(*functions("cat", "concat", "concatenate"), *aten("cat", "default"), name="cat")
 def cat(ctx, node):
+    """Along a channel dim, segments keep their channels side by side. Along any other dim
+    (tokens: a class token before the patches) the segments share the other dims' channels,
+    which are unified like operands of a join, so a channel leaves every segment at once."""
     tensors = ctx.arg(0, "tensors")
-    dim = ctx.arg(1, "dim", 0) % len(ctx.out_shape)
-    return _cat_labels(ctx, tensors, dim, ctx.out_shape)
+    out = ctx.out_shape
+    dim = ctx.arg(1, "dim", 0) % len(out)
+    Ls = [lb.align(ctx.labels(t), len(out)) for t in tensors]
+    if all(L.size(dim) == 1 for L in Ls) and any(bool((L >= 0).any()) for L in Ls):
+        ops = [(L, tuple(ctx.shape(t))) for L, t in zip(Ls, tensors)]
+        return ctx.join(ops, out, [False] * len(ops))
+    return _cat_labels(ctx, tensors, dim, out)
 
 
 @RULES.register(*functions("stack"), *aten("stack", "default"), name="stack")
