@@ -8,37 +8,45 @@ import pytest
 from torch import nn
 
 from zoo import timm_models as tm
-from zoo.zoo_checks import param_shapes, roundtrip
+from zoo.zoo_checks import heads_kept, kept_indices, roundtrip
 
 PROJECTIONS = ("qkv", "q", "kv")
 
 
-def attention_layers(model: nn.Module) -> dict[str, tuple[list[str], int]]:
+def attention_layers(model: nn.Module) -> dict[str, tuple[list[str], int, int]]:
     """Attention modules (a ``num_heads`` attribute, linear ``qkv`` or ``q`` + ``kv``, linear
-    ``proj``): path -> (their projections' names, the width a whole head has in every one of them)."""
+    ``proj``): path -> (their projections' names, number of heads, head width ``proj.in_features / heads``)."""
     found = {}
     for path, mod in model.named_modules():
         kids = dict(mod.named_children())
         names = [n for n in PROJECTIONS if isinstance(kids.get(n), nn.Linear)]
-        if not hasattr(mod, "num_heads") or not names or not isinstance(kids.get("proj"), nn.Linear):
-            continue
-        widths = [kids[n].out_features for n in names] + [kids["proj"].in_features]
-        found[path] = (names, math.gcd(*(w // mod.num_heads for w in widths)))
+        if hasattr(mod, "num_heads") and names and isinstance(kids.get("proj"), nn.Linear):
+            found[path] = (names, mod.num_heads, kids["proj"].in_features // mod.num_heads)
     return found
 
 
 def assert_heads_shrink(model: nn.Module, small: nn.Module) -> None:
-    """Every projection keeps a whole number of heads, and some attention layer lost heads."""
-    before, after = param_shapes(model), param_shapes(small)
+    """Every projection keeps whole heads, and some attention layer lost heads. Where a projection is
+    laid out (parts, heads, head width) (qkv: 3 parts, kv: 2, q and proj's input: 1), which features
+    were kept is read back from the weights: each kept head keeps all its offsets. Otherwise (e.g.
+    keys narrower than values) its width must be a whole number of heads."""
+    before, after = dict(model.named_parameters()), dict(small.named_parameters())
     layers = attention_layers(model)
     assert layers, "no attention layer found"
     lost = []
-    for path, (names, unit) in layers.items():
+    for path, (names, heads, width) in layers.items():
+        unit = math.gcd(*(before[f"{path}.{n}.weight"].shape[0] // heads for n in names), width)
         for key, dim in [(f"{path}.{n}.weight", 0) for n in names] + [(f"{path}.proj.weight", 1)]:
             assert key in after, f"{key} is not a parameter of the shrunk graph"
-            width = after[key][dim]
-            assert width % unit == 0, f"{key}: width {width} is not whole heads of {unit}"
-            lost.append(width < before[key][dim])
+            old, new = before[key].shape[dim], after[key].shape[dim]
+            lost.append(new < old)
+            if old % (heads * width):
+                assert new % unit == 0, f"{key}: width {new} is not whole heads of {unit}"
+                continue
+            rows = kept_indices(before[key], after[key], dim)
+            for part in range(old // (heads * width)):
+                for h, offsets in heads_kept(rows, heads, width, part * heads * width).items():
+                    assert offsets == list(range(width)), f"{key} part {part} head {h}: kept {offsets}"
     assert any(lost), f"no attention layer lost a head ({len(layers)} layers)"
 
 

@@ -8,7 +8,7 @@ offsets instead."""
 import pytest
 
 from zoo import hf_models as hf
-from zoo.zoo_checks import kept_indices, roundtrip
+from zoo.zoo_checks import heads_kept, kept_indices, roundtrip
 
 
 def head_rows(heads: hf.Heads, i: int, original: dict, shrunk: dict) -> dict[str, list[int]]:
@@ -23,15 +23,6 @@ def head_rows(heads: hf.Heads, i: int, original: dict, shrunk: dict) -> dict[str
 
     roles = {"qkv": heads.q} if heads.fused else {r: getattr(heads, r) for r in "qkv"}
     return {**{r: rows(n, 0) for r, n in roles.items()}, "o": rows(heads.o, 1)}
-
-
-def heads_kept(rows: list[int], n: int, head_dim: int, offset: int = 0) -> dict[int, list[int]]:
-    """Kept ``rows`` of an ``n``-head projection starting at ``offset``: head -> kept offsets in it."""
-    kept: dict[int, list[int]] = {}
-    for r in rows:
-        if offset <= r < offset + n * head_dim:
-            kept.setdefault((r - offset) // head_dim, []).append((r - offset) % head_dim)
-    return kept
 
 
 def projections(heads: hf.Heads, i: int, rows: dict[str, list[int]]) -> list[tuple[str, dict, int]]:

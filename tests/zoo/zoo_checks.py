@@ -68,10 +68,6 @@ def roundtrip(model: nn.Module, inputs: tuple, leaf_modules=(), attention_unit: 
     return Roundtrip(gm, analysis, small, params)
 
 
-def param_shapes(module: nn.Module) -> dict[str, torch.Size]:
-    return {name: p.shape for name, p in module.named_parameters()}
-
-
 def kept_indices(before: torch.Tensor, after: torch.Tensor, dim: int) -> list[int]:
     """Which slices along ``dim`` of the original weight ``before`` the shrunk ``after`` kept, in order
     (each slice of ``after`` is found bit for bit in ``before``)."""
@@ -79,3 +75,12 @@ def kept_indices(before: torch.Tensor, after: torch.Tensor, dim: int) -> list[in
     found = [rows.get(after.select(dim, i).detach().numpy().tobytes()) for i in range(after.shape[dim])]
     assert None not in found, f"a kept slice along dim {dim} is not a slice of the original weight"
     return found
+
+
+def heads_kept(rows: list[int], n: int, head_dim: int, offset: int = 0) -> dict[int, list[int]]:
+    """Kept ``rows`` of an ``n``-head projection starting at ``offset``: head -> kept offsets in it."""
+    kept: dict[int, list[int]] = {}
+    for r in rows:
+        if offset <= r < offset + n * head_dim:
+            kept.setdefault((r - offset) // head_dim, []).append((r - offset) % head_dim)
+    return kept
