@@ -1,4 +1,4 @@
-"""timm zoo: 30 models (vision transformers, MLP mixers, metaformers, convnets) traced with timm's own
+"""timm zoo: 31 models (vision transformers, MLP mixers, metaformers, convnets) traced with timm's own
 no-trace module list, 30% of every prunable group zeroed, shrunk: same outputs, the predicted
 parameter count, and whole heads gone from the attention layers of the transformers."""
 
@@ -8,7 +8,9 @@ import pytest
 from torch import nn
 
 from zoo import timm_models as tm
-from zoo.zoo_checks import heads_kept, kept_indices, roundtrip
+from zoo.zoo_checks import heads_kept, kept_indices, one_thread, roundtrip  # noqa: F401 - one_thread is a fixture
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROJECTIONS = ("qkv", "q", "kv")
 

@@ -8,7 +8,9 @@ offsets instead."""
 import pytest
 
 from zoo import hf_models as hf
-from zoo.zoo_checks import heads_kept, kept_indices, roundtrip
+from zoo.zoo_checks import heads_kept, kept_indices, one_thread, roundtrip  # noqa: F401 - one_thread is a fixture
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def head_rows(heads: hf.Heads, i: int, original: dict, shrunk: dict) -> dict[str, list[int]]:

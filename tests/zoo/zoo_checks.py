@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
@@ -22,6 +23,16 @@ class Roundtrip:
     analysis: otofx.Analysis
     small: Any
     params_before: int
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: these models are tiny, and on a shared 2-core machine a second
+    intra-op thread that waits for a core makes every op wait (measured 7x the CPU time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def n_params(module: nn.Module) -> int:
