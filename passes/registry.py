@@ -71,7 +71,7 @@ class RuleRegistry:
         if node.op == "call_module":
             cls = type(gm.get_submodule(node.target))
             for base in cls.__mro__:
-                rule = self._rules.get(base)
+                rule = self._rules.get(base) or self._rules.get(_qualified(base))
                 # a subclass may reuse a rule only if it did not replace forward()
                 if rule is not None and cls.forward is base.forward:
                     return rule
@@ -82,6 +82,8 @@ class RuleRegistry:
             rule = self._rules.get(node.target)
             if rule is None and isinstance(node.target, torch._ops.OpOverload):
                 rule = self._rules.get(node.target.overloadpacket)
+            if rule is None and callable(node.target):
+                rule = self._rules.get(_qualified(node.target))
             return rule
         return None
 
@@ -96,6 +98,12 @@ class RuleRegistry:
 
 
 RULES = RuleRegistry()
+
+
+def _qualified(obj: Any) -> str:
+    """``module.qualname`` of a class or function: how rules name ops of optional libraries
+    (``"timm.layers.drop.DropPath"``) without importing them."""
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
 
 
 def arg_of(node: Node, index: int, name: str, default: Any = None) -> Any:

@@ -11,6 +11,7 @@ Before: ``model = ResNet()``; after: a GraphModule whose nodes are ``conv1``, ``
 from __future__ import annotations
 
 import copy
+import sys
 import dataclasses
 from collections.abc import Iterable
 from typing import Any
@@ -28,16 +29,13 @@ def default_leaves() -> list[type[nn.Module]]:
     """Library modules kept opaque by default: ones whose forward reads ``self.training`` (it
     would be baked into the graph as a constant) and that a rule knows as a whole."""
     leaves: list[type[nn.Module]] = []
-    try:
-        from torchvision.ops import StochasticDepth
-        leaves.append(StochasticDepth)
-    except ImportError:
-        pass
-    try:
-        from timm.layers import DropPath
-        leaves.append(DropPath)
-    except ImportError:
-        pass
+    # only libraries the model's code has imported already: importing them here costs seconds
+    tv = sys.modules.get("torchvision.ops")
+    if tv is not None and hasattr(tv, "StochasticDepth"):
+        leaves.append(tv.StochasticDepth)
+    timm_layers = sys.modules.get("timm.layers")
+    if timm_layers is not None and hasattr(timm_layers, "DropPath"):
+        leaves.append(timm_layers.DropPath)
     return leaves
 
 

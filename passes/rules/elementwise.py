@@ -78,19 +78,11 @@ def _zero_preserving(node) -> tuple[int, ...]:
 
 
 def _library_passthroughs() -> list:
-    """Dropout-like ops of libraries that may be installed (identity in eval mode)."""
-    keys = []
-    try:
-        import torchvision.ops as tvops
-        keys += [tvops.stochastic_depth, tvops.StochasticDepth]
-    except ImportError:
-        pass
-    try:
-        from timm.layers import DropPath, drop_path
-        keys += [DropPath, drop_path]
-    except ImportError:
-        pass
-    return keys
+    """Dropout-like ops of libraries that may be installed (identity in eval mode), by qualified
+    name: importing torchvision or timm here would cost seconds in every process."""
+    return ["torchvision.ops.stochastic_depth.StochasticDepth",
+            "torchvision.ops.stochastic_depth.stochastic_depth",
+            "timm.layers.drop.DropPath", "timm.layers.drop.drop_path"]
 
 
 @RULES.register(*functions(*PASSTHROUGH), *module_classes(*PASSTHROUGH_MODULES),

@@ -93,13 +93,9 @@ def random_like(ctx, node):
 
 
 def _checks() -> list:
-    keys = aten("_assert_tensor_metadata") + aten("_assert_scalar") + aten("_assert_async")
-    try:
-        from torch.export._unlift import GuardsFn
-        keys.append(GuardsFn)
-    except ImportError:
-        pass
-    return keys
+    # export's input guards by name: importing torch.export here would cost seconds
+    return aten("_assert_tensor_metadata") + aten("_assert_scalar") + aten("_assert_async") + [
+        "torch.export._unlift.GuardsFn"]
 
 
 @RULES.register(*_checks(), accepts_sizes=True, carries_soft=True, name="check")
