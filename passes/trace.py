@@ -11,8 +11,8 @@ Before: ``model = ResNet()``; after: a GraphModule whose nodes are ``conv1``, ``
 from __future__ import annotations
 
 import copy
-import sys
 import dataclasses
+import sys
 from collections.abc import Iterable
 from typing import Any
 
