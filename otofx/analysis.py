@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.fx import GraphModule
 
-from otofx.passes.erasable import ErasableStructure
+from otofx.passes.erasable import STRUCTURES, ErasableStructure, erasable_pass
 from otofx.passes.groups import PruningGroup
 from otofx.passes.table import AFFINE, PRODUCER
 
@@ -17,12 +17,21 @@ from otofx.passes.table import AFFINE, PRODUCER
 class Analysis:
     """The analysed graph (``gm``: a copy of the user's graph sharing its parameters, with
     ``node.meta`` filled by the passes), its ``groups``, the example inputs used and the
-    ``structures`` whose whole output can vanish (``passes.erasable``, outer ones first)."""
+    ``structures`` whose whole output can vanish (``passes.erasable``, outer ones first; found
+    on first use, since only operator erasing needs them)."""
 
     gm: GraphModule
     groups: list[PruningGroup]
     example_inputs: tuple
-    structures: list[ErasableStructure] = field(default_factory=list)
+    _structures: list[ErasableStructure] | None = field(default=None, repr=False)
+
+    @property
+    def structures(self) -> list[ErasableStructure]:
+        if self._structures is None:
+            if STRUCTURES not in self.gm.meta:
+                erasable_pass(self.gm, self.example_inputs)
+            self._structures = self.gm.meta[STRUCTURES]
+        return self._structures
 
     @property
     def erasable(self) -> list[ErasableStructure]:

@@ -12,7 +12,6 @@ from torch.fx import GraphModule
 from otofx.analysis import Analysis
 from otofx.errors import AnalysisError, OtofxError, ShapeError
 from otofx.passes import channels_pass, groups_pass, shapes_pass, shrink_graph, trace_module
-from otofx.passes.erasable import STRUCTURES, erasable_pass
 from otofx.passes.groups import GROUPS
 from otofx.passes.trace import copy_graph
 
@@ -90,8 +89,7 @@ def analyze(gm: nn.Module, example_inputs: Any, attention_unit: str = "head") ->
     shapes_pass(work, inputs)
     channels_pass(work, attention_unit)
     groups_pass(work)
-    erasable_pass(work, inputs)
-    return Analysis(work, work.meta[GROUPS], inputs, work.meta[STRUCTURES])
+    return Analysis(work, work.meta[GROUPS], inputs)
 
 
 def shrink(gm: GraphModule, analysis: Analysis | None = None, example_inputs: Any = None,

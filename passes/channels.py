@@ -268,7 +268,7 @@ def _flat_args(node: Node) -> list[Any]:
 def _size_deps(ctx: ChannelContext, node: Node) -> list[SizeDep]:
     found = []
     for a in _flat_args(node):
-        L = ctx.labels(a)
+        L = a.meta.get(LABELS) if isinstance(a, Node) else None   # lazy parameter labels stay unread
         if isinstance(L, SizeDep):
             found.append(L)
         elif isinstance(L, (list, tuple)):
