@@ -16,6 +16,7 @@ from otofx.config import _BaseConfig
 from otofx.errors import AnalysisError, OtofxError
 from otofx.grouped import GroupedViews
 from otofx.partition import target_count
+from otofx.passes.table import AFFINE, PRODUCER
 
 STATE = "otofx"
 
@@ -45,8 +46,8 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                         betas=config.betas, eps=config.eps)
         super().__init__([p for _, p in named], defaults)
         frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
-        groups = [g for g in analysis.prunable
-                  if not any(m.param in frozen for m in g.members)]
+        groups = [g for g in analysis.prunable    # a frozen consumer (next layer) may stay frozen
+                  if not any(m.param in frozen for m in g.slices(PRODUCER, AFFINE))]
         self.views = GroupedViews(module, groups)
         self.target = target_count(self.views.num_channels, config.target_group_sparsity)
         self.state[STATE] = {"step": 0,

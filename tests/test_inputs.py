@@ -137,6 +137,7 @@ def test_frozen_parameters_pin_their_groups_and_say_why():
     x = torch.randn(5, 4)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
     model[0].weight.requires_grad_(False)
+    model[4].weight.requires_grad_(False)      # a frozen consumer does not stop group '2'
     analysis = otofx.analyze(otofx.trace(model), (x,))
     frozen, trainable = analysis.groups[0], analysis.groups[1]
     assert not frozen.prunable
