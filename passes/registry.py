@@ -69,13 +69,8 @@ class RuleRegistry:
 
     def lookup(self, gm: GraphModule, node: Node) -> OpRule | None:
         if node.op == "call_module":
-            cls = type(gm.get_submodule(node.target))
-            for base in cls.__mro__:
-                rule = self._rules.get(base) or self._rules.get(_qualified(base))
-                # a subclass may reuse a rule only if it did not replace forward()
-                if rule is not None and cls.forward is base.forward:
-                    return rule
-            return None
+            # a subclass may reuse a rule only if it did not replace forward()
+            return self.module_rule(gm.get_submodule(node.target))
         if node.op == "call_method":
             return self._rules.get(Method(node.target))
         if node.op == "call_function":
@@ -85,6 +80,15 @@ class RuleRegistry:
             if rule is None and callable(node.target):
                 rule = self._rules.get(_qualified(node.target))
             return rule
+        return None
+
+    def module_rule(self, module: nn.Module) -> OpRule | None:
+        """The rule of a module instance (as a ``call_module`` of it would find)."""
+        cls = type(module)
+        for base in cls.__mro__:
+            rule = self._rules.get(base) or self._rules.get(_qualified(base))
+            if rule is not None and cls.forward is base.forward:
+                return rule
         return None
 
     def describe(self, gm: GraphModule, node: Node) -> str:

@@ -120,3 +120,19 @@ def layer_norm(ctx, node):
     if any(L.size(d) > 1 for d in range(len(shape) - k, len(shape))):
         ctx.pin(L, "a layer norm computes statistics across these channels")
     return L.clone()
+
+
+def norm_act(ctx, node):
+    """timm's ``BatchNormAct2d``: a batch norm, then dropout and an activation submodule. Each
+    channel stays itself when the two are elementwise (the constant a removed channel leaves is
+    folded by shrink like any activation's)."""
+    m = ctx.module(node)
+    for part in (getattr(m, "drop", None), getattr(m, "act", None)):
+        rule = None if part is None else RULES.module_rule(part)
+        if part is not None and (rule is None or rule.name not in ("elementwise", "passthrough")):
+            return ctx.unknown(f"{type(m).__name__} with a {type(part).__name__} that is not elementwise")
+    return per_channel_norm(ctx, node)
+
+
+RULES.register("timm.layers.norm_act.BatchNormAct2d", rewrite=per_channel_norm_rewrite,
+               name="batch_norm_act")(norm_act)

@@ -72,8 +72,6 @@ HEADS = {"vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_tiny_distilled_p
          "xcit_nano_12_p16_224", "efficientformer_l1", "caformer_s18"}
 
 # Known failures (core rules missing), each with its precise cause; strict, so a fix shows up as XPASS.
-_BN_ACT = ("no prunable group: its batch norms are timm's BatchNormAct2d, a no-trace leaf module with no "
-           "rule ('no rule for BatchNormAct2d module')")
 XFAIL: dict[str, str] = {
     "swin_tiny_patch4_window7_224": "heads pinned: the relative position bias, relative_position_bias_table["
                                     "relative_position_index] (a gather of a (window cells, heads) parameter), "
@@ -92,8 +90,4 @@ XFAIL: dict[str, str] = {
                             "carries no channel' at the scores mul",
     "efficientformer_l1": "Attention heads pinned: the per-head attention_biases[:, attention_bias_idxs] added to the "
                           "scores is 'joined with data that carries no channel' (add_28)",
-    "mobilevit_xxs": _BN_ACT + "; MobileVitBlock is a no-trace leaf too",
-    "resnetv2_50": _BN_ACT,
-    "regnetx_002": _BN_ACT,
-    "densenet121": _BN_ACT,
 }
