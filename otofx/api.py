@@ -5,34 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 from torch.fx import GraphModule
 
 from otofx.analysis import Analysis
 from otofx.errors import AnalysisError, OtofxError, ShapeError
 from otofx.passes import channels_pass, groups_pass, shapes_pass, shrink_graph, trace_module
+from otofx.passes.export import split_inputs
 from otofx.passes.groups import GROUPS
 from otofx.passes.trace import copy_graph
 
-
-def _inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    """Positional and keyword example inputs from a tensor, a tuple/list (positional), a dict
-    (by name) or an ``(args, kwargs)`` pair whose second item is a dict."""
-    if example_inputs is None:
-        return (), {}
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    items = tuple(example_inputs)
-    if len(items) == 2 and isinstance(items[0], (tuple, list)) and isinstance(items[1], dict):
-        return tuple(items[0]), dict(items[1])
-    return items, {}
+_inputs = split_inputs   # a tensor, a tuple/list, a dict by name, or an (args, kwargs) pair
 
 
 def bind_inputs(gm: GraphModule, example_inputs: Any) -> tuple:
-    """``example_inputs`` (see :func:`_inputs`) as positional inputs of ``gm``: keyword inputs
+    """``example_inputs`` (see ``passes.export.split_inputs``) as positional inputs of ``gm``: keyword inputs
     go to the placeholders of that name, and the ones left out take their defaults."""
     args, kwargs = _inputs(example_inputs)
     if not kwargs:
