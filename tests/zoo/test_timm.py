@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 from zoo import timm_models as tm
-from zoo.zoo_checks import heads_kept, kept_indices, one_thread, roundtrip  # noqa: F401 - one_thread is a fixture
+from zoo.zoo_checks import assert_heads_pinned, heads_kept, kept_indices, one_thread, roundtrip  # noqa: F401 - one_thread is a fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,13 +52,14 @@ def assert_heads_shrink(model: nn.Module, small: nn.Module) -> None:
     assert any(lost), f"no attention layer lost a head ({len(layers)} layers)"
 
 
-CASES = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=tm.XFAIL[n])) if n in tm.XFAIL else n
-         for n in tm.names()]
+CASES = tm.names()
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_timm_model_shrinks_exactly(name):
     model, x = tm.build(name)
     run = roundtrip(model, (x,), leaf_modules=tm.leaf_modules())
-    if name in tm.HEADS:
+    if name in tm.PINNED_HEADS:
+        assert_heads_pinned(run.analysis)
+    elif name in tm.HEADS:
         assert_heads_shrink(model, run.small)

@@ -8,7 +8,7 @@ offsets instead."""
 import pytest
 
 from zoo import hf_models as hf
-from zoo.zoo_checks import heads_kept, kept_indices, one_thread, roundtrip  # noqa: F401 - one_thread is a fixture
+from zoo.zoo_checks import assert_heads_pinned, heads_kept, kept_indices, one_thread, roundtrip  # noqa: F401 - one_thread is a fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,8 +50,7 @@ def assert_heads_shrink(model, small, heads: hf.Heads) -> None:
     assert any(lost), "no attention layer lost a head"
 
 
-CASES = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=hf.XFAIL[n])) if n in hf.XFAIL else n
-         for n in hf.CASES]
+CASES = hf.CASES
 # attention_unit="head_dim": every head loses the same q-k (and v-o) channels.
 HEAD_DIM_CASES = ["bert:eager", "llama:sdpa", "gpt2:eager", "t5_encoder:eager"]
 
@@ -60,7 +59,9 @@ HEAD_DIM_CASES = ["bert:eager", "llama:sdpa", "gpt2:eager", "t5_encoder:eager"]
 def test_transformer_shrinks_exactly(name):
     model, inputs, heads = hf.build(name)
     run = roundtrip(model, inputs)
-    if heads is not None:
+    if name in hf.PINNED_HEADS:
+        assert_heads_pinned(run.analysis, hf.PINNED_HEADS[name])
+    elif heads is not None:
         assert_heads_shrink(model, run.small, heads)
 
 

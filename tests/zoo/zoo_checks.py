@@ -95,3 +95,14 @@ def heads_kept(rows: list[int], n: int, head_dim: int, offset: int = 0) -> dict[
         if offset <= r < offset + n * head_dim:
             kept.setdefault((r - offset) // head_dim, []).append((r - offset) % head_dim)
     return kept
+
+
+def assert_heads_pinned(analysis, reason: str = "") -> None:
+    """Some attention projection's head group is pinned (never pruned), with ``reason`` among its
+    reasons: otofx could not prove the heads separable and said so instead of guessing."""
+    pinned = [g for g in analysis.pinned
+              if any(s.role == "producer" and any(k in s.param for k in ("qkv", "q.", "query", "q_proj"))
+                     for s in g.members)]
+    assert pinned, "expected a pinned attention head group"
+    reasons = [w for g in pinned for w in g.why_pinned]
+    assert any(reason in w for w in reasons), reasons
