@@ -186,3 +186,15 @@ def test_neither_fx_nor_export_gives_both_causes():
         otofx.trace(Hopeless(), (torch.randn(2),))
     message = str(info.value)
     assert "torch.fx" in message and "torch.export" in message and "Hopeless" in message
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1.0])
+def test_multihead_attention_in_a_prunable_stream_is_rebuilt(fraction):
+    """Regression (fuzz): with no norm pinning the residual stream, its channels leave the
+    nn.MultiheadAttention's input and output too; the rebuilt layer is exact."""
+    spec = _block(attention="mha", heads=2, head_dim=8, kv_heads=2, norm="none", pre_norm=False,
+                  mask="none")
+    x = torch.randn(2, 5, 3)
+    gm, analysis, small = roundtrip(RandomTransformer(spec).eval(), x, fraction=fraction)
+    assert _group_of(analysis, "embed.weight").prunable
+    assert small.get_submodule("blocks.0.mha").in_proj_weight.shape[1] < 16

@@ -212,12 +212,13 @@ def multihead_attention_rewrite(ctx, node):
     m = ctx.module(node)
     if not isinstance(m, torch.nn.MultiheadAttention):
         return
-    rows = m.in_proj_weight.shape[0] // 3
-    if rows == m.embed_dim:
+    rows, width = m.in_proj_weight.shape[0] // 3, m.in_proj_weight.shape[1]
+    if rows == m.embed_dim and width == m.embed_dim:
         return
+    # fewer heads, or a narrower stream around the attention: nn.MultiheadAttention ties both
     Dh = m.embed_dim // m.num_heads
-    m.out_proj.in_features = rows
-    new = HeadPrunedAttention(m.embed_dim, rows // Dh, Dh, m.in_proj_weight, m.in_proj_bias, m.out_proj,
+    m.out_proj.in_features, m.out_proj.out_features = rows, m.out_proj.weight.shape[0]
+    new = HeadPrunedAttention(width, rows // Dh, Dh, m.in_proj_weight, m.in_proj_bias, m.out_proj,
                               m.dropout, m.batch_first)
     new.train(m.training)
     ctx.gm.add_submodule(node.target, new)
