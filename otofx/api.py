@@ -11,6 +11,7 @@ from torch.fx import GraphModule
 from otofx.analysis import Analysis
 from otofx.errors import AnalysisError, OtofxError, ShapeError
 from otofx.passes import channels_pass, groups_pass, shapes_pass, shrink_graph, trace_module
+from otofx.passes.channels import ATTENTION_UNITS
 from otofx.passes.export import split_inputs
 from otofx.passes.groups import GROUPS
 from otofx.passes.trace import copy_graph
@@ -64,8 +65,8 @@ def analyze(gm: nn.Module, example_inputs: Any, attention_unit: str = "head") ->
     ``example_inputs``: a tensor, a tuple of positional inputs, a dict of inputs by name, or an
     ``(args, kwargs)`` pair (inputs left out take their defaults).
     """
-    if attention_unit not in ("head", "head_dim"):
-        raise AnalysisError(f"attention_unit must be 'head' or 'head_dim', got {attention_unit!r}.")
+    if attention_unit not in ATTENTION_UNITS:
+        raise AnalysisError(f"attention_unit must be one of {ATTENTION_UNITS}, got {attention_unit!r}.")
     if not any(_inputs(example_inputs)):
         raise AnalysisError("analyze needs example inputs, e.g. analyze(gm, (torch.randn(1, 3, "
                             "224, 224),)) or by name: analyze(gm, {'x': x, 'mask': mask}).")

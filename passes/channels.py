@@ -122,12 +122,18 @@ class ChannelContext:
         for t in label_tensors(L):
             self.table.pin(t, f"{reason} (at node '{self.node.name}')")
 
-    def couple_along(self, L: torch.Tensor, dim: int, reason: str) -> None:
+    def couple_along(self, L: torch.Tensor, dim: int, reason: str) -> torch.Tensor:
         """All channels on each line of ``L`` along ``dim`` become one (removed together); a
-        line that also holds data with no channel cannot be removed, so its channels are pinned."""
+        line that also holds data with no channel cannot be removed, so its channels are pinned.
+
+        Returns the labels with ``dim`` compacted to size 1 when every position holds a channel
+        (one channel per line now), else ``L`` itself."""
+        if L.size(dim) == 1:
+            return L
         self.table.unify(L, L.narrow(dim, 0, 1).expand_as(L))
         mixed = (L < 0).any(dim=dim, keepdim=True).expand_as(L) & (L >= 0)
         self.pin(L[mixed], reason)
+        return L.narrow(dim, 0, 1) if bool((L >= 0).all()) else L
 
     def untracked(self, shape: Any = ...) -> Any:
         """Labels of data we do not follow, shaped like ``shape`` (default: the node's output)."""
@@ -142,7 +148,7 @@ class ChannelContext:
     def unknown(self, reason: str) -> Any:
         """Treat the current node as an op without a rule: pin all it touches."""
         for a in _flat_args(self.node):
-            L = a.meta.get(LABELS) if isinstance(a, Node) else None   # lazy ones stay unread
+            L = _stored(a)
             self.pin(L, reason)
             if isinstance(L, SizeDep):
                 self.table.pin(L.ids, f"{reason} (at node '{self.node.name}')")
@@ -259,6 +265,12 @@ def pin_soft(ctx: ChannelContext, labels: Any, what: str) -> None:
                 ctx.pin(ids, f"{origin}, {what}")
 
 
+def _stored(arg: Any) -> Any:
+    """An argument's labels as stored, without allocating a parameter's lazy element labels
+    (for checks that only look for sizes, soft ids or pins)."""
+    return arg.meta.get(LABELS) if isinstance(arg, Node) else None
+
+
 def _flat_args(node: Node) -> list[Any]:
     out: list[Any] = []
     torch.fx.node.map_arg((node.args, node.kwargs), out.append)
@@ -268,7 +280,7 @@ def _flat_args(node: Node) -> list[Any]:
 def _size_deps(ctx: ChannelContext, node: Node) -> list[SizeDep]:
     found = []
     for a in _flat_args(node):
-        L = a.meta.get(LABELS) if isinstance(a, Node) else None   # lazy parameter labels stay unread
+        L = _stored(a)
         if isinstance(L, SizeDep):
             found.append(L)
         elif isinstance(L, (list, tuple)):
@@ -287,8 +299,7 @@ def propagate_node(ctx: ChannelContext, node: Node) -> Any:
             return LazyElements(name, shape)
         return ctx.untracked() if isinstance(shape, torch.Size) else None
     if node.op == "output":
-        labels = torch.fx.node.map_aggregate(node.args[0], lambda a: a.meta.get(LABELS) if isinstance(
-            a, Node) else None)
+        labels = torch.fx.node.map_aggregate(node.args[0], _stored)
         pin_soft(ctx, labels, "then reaches a graph output")
         ctx.pin(labels, "reaches a graph output")
         return None
@@ -302,7 +313,7 @@ def propagate_node(ctx: ChannelContext, node: Node) -> Any:
         return ctx.unknown(f"rule '{rule.name}' cannot handle this call ({type(exc).__name__}: {exc})")
     if ctx.table.has_soft and not rule.carries_soft:
         for a in _flat_args(node):
-            pin_soft(ctx, a.meta.get(LABELS) if isinstance(a, Node) else None,
+            pin_soft(ctx, _stored(a),
                      f"then reaches {RULES.describe(ctx.gm, node)}")
     if not rule.accepts_sizes:
         for dep in _size_deps(ctx, node):

@@ -83,6 +83,14 @@ class UnionFind:
             a, b = a[differ], b[differ]
 
 
+def _in_ranges(ids: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
+    """Which ``ids`` fall in one of the half-open ``ranges``."""
+    out = torch.zeros_like(ids, dtype=torch.bool)
+    for lo, hi in ranges:
+        out |= (ids >= lo) & (ids < hi)
+    return out
+
+
 def member_mask(ids: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
     """``torch.isin(ids, members)`` for non-negative ids, by a lookup table (linear time)."""
     if ids.numel() == 0:
@@ -187,17 +195,11 @@ class ChannelTable:
 
     def is_soft(self, ids: torch.Tensor) -> torch.Tensor:
         """Which ids are soft (see ``new_soft``)."""
-        out = torch.zeros_like(ids, dtype=torch.bool)
-        for lo, hi, _ in self._soft_ranges:
-            out |= (ids >= lo) & (ids < hi)
-        return out
+        return _in_ranges(ids, [r[:2] for r in self._soft_ranges])
 
     def is_element(self, ids: torch.Tensor) -> torch.Tensor:
         """Which ids are elements of constants (free parameters), not channels."""
-        out = torch.zeros_like(ids, dtype=torch.bool)
-        for lo, hi in self._element_ranges:
-            out |= (ids >= lo) & (ids < hi)
-        return out
+        return _in_ranges(ids, self._element_ranges)
 
     def unify(self, a: torch.Tensor, b: torch.Tensor) -> None:
         self.uf.union(a, b)

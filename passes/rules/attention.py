@@ -32,12 +32,8 @@ from ..registry import RULES, aten
 def _whole_rows(ctx, L: torch.Tensor, dim: int, why: str) -> torch.Tensor | None:
     """Couple the channels of ``L`` along ``dim`` (one channel per head); None if some of those
     lines also hold data without a channel (then they are pinned)."""
-    if L.size(dim) == 1:
-        return L
-    ctx.couple_along(L, dim, why)
-    if bool((L >= 0).all()):
-        return L.narrow(dim, 0, 1)
-    return None
+    L = ctx.couple_along(L, dim, why)
+    return L if L.size(dim) == 1 else None
 
 
 def product(ctx, node, a, b) -> torch.Tensor:

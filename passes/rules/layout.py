@@ -55,10 +55,8 @@ def _rectangular(ctx, node: Node, L: torch.Tensor, old, new) -> torch.Tensor:
                 keep = dynamic[0]
         for d in varying:
             if d != keep:
-                ctx.couple_along(L, d, "a reshape splits these channels beside data with no "
-                                 "channel")
-                if bool((L >= 0).all()):
-                    L = L.narrow(d, 0, 1)    # one channel along d now: keep the labels compact
+                L = ctx.couple_along(L, d, "a reshape splits these channels beside data with no "
+                                     "channel")
     return L
 
 
@@ -327,6 +325,13 @@ def getitem(ctx, node):
     return L.clone()
 
 
+def _kept_bounds(kept: torch.Tensor, start, stop) -> tuple[int, int]:
+    """``start:stop`` along a dim that keeps the positions ``kept``, as bounds in the smaller dim."""
+    s, e, _ = slice(start, stop).indices(kept.numel())
+    before = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), kept.long()]), 0)
+    return int(before[s]), int(before[max(e, s)])
+
+
 def _getitem_rewrite(ctx, node):
     source, index = node.args[0], node.args[1]
     if not isinstance(ctx.old_shape(source), torch.Size):
@@ -339,13 +344,10 @@ def _getitem_rewrite(ctx, node):
             continue
         kept = ctx.kept_mask(source, d)
         if kept is not None and not bool(kept.all()):
-            before = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), kept.long()]), 0)
-            n = kept.numel()
             if isinstance(item, slice):
-                start, stop, _ = item.indices(n)
-                item = slice(int(before[start]), int(before[max(stop, start)]), None)
+                item = slice(*_kept_bounds(kept, item.start, item.stop))
             elif isinstance(item, int):
-                item = int(before[item % n])
+                item = _kept_bounds(kept, item % kept.numel(), None)[0]
         fixed.append(item)
         d += 1
     node.args = (source, tuple(fixed) if isinstance(index, tuple) else fixed[0])
@@ -365,6 +367,7 @@ def aten_slice(ctx, node):
         return L.clone()
     if not all(_literal(v) for v in (start, end)) or step != 1:
         ctx.pin(L, "a slice across channels with a computed bound or a step")
+        return ctx.untracked()
     item = slice(start, end if end is None or end < shape[dim] else None)
     return L[(slice(None),) * dim + (item,)].clone()
 
@@ -377,10 +380,9 @@ def _aten_slice_rewrite(ctx, node):
     if kept is None or bool(kept.all()):
         return
     start, end = ctx.arg_of(node, 2, "start"), ctx.arg_of(node, 3, "end")
-    s, e, _ = slice(start, end).indices(kept.numel())
-    before = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), kept.long()]), 0)
     args = list(node.args) + [None] * (4 - len(node.args))
-    args[1], args[2], args[3] = dim, int(before[s]), int(before[max(e, s)])
+    args[1] = dim
+    args[2], args[3] = _kept_bounds(kept, start, end)
     node.args = tuple(args)
 
 
