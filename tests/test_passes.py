@@ -395,3 +395,24 @@ def test_the_passes_compose_with_torch_fx_pass_manager():
     assert shrunk.modified
     assert sum(p.numel() for p in shrunk.graph_module.parameters()) < \
         sum(p.numel() for p in trained.parameters())
+
+
+class BroadcastGate(nn.Module):
+    """A gate expanded with literal sizes by the tensor method ``broadcast_to``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 8)
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        gate = torch.sigmoid(self.fc(y.mean((2, 3))))
+        return self.out(y * gate[:, :, None, None].broadcast_to(2, 8, 6, 6))
+
+
+def test_broadcast_to_method_sizes_are_rewritten():
+    torch.manual_seed(0)
+    _, _, small = roundtrip(BroadcastGate(), torch.randn(2, 3, 6, 6))
+    assert small.conv.out_channels < 8

@@ -101,7 +101,7 @@ def _rewrite_sizes(ctx, node: Node, new) -> None:
     """Put the new sizes into a view/reshape/expand call: literal ints, and computed sizes of
     dims whose size changed (a channel count read off another tensor, e.g. ``x.size(-1)`` of a
     residual stream reused as the width of the heads)."""
-    if node.target not in ("view", "reshape", "expand", *_SIZE_LIST_TARGETS):
+    if node.target not in ("view", "reshape", "expand", "broadcast_to", *_SIZE_LIST_TARGETS):
         return
     args = _shape_args(node)
     if args is None or len(args) != len(new):
