@@ -111,10 +111,11 @@ class ChannelContext:
     def module_param(self, attr: str, node: Node | None = None) -> str | None:
         """Canonical name of ``module.attr`` for the current call_module node, if it is a tensor."""
         node = node or self.node
-        name = f"{node.target}.{attr}" if node.target else attr
-        module = self.module(node)
-        if getattr(module, attr, None) is None:
-            return None
+        return self.param_named(f"{node.target}.{attr}" if node.target else attr)
+
+    def param_named(self, name: str) -> str | None:
+        """Canonical name of the parameter or buffer ``name`` (a shared tensor has one), or None
+        when there is no such tensor (e.g. a module's ``bias=None``)."""
         return self._alias.get(name)
 
     # ---- effects -----------------------------------------------------------------------------

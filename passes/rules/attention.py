@@ -165,14 +165,16 @@ def multihead_attention(ctx, node):
     Dh = E // H
     table = ctx.table
     x_ids = _feature_ids(ctx, query)
-    table.read_slices(ctx.module_param("in_proj_weight"), 1, x_ids, "consumer")
-    rows = table.param_slices(ctx.module_param("in_proj_weight"), 0, 3 * E, "producer").view(3, H, Dh)
+    in_w = ctx.module_param("in_proj_weight")
+    out_w, out_b = (ctx.param_named(f"{node.target}.out_proj.{n}") for n in ("weight", "bias"))
+    table.read_slices(in_w, 1, x_ids, "consumer")
+    rows = table.param_slices(in_w, 0, 3 * E, "producer").view(3, H, Dh)
     heads = rows[0, :, 0].clone()
     table.unify(rows, heads.view(1, H, 1).expand(3, H, Dh))
     if m.in_proj_bias is not None:
         table.unify(table.param_slices(ctx.module_param("in_proj_bias"), 0, 3 * E, "affine").view(3, H, Dh),
                     heads.view(1, H, 1).expand(3, H, Dh))
-    cols = table.param_slices(ctx.module_param("weight", _out_proj(node)), 1, E, "consumer").view(H, Dh)
+    cols = table.param_slices(out_w, 1, E, "consumer").view(H, Dh)
     table.unify(cols, heads.view(H, 1).expand(H, Dh))
     mask = ctx.arg(5, "attn_mask")
     if isinstance(mask, torch.fx.Node) and len(ctx.shape(mask)) == 3:
@@ -180,19 +182,13 @@ def multihead_attention(ctx, node):
     if any(u.op != "call_function" or u.target is not operator.getitem or u.args[1] != 0
            for u in node.users) and ctx.arg(4, "need_weights", True):
         ctx.pin(heads, "the attention weights, averaged over heads, are used")
-    out_w = ctx.module_param("weight", _out_proj(node))
     out_ids = table.param_slices(out_w, 0, E, "producer")
-    if m.out_proj.bias is not None:
-        table.unify(table.param_slices(ctx.module_param("bias", _out_proj(node)), 0, E, "affine"), out_ids)
+    if out_b is not None:
+        table.unify(table.param_slices(out_b, 0, E, "affine"), out_ids)
     shape = [1] * len(ctx.shape(query))
     shape[-1] = E
     return (out_ids.view(shape).clone(), ctx.untracked(ctx.out_shape[1]) if isinstance(
         ctx.out_shape, tuple) and len(ctx.out_shape) > 1 else None)
-
-
-class _out_proj:  # noqa: N801  (a stand-in node for ``module_param`` on the out projection)
-    def __init__(self, node):
-        self.target = f"{node.target}.out_proj"
 
 
 def _feature_ids(ctx, x) -> torch.Tensor:
