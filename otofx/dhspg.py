@@ -35,42 +35,42 @@ class DHSPG(GroupSparsityOptimizer):
             score = 0.5 * normalize(s.cosine) + 0.5 * normalize(1.0 / (s.mean_magnitude + 1e-6))
         else:
             score = -s.importance()
+        score = score.cpu()
         if available is None:
             available = torch.ones(v.num_channels, dtype=torch.bool)
         already = torch.zeros(len(v.sizes), dtype=torch.long)
         return choose(score, self.target, v.group_of, v.sizes, available, already,
                       self.config.group_divisible)
 
-    def _prune(self, directions, step, before):
-        self._half_space(self.views, self.otofx_state, self._partition, directions, step, before)
+    def _prune(self, directions, step):
+        return [self._half_space(self.views, self.otofx_state, self._partition, directions, step)]
 
-    def _half_space(self, v, st, partition, directions, step, before):
+    def _half_space(self, v, st, partition, directions, step):
         """DHSPG's step on the rows of views ``v`` with state ``st`` (``redundant``, ``pruned``,
-        ``start_norm``); ``partition(directions)`` picks the redundant rows at the first call."""
+        ``start_norm``); ``partition(directions)`` picks the redundant rows at the first call.
+        Returns the update of the redundant rows (``GroupSparsityOptimizer._prune``)."""
         cfg = self.config
-        if before:
-            if "redundant" not in st:
-                st["redundant"] = partition(directions)
-            red = st["redundant"] & ~st["pruned"]
-            lr = self.param_groups[0]["lr"]
-            xx, xd, dd = v.products(directions, red)
-            xn = xx.sqrt()
-            if "start_norm" not in st:     # the partition step: every redundant channel is in xx
-                st["start_norm"] = xn.clone()
-            lam = torch.full_like(xx, cfg.lmbda)
-            neg = red & (xd < 0) & (xn > 0)
-            lo = torch.where(neg, -xd / xn.clamp_min(1e-30), torch.zeros_like(xd))
-            hi = torch.where(neg, -dd * xn / xd.clamp_max(-1e-30), torch.zeros_like(xd))
-            adapted = (cfg.lmbda_amplify * lo).clamp(cfg.lmbda, cfg.lmbda * cfg.hat_lmbda_coeff)
-            adapted = torch.where(adapted >= hi, (lo + hi) / 2, adapted)
-            lam = torch.where(neg, adapted, lam)
-            live = red & (xn > 0)
-            c = torch.where(live, lr * lam / xn.clamp_min(1e-30), torch.zeros_like(xn))
-            crossed = red & (xx - lr * xd - lr * lam * xn < cfg.epsilon * xx)
-            self.__dict__.setdefault("_pending", {})[id(v)] = (c, crossed, live, lr, xx, xd, dd)
-            return
-        c, crossed, live, lr, xx, xd, dd = self._pending.pop(id(v))
-        st["pruned"] = st["pruned"] | crossed
+        if "redundant" not in st:
+            st["redundant"] = partition(directions)
+        lr = self.param_groups[0]["lr"]
+        # every parameter with a redundant row is read whole anyway: ask for all redundant rows
+        # (a mask that changes once) and restrict to the live ones here
+        xx, xd, dd = v.products(directions, st["redundant"])
+        red = (st["redundant"] & ~st["pruned"]).to(v.device)
+        xn = xx.sqrt()
+        if "start_norm" not in st:     # the partition step: every redundant channel is in xx
+            st["start_norm"] = xn.clone()
+        lam = torch.full_like(xx, cfg.lmbda)
+        neg = red & (xd < 0) & (xn > 0)
+        lo = torch.where(neg, -xd / xn.clamp_min(1e-30), torch.zeros_like(xd))
+        hi = torch.where(neg, -dd * xn / xd.clamp_max(-1e-30), torch.zeros_like(xd))
+        adapted = (cfg.lmbda_amplify * lo).clamp(cfg.lmbda, cfg.lmbda * cfg.hat_lmbda_coeff)
+        adapted = torch.where(adapted >= hi, (lo + hi) / 2, adapted)
+        lam = torch.where(neg, adapted, lam)
+        live = red & (xn > 0)
+        c = torch.where(live, lr * lam / xn.clamp_min(1e-30), torch.zeros_like(xn))
+        crossed = red & (xx - lr * xd - lr * lam * xn < cfg.epsilon * xx)
+        st["pruned"] = st["pruned"] | crossed.cpu()       # held at zero from this step on
         # DHSPG's update is x - lr d - c x = (1 - c) x - lr d. otofx's floor then caps a
         # redundant channel's norm at its partition norm times the share of the phase still to
         # go, so the last step lands on exactly zero without a jump. Both in one write, from the
@@ -80,6 +80,9 @@ class DHSPG(GroupSparsityOptimizer):
         cap = st["start_norm"] * left
         norm = ((1 - c) ** 2 * xx - 2 * (1 - c) * lr * xd + lr ** 2 * dd).clamp_min(0).sqrt()
         s = torch.where(norm > cap, cap / norm.clamp_min(1e-30), torch.ones_like(norm))
-        v.combine(s * (1 - c), -s * c * lr, directions, live & ~crossed)
+        pulled = live & ~crossed
+        a = torch.where(pulled, s * (1 - c), torch.ones_like(s))
+        b = torch.where(pulled, -s * c * lr, torch.zeros_like(s))
         if step == cfg.end_pruning_step - 1:
             st["pruned"] = st["pruned"] | st["redundant"]
+        return v, a, b, st["redundant"]

@@ -1,10 +1,14 @@
 """Grouped views: every prunable channel's parameter slices as index tensors, built once.
 
 Channel ``c`` (global index over all prunable groups) owns rows of several parameters (a conv's
-weight rows, its bias, the BatchNorm affine after it). For each (parameter, dim) the rows of all
-channels are merged into one index tensor, so a per-channel quantity (squared norm, inner product
-with the update direction) costs one ``index_select`` and one ``index_add_`` per parameter, not a
-Python loop over channels or groups.
+weight rows, its bias, the BatchNorm affine after it). Per-channel quantities are read through
+whole-parameter views, never by gathering rows: each parameter is seen as ``(rows, -1)`` along the
+channel dim (``p.view(n, -1)`` for the usual dim 0, no copy), per-row norms and inner products
+are a few reductions over that view, and one ``index_add_`` over all parameters' rows sums them
+per channel. Updates go the other way: per-channel coefficients become per-row coefficients by
+one gather over a table built once per mask, and the optimizer applies them as broadcast
+multiplies (``x.mul_(a).addcmul_(d, b)``), so a pruning step costs a few passes over each
+parameter, like the base optimizer's step.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from torch import nn
 
 from otofx.passes.groups import PruningGroup
 from otofx.passes.table import AFFINE, PRODUCER
+
+CHUNK = 1 << 19     # elements per chunk of a per-row inner product on CPU (stays in cache)
 
 
 @dataclass
@@ -35,6 +41,26 @@ class Saliencies:
         return sum(normalize(t) for t in terms)
 
 
+class Direction:
+    """A parameter's update direction ``d = num / den / divisor + decay * x`` (``den`` None:
+    1), the base step being ``x - lr * d``. Adam's ``num / den`` is divided out (into ``den``'s
+    memory) only when a per-row product or coefficient needs it."""
+
+    __slots__ = ("num", "den", "divisor", "decay")
+
+    def __init__(self, num: torch.Tensor, den: torch.Tensor | None = None, divisor: float = 1.0,
+                 decay: float = 0.0) -> None:
+        self.num, self.den, self.divisor, self.decay = num, den, divisor, decay
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """``num / den``: ``d`` without ``divisor`` and ``decay``."""
+        if self.den is not None:
+            self.num = torch.div(self.num, self.den, out=self.den)
+            self.den = None
+        return self.num
+
+
 @dataclass
 class _Rows:
     param: nn.Parameter
@@ -42,11 +68,50 @@ class _Rows:
     dim: int
     index: torch.Tensor      # rows along dim
     channel: torch.Tensor    # global channel of each row
+    offset: int = 0          # where this parameter's rows start in the views' row vector
+
+    @property
+    def n(self) -> int:
+        return self.param.shape[self.dim]
+
+    def shape(self) -> list[int]:
+        """A per-row vector reshaped to broadcast against the parameter."""
+        s = [1] * self.param.dim()
+        s[self.dim] = self.n
+        return s
 
 
-def _rows_of(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
-    """Slices ``index`` of ``t`` along ``dim``, one per row of a 2-d copy."""
-    return t.detach().movedim(dim, 0).index_select(0, index.to(t.device)).reshape(index.numel(), -1)
+def _as_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t`` as (rows along ``dim``, everything else): a view for dim 0 of a contiguous tensor."""
+    n = t.shape[dim]
+    if dim == 0 and t.is_contiguous():
+        return t.view(n, -1)
+    return t.movedim(dim, 0).reshape(n, -1)
+
+
+def _row_products(x: torch.Tensor, u: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of the 2-d ``x`` and ``u``: (<x, x>, <x, u>, <u, u>) in float32. On CPU the rows
+    go in chunks that stay in cache, the elementwise product into one reused buffer."""
+    n, k = x.shape
+    f32 = torch.float32
+    if u is None:
+        xx = torch.linalg.vector_norm(x, dim=1, dtype=f32).square_()
+        return xx, torch.zeros_like(xx), torch.zeros_like(xx)
+    if x.device.type != "cpu":
+        return (torch.linalg.vector_norm(x, dim=1, dtype=f32).square_(),
+                torch.linalg.vecdot(x.to(f32), u.to(f32)),
+                torch.linalg.vector_norm(u, dim=1, dtype=f32).square_())
+    xx, xu, uu = (torch.empty(n, dtype=f32) for _ in range(3))
+    rows = max(1, CHUNK // max(k, 1))
+    work = torch.empty(min(n, rows) * k, dtype=torch.promote_types(x.dtype, u.dtype))
+    for i in range(0, n, rows):
+        a, b = x[i:i + rows], u[i:i + rows]
+        r = a.shape[0]
+        torch.linalg.vector_norm(a, dim=1, dtype=f32, out=xx[i:i + r])
+        torch.linalg.vector_norm(b, dim=1, dtype=f32, out=uu[i:i + r])
+        torch.sum(torch.mul(a, b, out=work[:r * k].view(r, k)), 1, dtype=f32, out=xu[i:i + r])
+    return xx.square_(), xu, uu.square_()
 
 
 class GroupedViews:
@@ -68,108 +133,145 @@ class GroupedViews:
                 k = m.index.shape[1]
                 merged.setdefault((m.param, m.dim), []).append(
                     (m.index.reshape(-1), channel.repeat_interleave(k)))
-        self.rows = [
-            _Rows(params[name], name, dim, torch.cat([i for i, _ in parts]),
-                  torch.cat([c for _, c in parts]))
-            for (name, dim), parts in merged.items()
-        ]
+        self.rows: list[_Rows] = []
+        offset = 0
+        for (name, dim), parts in merged.items():
+            r = _Rows(params[name], name, dim, torch.cat([i for i, _ in parts]),
+                      torch.cat([c for _, c in parts]), offset)
+            self.rows.append(r)
+            offset += r.n
+        self.num_rows = offset
         counts = torch.zeros(self.num_channels)
         for r in self.rows:
-            per_row = r.param.numel() // r.param.shape[r.dim]
+            per_row = r.param.numel() // r.n
             counts.index_add_(0, r.channel, torch.full((r.index.numel(),), float(per_row)))
         self.numel = counts           # elements per channel: |g| in the algorithms
+        self.position = torch.cat([r.offset + r.index for r in self.rows]) if self.rows \
+            else torch.zeros(0, dtype=torch.long)
+        self.channel = torch.cat([r.channel for r in self.rows]) if self.rows \
+            else torch.zeros(0, dtype=torch.long)
+        self._cache: dict = {}
 
-    def _plan(self, channels: torch.Tensor | None) -> list[tuple[_Rows, torch.Tensor, torch.Tensor]]:
-        """(rows, index, channel) restricted to ``channels`` (bool per channel; None: all),
-        cached for the last few masks: the redundant or pruned set changes rarely."""
+    @property
+    def device(self) -> torch.device:
+        """Where per-channel quantities live: the device of the parameters."""
+        return self.rows[0].param.device if self.rows else torch.device("cpu")
+
+    def _on_device(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        key = (name, self.device)
+        if key not in self._cache:
+            self._cache[key] = t.to(self.device)
+        return self._cache[key]
+
+    def _touching(self, channels: torch.Tensor | None) -> list[_Rows]:
+        """The parameters with a row of ``channels`` (bool per channel; None: all)."""
         if channels is None:
-            return [(r, r.index, r.channel) for r in self.rows]
-        cache = self.__dict__.setdefault("_plans", [])
-        for mask, plan in cache:
-            if torch.equal(mask, channels):
-                return plan
-        plan = []
-        for r in self.rows:
-            keep = channels[r.channel]
-            if bool(keep.any()):
-                plan.append((r, r.index[keep], r.channel[keep]))
-        cache.insert(0, (channels.clone(), plan))
-        del cache[4:]
-        return plan
+            return self.rows
+        key = ("touching", channels.numpy().tobytes())
+        return self._cached(key, lambda: [r for r in self.rows if bool(channels[r.channel].any())])
 
-    def products(self, d: dict[int, torch.Tensor], channels: torch.Tensor | None = None
+    def _cached(self, key, build):
+        """``build()`` remembered for the last few masks (they change rarely: at the partition,
+        a period start, when a channel is projected to zero)."""
+        cache = self._cache.setdefault("masks", {})
+        if key not in cache:
+            cache[key] = build()
+            while len(cache) > 16:
+                del cache[next(iter(cache))]
+        return cache[key]
+
+    # ---- per-channel products -------------------------------------------------------------------
+    def products(self, d: dict[int, Direction], channels: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per channel ``(<x, x>, <x, d>, <d, d>)`` for the parameters x and directions d, each
-        slice read once; only ``channels`` (bool mask) when given, zeros elsewhere."""
-        xx = torch.zeros(self.num_channels, dtype=torch.float64)
-        xd, dd = torch.zeros_like(xx), torch.zeros_like(xx)
-        for r, index, channel in self._plan(channels):
-            x = _rows_of(r.param, r.dim, index)
-            xx.index_add_(0, channel, (x * x).sum(dim=1).double().cpu())
-            other = d.get(id(r.param))
-            if other is not None:
-                y = _rows_of(other, r.dim, index)
-                xd.index_add_(0, channel, (x * y).sum(dim=1).double().cpu())
-                dd.index_add_(0, channel, (y * y).sum(dim=1).double().cpu())
-        return xx, xd, dd
+        """Per channel ``(<x, x>, <x, d>, <d, d>)`` (float64, on ``self.device``) for the
+        parameters x and directions d; only ``channels`` (bool mask) when given, zeros elsewhere.
+        Each parameter is read once, as a whole."""
+        dev = self.device
+        xx_r, xd_r, dd_r = (torch.zeros(self.num_rows, dtype=torch.float64, device=dev)
+                            for _ in range(3))
+        for r in self._touching(channels):
+            direction = d.get(id(r.param))
+            u = None if direction is None else direction.tensor
+            x = _as_rows(r.param.detach(), r.dim)
+            xx, xu, uu = (t.to(device=dev, dtype=torch.float64)
+                          for t in _row_products(x, None if u is None else _as_rows(u, r.dim)))
+            if direction is not None and (direction.divisor != 1 or direction.decay):
+                s, w = 1 / direction.divisor, direction.decay      # d = s u + w x
+                xu, uu = s * xu + w * xx, s * s * uu + 2 * s * w * xu + w * w * xx
+            span = slice(r.offset, r.offset + r.n)
+            xx_r[span], xd_r[span], dd_r[span] = xx, xu, uu
+        pos, ch = self._on_device("position", self.position), self._on_device("channel", self.channel)
+        out = []
+        for rows in (xx_r, xd_r, dd_r):
+            acc = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
+            acc.index_add_(0, ch, rows.index_select(0, pos))
+            if channels is not None:
+                acc = torch.where(self._mask(channels), acc, torch.zeros_like(acc))
+            out.append(acc)
+        return tuple(out)
 
-    def saliencies(self, directions: dict[int, torch.Tensor]) -> Saliencies:
+    def _mask(self, channels: torch.Tensor) -> torch.Tensor:
+        return channels.to(self.device, non_blocking=True)
+
+    def saliencies(self, directions: dict[int, Direction]) -> Saliencies:
         xx, xd, dd = self.products(directions)
         xn, dn = xx.sqrt(), dd.sqrt()
         cos = torch.where((xn > 0) & (dn > 0), xd / (xn * dn).clamp_min(1e-30),
                           torch.zeros_like(xd))
-        return Saliencies(xn, xn / self.numel.double(), cos, xd)
+        return Saliencies(xn, xn / self._on_device("numel", self.numel.double()), cos, xd)
 
-    @torch.no_grad()
-    def scale(self, factor: torch.Tensor, channels: torch.Tensor | None = None) -> None:
-        """Multiply every slice of channel c by ``factor[c]`` (only ``channels`` if given)."""
+    # ---- per-row coefficients ---------------------------------------------------------------
+    def _table(self, active: torch.Tensor) -> tuple[list[_Rows], torch.Tensor]:
+        """For the parameters with an ``active`` row: each row's channel if active, else
+        ``num_channels`` (an extra slot), concatenated; built once per mask."""
+        def build() -> tuple[list[_Rows], torch.Tensor]:
+            touched = self._touching(active)
+            parts = []
+            for r in touched:
+                slot = torch.full((r.n,), self.num_channels, dtype=torch.long)
+                on = active[r.channel]
+                slot[r.index[on]] = r.channel[on]
+                parts.append(slot)
+            table = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+            return touched, table.to(self.device)
+        return self._cached(("table", active.numpy().tobytes()), build)
+
+    def coefficients(self, a: torch.Tensor | float, b: torch.Tensor | float, active: torch.Tensor
+                     ) -> list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]:
+        """``(param, a_rows, b_rows)`` for every parameter with a row of an ``active`` channel
+        (bool per channel, on the CPU): the rows of channel c take ``a[c]``, ``b[c]``, the other
+        rows 1 and 0, each shaped to broadcast against the parameter. The optimizer turns a row
+        ``x`` into ``a * (x - lr * d) + b * d``."""
+        touched, table = self._table(active)
+        if not touched:
+            return []
+        dev = self.device
+        ext_a = torch.ones(self.num_channels + 1, dtype=torch.float64, device=dev)
+        ext_b = torch.zeros(self.num_channels + 1, dtype=torch.float64, device=dev)
+        ext_a[:-1], ext_b[:-1] = a, b
+        rows_a, rows_b = ext_a.index_select(0, table), ext_b.index_select(0, table)
+        out, start = [], 0
+        for r in touched:
+            span = slice(start, start + r.n)
+            start += r.n
+            out.append((r.param, rows_a[span].view(r.shape()), rows_b[span].view(r.shape())))
+        return out
+
+    # ---- reading ----------------------------------------------------------------------------
+    def is_zero(self) -> torch.Tensor:
+        """Bool per channel (on the CPU): every slice exactly zero."""
+        nonzero = torch.zeros(self.num_rows, dtype=torch.long)
         for r in self.rows:
-            index, channel = r.index, r.channel
-            if channels is not None:
-                keep = channels[channel]
-                index, channel = index[keep], channel[keep]
-                if index.numel() == 0:
-                    continue
-            view = r.param.movedim(r.dim, 0)
-            f = factor[channel].to(view.dtype).to(view.device)
-            view[index] = view[index] * f.view([-1] + [1] * (view.dim() - 1))
-
-    @torch.no_grad()
-    def combine(self, alpha: torch.Tensor, beta: torch.Tensor, others: dict[int, torch.Tensor],
-                channels: torch.Tensor) -> None:
-        """Slice of channel c becomes ``alpha[c] * slice + beta[c] * other_slice`` for the
-        channels where ``channels`` is True (``others`` maps ``id(param)`` to a tensor)."""
-        for r, index, channel in self._plan(channels):
-            other = others.get(id(r.param))
-            if other is None:
-                continue
-            index = index.to(r.param.device)
-            view, oview = r.param.movedim(r.dim, 0), other.movedim(r.dim, 0)
-            shape = [-1] + [1] * (view.dim() - 1)
-            a = alpha[channel].to(view.dtype).to(view.device).view(shape)
-            b = beta[channel].to(view.dtype).to(view.device).view(shape)
-            view[index] = a * view[index] + b * oview[index]
+            count = torch.count_nonzero(_as_rows(r.param.detach(), r.dim), dim=1)
+            nonzero[r.offset:r.offset + r.n] = count.cpu()
+        per_channel = torch.zeros(self.num_channels, dtype=torch.long)
+        per_channel.index_add_(0, self.channel, nonzero.index_select(0, self.position))
+        return per_channel == 0
 
     @torch.no_grad()
     def zero(self, channels: torch.Tensor) -> None:
-        """Set every slice of the channels where ``channels`` (bool, per channel) is True to 0.
-
-        The rows to zero are worked out once per distinct ``channels`` and reused, so holding
-        pruned channels at zero costs one ``index_fill_`` per parameter and step."""
-        cached = getattr(self, "_zero_mask", None)
-        if cached is None or not torch.equal(cached, channels):
-            self._zero_mask = channels.clone()
-            self._zero_plan = [(r.param, r.dim, r.index[channels[r.channel]].to(r.param.device))
-                               for r in self.rows]
-            self._zero_plan = [plan for plan in self._zero_plan if plan[2].numel()]
-        for param, dim, index in self._zero_plan:
-            param.index_fill_(dim, index, 0.0)
-
-    def is_zero(self) -> torch.Tensor:
-        """Bool per channel: every slice exactly zero."""
-        nonzero = torch.zeros(self.num_channels, dtype=torch.bool)
-        for r in self.rows:
-            x = _rows_of(r.param, r.dim, r.index)
-            nz = (x != 0).any(dim=1).cpu()
-            nonzero.index_put_((r.channel[nz],), torch.ones(int(nz.sum()), dtype=torch.bool))
-        return ~nonzero
+        """Set every slice of the channels where ``channels`` (bool, per channel) is True to 0."""
+        for r in self._touching(channels):
+            index = r.index[channels[r.channel]]
+            if index.numel():
+                r.param.index_fill_(r.dim, index.to(r.param.device), 0.0)

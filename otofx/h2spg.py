@@ -107,7 +107,7 @@ class H2SPG(DHSPG):
             importance = -score
         else:
             importance = s.importance()
-        order = torch.argsort(importance, stable=True).tolist()
+        order = torch.argsort(importance.cpu(), stable=True).tolist()
         chosen, erased = select_structures(self.graph, self.all_structures,
                                            [self.structures[i] for i in order],
                                            self.structure_target)
@@ -146,19 +146,15 @@ class H2SPG(DHSPG):
                 outside[r.channel] = True
         return ~outside
 
-    def _prune(self, directions, step, before):
-        if self.views.num_channels:
-            super()._prune(directions, step, before)
+    def _prune(self, directions, step):
+        updates = super()._prune(directions, step) if self.views.num_channels else []
         if self.structure_views.num_channels:
-            self._half_space(self.structure_views, self.otofx_state[STRUCTURES],
-                             self._partition_structures, directions, step, before)
+            updates.append(self._half_space(self.structure_views, self.otofx_state[STRUCTURES],
+                                            self._partition_structures, directions, step))
+        return updates
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = super().step(closure)
-        if self.structure_views.num_channels:
-            self.structure_views.zero(self.otofx_state[STRUCTURES]["pruned"])
-        return loss
+    def _held(self):
+        return super()._held() + [(self.structure_views, self.otofx_state[STRUCTURES]["pruned"])]
 
     def erased_structures(self) -> list[str]:
         """Names of the structures whose parameters are all exactly zero now (nested included)."""

@@ -21,23 +21,22 @@ class HESSO(GroupSparsityOptimizer):
 
     config: HESSOConfig
 
-    def _prune(self, directions, step, before):
+    def _prune(self, directions, step):
         cfg, st, v = self.config, self.otofx_state, self.views
         length = cfg.pruning_steps // cfg.pruning_periods
         period, tau = divmod(step - cfg.start_pruning_step, length)
         if period >= cfg.pruning_periods:
-            return
-        if before:
-            if tau == 0:
-                goal = round(self.target * (period + 1) / cfg.pruning_periods)
-                count = goal - int(st["pruned"].sum())
-                already = torch.bincount(v.group_of[st["pruned"]], minlength=len(v.sizes))
-                st["annealing"] = choose(-v.saliencies(directions).importance(), count, v.group_of,
-                                         v.sizes, ~st["pruned"], already, cfg.group_divisible)
-            return
+            return []
+        if tau == 0:
+            goal = round(self.target * (period + 1) / cfg.pruning_periods)
+            count = goal - int(st["pruned"].sum())
+            already = torch.bincount(v.group_of[st["pruned"]], minlength=len(v.sizes))
+            importance = v.saliencies(directions).importance().cpu()
+            st["annealing"] = choose(-importance, count, v.group_of, v.sizes, ~st["pruned"],
+                                     already, cfg.group_divisible)
         annealing = st["annealing"]
-        factor = torch.full((v.num_channels,), (length - tau - 1) / (length - tau))
-        v.scale(factor, annealing)
+        factor = (length - tau - 1) / (length - tau)     # after the base step: x^ -> factor x^
         if tau == length - 1:
             st["pruned"] = st["pruned"] | annealing
             st["annealing"] = torch.zeros_like(annealing)
+        return [(v, factor, 0.0, annealing)]

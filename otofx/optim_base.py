@@ -5,7 +5,6 @@ prunable channels, and the bookkeeping (pruned channels, schedule) that ``state_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -14,11 +13,12 @@ from torch import nn
 from otofx.analysis import Analysis
 from otofx.config import _BaseConfig
 from otofx.errors import AnalysisError, OtofxError
-from otofx.grouped import GroupedViews
+from otofx.grouped import Direction, GroupedViews
 from otofx.partition import target_count
 from otofx.passes.table import AFFINE, PRODUCER
 
 STATE = "otofx"
+Update = tuple  # (GroupedViews, a, b, active): see GroupSparsityOptimizer._prune
 
 
 class NonFiniteGradientError(OtofxError):
@@ -84,26 +84,25 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                         f"step {self.steps_taken}; no parameter or optimizer state was changed. "
                         "Lower the learning rate, clip gradients or check the loss.")
 
-    def _direction(self, p: torch.Tensor, group: dict, step: int, apply: bool
-                   ) -> torch.Tensor | None:
-        """The base variant's update direction (the step is ``-lr * direction``); with
-        ``apply`` the step is taken in place instead, as torch's own optimizers do it."""
+    def _direction(self, p: torch.Tensor, group: dict, step: int) -> Direction:
+        """Advance the base variant's state of ``p`` (momentum, Adam moments) and return its
+        update direction; the parameter itself is not touched. The arithmetic is torch's own
+        (``torch.optim.SGD``/``Adam``/``AdamW``, single-tensor), except that SGD's momentum is one
+        fused ``buf = grad + momentum * buf``."""
         grad = p.grad
         state = self.state[p]
-        wd, variant, lr = group["weight_decay"], self.config.variant, group["lr"]
+        wd, variant = group["weight_decay"], self.config.variant
         if variant == "sgd":
-            d = grad.add(p, alpha=wd) if wd else grad
-            if group["momentum"]:
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = d.detach().clone()
-                else:
-                    buf.mul_(group["momentum"]).add_(d)
-                d = buf
-            if apply:
-                p.add_(d, alpha=-lr)
-                return None
-            return d
+            if wd:
+                grad = grad.add(p, alpha=wd)
+            if not group["momentum"]:
+                return Direction(grad)
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.detach().clone()
+            else:
+                torch.add(grad, buf, alpha=group["momentum"], out=buf)
+            return Direction(buf)
         b1, b2 = group["betas"]
         if variant == "adam" and wd:
             grad = grad.add(p, alpha=wd)
@@ -113,19 +112,33 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=moments)
         m, v = state["exp_avg"], state["exp_avg_sq"]
         grad = grad.to(m.dtype)
-        m.mul_(b1).add_(grad, alpha=1 - b1)
+        m.lerp_(grad, 1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         t = step + 1
-        denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(group["eps"])
-        if apply:
-            if variant == "adamw" and wd:
-                p.mul_(1 - lr * wd)
-            p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
-            return None
-        d = m.div(denom).div_(1 - b1 ** t).to(p.dtype)
-        if variant == "adamw" and wd:
-            d.add_(p, alpha=wd)
-        return d
+        denom = (v.sqrt() / (1 - b2 ** t) ** 0.5).add_(group["eps"])
+        return Direction(m, denom, 1 - b1 ** t, wd if variant == "adamw" else 0.0)
+
+    @staticmethod
+    def _take(p: torch.Tensor, d: Direction, lr: float) -> None:
+        """The base step ``x - lr * d``, as torch's optimizers write it."""
+        if d.decay:
+            p.mul_(1 - lr * d.decay)
+        if d.den is not None:
+            p.addcdiv_(d.num, d.den, value=-(lr / d.divisor))
+        elif d.divisor != 1:
+            p.add_(d.num, alpha=-(lr / d.divisor))
+        else:
+            p.add_(d.num, alpha=-lr)
+
+    @staticmethod
+    def _take_rows(p: torch.Tensor, d: Direction, lr: float, a: torch.Tensor, b: torch.Tensor
+                   ) -> None:
+        """Rows ``x`` become ``a * (x - lr * d) + b * d`` (``a``, ``b`` per row, broadcast): with
+        ``d = u / divisor + decay * x`` that is ``A * x + B * u``, two passes over ``x``."""
+        bb = torch.add(b, a, alpha=-lr)                    # x_new = a x + bb d
+        big_a = a + bb * d.decay if d.decay else a
+        big_b = bb / d.divisor if d.divisor != 1 else bb
+        p.mul_(big_a.to(p.dtype)).addcmul_(d.tensor, big_b.to(p.dtype))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
@@ -136,32 +149,70 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         self._check_finite()
         step = self.steps_taken
         pruning = self._has_targets() and self.in_pruning_phase()
-        directions: dict[int, torch.Tensor] = {}
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    d = self._direction(p, group, step, apply=not pruning)
-                    if d is not None:
-                        directions[id(p)] = d
-        if pruning:
-            self._prune(directions, step, before=True)
+        if not pruning and not any(bool(mask.any()) for _, mask in self._held()):
+            for group in self.param_groups:     # the base step, one parameter at a time
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._take(p, self._direction(p, group, step), group["lr"])
+        else:
+            directions = {id(p): self._direction(p, group, step)
+                          for group in self.param_groups for p in group["params"]
+                          if p.grad is not None}
+            rows = self._row_coefficients(self._prune(directions, step) if pruning else [])
             for group in self.param_groups:
                 for p in group["params"]:
                     d = directions.get(id(p))
-                    if d is not None:
-                        p.add_(d, alpha=-group["lr"])
-            self._prune(directions, step, before=False)
-        self.views.zero(self.otofx_state["pruned"])
+                    if d is None:
+                        continue
+                    if id(p) in rows:
+                        self._take_rows(p, d, group["lr"], *rows[id(p)])
+                    else:
+                        self._take(p, d, group["lr"])
         self.otofx_state["step"] = step + 1
         return loss
+
+    def _held(self) -> list[tuple[GroupedViews, torch.Tensor]]:
+        """``(views, pruned)``: channels held at exactly zero from now on (bool, CPU)."""
+        return [(self.views, self.otofx_state["pruned"])]
+
+    def _row_coefficients(self, updates: list[Update]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per parameter, the per-row ``(a, b)`` of ``x -> a * (x - lr * d) + b * d`` that the
+        ``updates`` of this step and the held (pruned) channels ask for; one parameter touched by
+        several views gets their composition."""
+        merged: dict[int, list] = {id(v): [v, a, b, active] for v, a, b, active in updates}
+        for v, pruned in self._held():
+            if not v.num_channels or not bool(pruned.any()):
+                continue
+            if id(v) not in merged:
+                merged[id(v)] = [v, 0.0, 0.0, pruned]
+                continue
+            entry = merged[id(v)]
+            on = pruned.to(v.device)
+            entry[1] = torch.where(on, 0.0, torch.as_tensor(entry[1], dtype=torch.float64,
+                                                            device=v.device))
+            entry[2] = torch.where(on, 0.0, torch.as_tensor(entry[2], dtype=torch.float64,
+                                                            device=v.device))
+            entry[3] = entry[3] | pruned
+        rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for v, a, b, active in merged.values():
+            for p, ra, rb in v.coefficients(a, b, active):
+                if id(p) in rows:                 # then a2 (a1 x^ + b1 d) + b2 d
+                    a1, b1 = rows[id(p)]
+                    ra, rb = ra * a1, ra * b1 + rb
+                rows[id(p)] = (ra, rb)
+        return rows
 
     def _has_targets(self) -> bool:
         """Whether the pruning phase has anything to drive to zero."""
         return bool(self.views.num_channels)
 
-    def _prune(self, directions: dict[int, torch.Tensor], step: int, before: bool) -> None:
-        """Subclass hook for steps of the pruning phase, called before and after the base
-        update with every parameter's update direction."""
+    def _prune(self, directions: dict[int, Direction], step: int) -> list[Update]:
+        """Subclass hook for a step of the pruning phase: given every parameter's update
+        direction, return ``(views, a, b, active)`` updates (per channel ``a``, ``b``, tensors
+        on ``views.device`` or floats, applied to the rows of the ``active`` channels as
+        ``x -> a * (x - lr * d) + b * d`` in place of the base step) and mark in the state the
+        channels to hold at zero from now on."""
+        return []
 
     # ---- reporting -------------------------------------------------------------------------------
     def sparsity_report(self) -> dict:

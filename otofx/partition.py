@@ -26,21 +26,23 @@ def choose(score: torch.Tensor, count: int, group_of: torch.Tensor, sizes: torch
     keep_min = max(1, divisible)
     order = torch.argsort(torch.where(available, score, torch.full_like(score, -float("inf"))),
                           descending=True, stable=True)
-    taken = torch.zeros(len(sizes), dtype=torch.long)
+    order = order[available[order]]
+    # greedy in score order, each group up to its cap, vectorised: a channel is taken when it
+    # is among the first ``cap`` of its group in that order and among the first ``count`` such
     cap = sizes - keep_min - already
+    group = group_of[order]
+    by_group = torch.argsort(group, stable=True)          # positions, grouped, in score order
+    starts = torch.searchsorted(group[by_group], group[by_group], right=False)
+    rank = torch.empty_like(order)
+    rank[by_group] = torch.arange(len(order)) - starts
+    eligible = rank < cap[group]
+    taken = eligible & (torch.cumsum(eligible.long(), 0) <= max(count, 0))
     chosen = torch.zeros_like(available)
-    n = 0
-    for c in order.tolist():
-        if n >= count or not bool(available[c]):
-            break
-        g = int(group_of[c])
-        if taken[g] < cap[g]:
-            taken[g] += 1
-            chosen[c] = True
-            n += 1
+    chosen[order[taken]] = True
     if divisible > 1:
+        per_group = torch.bincount(group[taken], minlength=len(sizes))
         for g in range(len(sizes)):
-            kept = int(sizes[g] - already[g] - taken[g])
+            kept = int(sizes[g] - already[g] - per_group[g])
             drop = (divisible - kept % divisible) % divisible    # un-pick to reach a multiple
             if drop:
                 mine = torch.nonzero(chosen & (group_of == g)).view(-1)
