@@ -56,7 +56,8 @@ class DHSPG(GroupSparsityOptimizer):
         # every parameter with a redundant row is read whole anyway: ask for all redundant rows
         # (a mask that changes once) and restrict to the live ones here
         xx, xd, dd = v.products(directions, st["redundant"])
-        red = (st["redundant"] & ~st["pruned"]).to(v.device)
+        scaled = st["redundant"] & ~st["pruned"]
+        red = scaled.to(v.device)
         xn = xx.sqrt()
         if "start_norm" not in st:     # the partition step: every redundant channel is in xx
             st["start_norm"] = xn.clone()
@@ -85,4 +86,4 @@ class DHSPG(GroupSparsityOptimizer):
         b = torch.where(pulled, -s * c * lr, torch.zeros_like(s))
         if step == cfg.end_pruning_step - 1:
             st["pruned"] = st["pruned"] | st["redundant"]
-        return v, a, b, st["redundant"]
+        return v, a, b, st["redundant"], scaled

@@ -89,21 +89,30 @@ def _as_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.movedim(dim, 0).reshape(n, -1)
 
 
-def _row_products(x: torch.Tensor, u: torch.Tensor | None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row of the 2-d ``x`` and ``u``: (<x, x>, <x, u>, <u, u>) in float32. On CPU the rows
-    go in chunks that stay in cache, the elementwise product into one reused buffer."""
+def _row_products(x: torch.Tensor, u: torch.Tensor | None, xx: torch.Tensor, xu: torch.Tensor,
+                  uu: torch.Tensor) -> None:
+    """Per row of the 2-d ``x`` and ``u``: <x, x>, <x, u>, <u, u> into the float32 vectors
+    ``xx``, ``xu``, ``uu``. On the CPU the rows go in chunks that stay in cache, the elementwise
+    product into one reused buffer."""
     n, k = x.shape
     f32 = torch.float32
     if u is None:
-        xx = torch.linalg.vector_norm(x, dim=1, dtype=f32).square_()
-        return xx, torch.zeros_like(xx), torch.zeros_like(xx)
+        torch.linalg.vector_norm(x, dim=1, dtype=f32, out=xx).square_()
+        xu.zero_()
+        uu.zero_()
+        return
+    if k == 1:                                   # a vector parameter: products of elements
+        x, u = x.view(-1), u.view(-1)
+        torch.mul(x, x, out=xx)
+        torch.mul(x, u, out=xu)
+        torch.mul(u, u, out=uu)
+        return
     if x.device.type != "cpu":
-        return (torch.linalg.vector_norm(x, dim=1, dtype=f32).square_(),
-                torch.linalg.vecdot(x.to(f32), u.to(f32)),
-                torch.linalg.vector_norm(u, dim=1, dtype=f32).square_())
-    xx, xu, uu = (torch.empty(n, dtype=f32) for _ in range(3))
-    rows = max(1, CHUNK // max(k, 1))
+        torch.linalg.vector_norm(x, dim=1, dtype=f32, out=xx).square_()
+        torch.linalg.vector_norm(u, dim=1, dtype=f32, out=uu).square_()
+        xu.copy_(torch.linalg.vecdot(x, u))
+        return
+    rows = max(1, CHUNK // k)
     work = torch.empty(min(n, rows) * k, dtype=torch.promote_types(x.dtype, u.dtype))
     for i in range(0, n, rows):
         a, b = x[i:i + rows], u[i:i + rows]
@@ -111,7 +120,8 @@ def _row_products(x: torch.Tensor, u: torch.Tensor | None
         torch.linalg.vector_norm(a, dim=1, dtype=f32, out=xx[i:i + r])
         torch.linalg.vector_norm(b, dim=1, dtype=f32, out=uu[i:i + r])
         torch.sum(torch.mul(a, b, out=work[:r * k].view(r, k)), 1, dtype=f32, out=xu[i:i + r])
-    return xx.square_(), xu, uu.square_()
+    xx.square_()
+    uu.square_()
 
 
 class GroupedViews:
@@ -187,22 +197,27 @@ class GroupedViews:
         parameters x and directions d; only ``channels`` (bool mask) when given, zeros elsewhere.
         Each parameter is read once, as a whole."""
         dev = self.device
-        xx_r, xd_r, dd_r = (torch.zeros(self.num_rows, dtype=torch.float64, device=dev)
-                            for _ in range(3))
+        xx_r, xu_r, uu_r = torch.zeros(3, self.num_rows, dtype=torch.float32, device=dev)
+        mixes: dict[tuple[float, float], list[slice]] = {}
         for r in self._touching(channels):
             direction = d.get(id(r.param))
-            u = None if direction is None else direction.tensor
-            x = _as_rows(r.param.detach(), r.dim)
-            xx, xu, uu = (t.to(device=dev, dtype=torch.float64)
-                          for t in _row_products(x, None if u is None else _as_rows(u, r.dim)))
-            if direction is not None and (direction.divisor != 1 or direction.decay):
-                s, w = 1 / direction.divisor, direction.decay      # d = s u + w x
-                xu, uu = s * xu + w * xx, s * s * uu + 2 * s * w * xu + w * w * xx
+            u = None if direction is None else _as_rows(direction.tensor, r.dim)
             span = slice(r.offset, r.offset + r.n)
-            xx_r[span], xd_r[span], dd_r[span] = xx, xu, uu
+            _row_products(_as_rows(r.param.detach(), r.dim), u, xx_r[span], xu_r[span],
+                          uu_r[span])
+            if direction is not None:
+                mixes.setdefault((direction.divisor, direction.decay), []).append(span)
+        xx_r, xu_r, uu_r = xx_r.double(), xu_r.double(), uu_r.double()
+        for (divisor, w), spans in mixes.items():       # d = s u + w x
+            if (divisor, w) == (1.0, 0.0):
+                continue
+            s = 1 / divisor
+            for span in [slice(None)] if len(mixes) == 1 else spans:
+                xx, xu, uu = xx_r[span], xu_r[span], uu_r[span]
+                xu_r[span], uu_r[span] = s * xu + w * xx, s * s * uu + 2 * s * w * xu + w * w * xx
         pos, ch = self._on_device("position", self.position), self._on_device("channel", self.channel)
         out = []
-        for rows in (xx_r, xd_r, dd_r):
+        for rows in (xx_r, xu_r, uu_r):
             acc = torch.zeros(self.num_channels, dtype=torch.float64, device=dev)
             acc.index_add_(0, ch, rows.index_select(0, pos))
             if channels is not None:
@@ -221,28 +236,42 @@ class GroupedViews:
         return Saliencies(xn, xn / self._on_device("numel", self.numel.double()), cos, xd)
 
     # ---- per-row coefficients ---------------------------------------------------------------
-    def _table(self, active: torch.Tensor) -> tuple[list[_Rows], torch.Tensor]:
-        """For the parameters with an ``active`` row: each row's channel if active, else
-        ``num_channels`` (an extra slot), concatenated; built once per mask."""
-        def build() -> tuple[list[_Rows], torch.Tensor]:
-            touched = self._touching(active)
-            parts = []
+    def _table(self, active: torch.Tensor, scaled: torch.Tensor, frozen: torch.Tensor) -> tuple:
+        """For the parameters with a row of an ``active`` or ``frozen`` channel: each row's
+        channel if active and not frozen, else ``num_channels`` (an extra slot), concatenated;
+        the frozen rows; whether a row of a ``scaled`` channel is in each parameter. Built once
+        per masks (bool per channel, CPU)."""
+        def build() -> tuple:
+            touched = self._touching(active | frozen)
+            parts, still, needs_a = [], [], []
+            move = active & ~frozen
             for r in touched:
                 slot = torch.full((r.n,), self.num_channels, dtype=torch.long)
-                on = active[r.channel]
+                on = move[r.channel]
                 slot[r.index[on]] = r.channel[on]
                 parts.append(slot)
-            table = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-            return touched, table.to(self.device)
-        return self._cached(("table", active.numpy().tobytes()), build)
+                rows = torch.zeros(r.n, dtype=torch.bool)
+                rows[r.index[frozen[r.channel]]] = True
+                still.append(rows)
+                needs_a.append(bool((scaled & ~frozen)[r.channel].any()))
+            if not touched:
+                return touched, None, None, needs_a
+            still_rows = torch.cat(still)
+            return (touched, torch.cat(parts).to(self.device),
+                    still_rows.to(self.device) if bool(still_rows.any()) else None, needs_a)
+        key = ("table", active.numpy().tobytes(), scaled.numpy().tobytes(), frozen.numpy().tobytes())
+        return self._cached(key, build)
 
-    def coefficients(self, a: torch.Tensor | float, b: torch.Tensor | float, active: torch.Tensor
-                     ) -> list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]:
-        """``(param, a_rows, b_rows)`` for every parameter with a row of an ``active`` channel
-        (bool per channel, on the CPU): the rows of channel c take ``a[c]``, ``b[c]``, the other
-        rows 1 and 0, each shaped to broadcast against the parameter. The optimizer turns a row
-        ``x`` into ``a * (x - lr * d) + b * d``."""
-        touched, table = self._table(active)
+    def coefficients(self, a: torch.Tensor | float, b: torch.Tensor | float, active: torch.Tensor,
+                     scaled: torch.Tensor, frozen: torch.Tensor, lr_of: dict[int, float]
+                     ) -> list[tuple[nn.Parameter, torch.Tensor | None, torch.Tensor]]:
+        """``(param, A, B)`` for every parameter with a row of an ``active`` or ``frozen``
+        channel (bool per channel, CPU): its rows become ``A * x + B * d`` (``A`` None: 1), each
+        shaped to broadcast against the parameter, in its dtype. A row of an active channel c
+        takes the update ``x -> a[c] * (x - lr * d) + b[c] * d``, a row of a frozen channel none
+        at all (``A = 1``, ``B = 0``), any other row the base step (``1``, ``-lr``; ``lr`` from
+        ``lr_of[id(param)]``). ``a[c]`` may differ from 1 only for ``scaled`` channels."""
+        touched, table, still, needs_a = self._table(active, scaled, frozen)
         if not touched:
             return []
         dev = self.device
@@ -250,11 +279,24 @@ class GroupedViews:
         ext_b = torch.zeros(self.num_channels + 1, dtype=torch.float64, device=dev)
         ext_a[:-1], ext_b[:-1] = a, b
         rows_a, rows_b = ext_a.index_select(0, table), ext_b.index_select(0, table)
+        lrs = [lr_of[id(r.param)] for r in touched]
+        if len(set(lrs)) == 1:
+            rows_b.add_(rows_a, alpha=-lrs[0])
+        else:
+            rows_b -= rows_a * torch.repeat_interleave(
+                torch.tensor(lrs, dtype=torch.float64), torch.tensor([r.n for r in touched])).to(dev)
+        if still is not None:
+            rows_a.masked_fill_(still, 1.0)
+            rows_b.masked_fill_(still, 0.0)
+        dtypes = {r.param.dtype for r in touched}
+        if len(dtypes) == 1:
+            rows_a, rows_b = rows_a.to(next(iter(dtypes))), rows_b.to(next(iter(dtypes)))
         out, start = [], 0
-        for r in touched:
+        for r, scale in zip(touched, needs_a):
             span = slice(start, start + r.n)
             start += r.n
-            out.append((r.param, rows_a[span].view(r.shape()), rows_b[span].view(r.shape())))
+            ra, rb = rows_a[span].view(r.shape()), rows_b[span].view(r.shape())
+            out.append((r.param, ra.to(r.param.dtype) if scale else None, rb.to(r.param.dtype)))
         return out
 
     # ---- reading ----------------------------------------------------------------------------

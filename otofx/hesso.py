@@ -39,4 +39,4 @@ class HESSO(GroupSparsityOptimizer):
         if tau == length - 1:
             st["pruned"] = st["pruned"] | annealing
             st["annealing"] = torch.zeros_like(annealing)
-        return [(v, factor, 0.0, annealing)]
+        return [(v, factor, 0.0, annealing, annealing)]

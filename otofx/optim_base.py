@@ -18,7 +18,7 @@ from otofx.partition import target_count
 from otofx.passes.table import AFFINE, PRODUCER
 
 STATE = "otofx"
-Update = tuple  # (GroupedViews, a, b, active): see GroupSparsityOptimizer._prune
+Update = tuple  # (GroupedViews, a, b, active, scaled): see GroupSparsityOptimizer._prune
 
 
 class NonFiniteGradientError(OtofxError):
@@ -131,14 +131,16 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
             p.add_(d.num, alpha=-lr)
 
     @staticmethod
-    def _take_rows(p: torch.Tensor, d: Direction, lr: float, a: torch.Tensor, b: torch.Tensor
+    def _take_rows(p: torch.Tensor, d: Direction, big_a: torch.Tensor | None, big_b: torch.Tensor
                    ) -> None:
-        """Rows ``x`` become ``a * (x - lr * d) + b * d`` (``a``, ``b`` per row, broadcast): with
-        ``d = u / divisor + decay * x`` that is ``A * x + B * u``, two passes over ``x``."""
-        bb = torch.add(b, a, alpha=-lr)                    # x_new = a x + bb d
-        big_a = a + bb * d.decay if d.decay else a
-        big_b = bb / d.divisor if d.divisor != 1 else bb
-        p.mul_(big_a.to(p.dtype)).addcmul_(d.tensor, big_b.to(p.dtype))
+        """Rows ``x`` become ``A * x + B * d`` (per row, broadcast; ``A`` None: 1): with
+        ``d = u / divisor + decay * x`` that is ``(A + B decay) x + (B / divisor) u``, one or
+        two passes over ``x``."""
+        if d.decay:
+            big_a = (1 if big_a is None else big_a) + big_b * d.decay
+        if big_a is not None:
+            p.mul_(big_a)
+        p.addcmul_(d.tensor, big_b, value=1 / d.divisor)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
@@ -149,7 +151,8 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         self._check_finite()
         step = self.steps_taken
         pruning = self._has_targets() and self.in_pruning_phase()
-        if not pruning and not any(bool(mask.any()) for _, mask in self._held()):
+        held = [(v, mask.clone()) for v, mask in self._held() if v.num_channels]
+        if not pruning and not any(bool(mask.any()) for _, mask in held):
             for group in self.param_groups:     # the base step, one parameter at a time
                 for p in group["params"]:
                     if p.grad is not None:
@@ -158,14 +161,14 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
             directions = {id(p): self._direction(p, group, step)
                           for group in self.param_groups for p in group["params"]
                           if p.grad is not None}
-            rows = self._row_coefficients(self._prune(directions, step) if pruning else [])
+            rows = self._row_coefficients(self._prune(directions, step) if pruning else [], held)
             for group in self.param_groups:
                 for p in group["params"]:
                     d = directions.get(id(p))
                     if d is None:
                         continue
                     if id(p) in rows:
-                        self._take_rows(p, d, group["lr"], *rows[id(p)])
+                        self._take_rows(p, d, *rows[id(p)][:2])
                     else:
                         self._take(p, d, group["lr"])
         self.otofx_state["step"] = step + 1
@@ -175,32 +178,51 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         """``(views, pruned)``: channels held at exactly zero from now on (bool, CPU)."""
         return [(self.views, self.otofx_state["pruned"])]
 
-    def _row_coefficients(self, updates: list[Update]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """Per parameter, the per-row ``(a, b)`` of ``x -> a * (x - lr * d) + b * d`` that the
-        ``updates`` of this step and the held (pruned) channels ask for; one parameter touched by
-        several views gets their composition."""
-        merged: dict[int, list] = {id(v): [v, a, b, active] for v, a, b, active in updates}
-        for v, pruned in self._held():
-            if not v.num_channels or not bool(pruned.any()):
-                continue
+    def _row_coefficients(self, updates: list[Update], held: list[tuple[GroupedViews, torch.Tensor]]
+                          ) -> dict[int, tuple]:
+        """Per parameter, ``(A, B, frozen rows)`` of ``x -> A * x + B * d`` for the rows the
+        ``updates`` of this step touch and the pruned channels: those pruned before this step
+        (``held``, as the step began) are exactly zero and take no update, those pruned in it
+        become zero (``a = b = 0``). A parameter in several views gets their composition."""
+        lr_of = {id(p): g["lr"] for g in self.param_groups for p in g["params"]}
+        merged: dict[int, list] = {id(u[0]): list(u) for u in updates}
+        frozen: dict[int, torch.Tensor] = {}
+        for v, before in held:
+            pruned = next(m for w, m in self._held() if w is v)
+            new = pruned & ~before
+            frozen[id(v)] = before
             if id(v) not in merged:
-                merged[id(v)] = [v, 0.0, 0.0, pruned]
+                if bool(new.any()) or bool(before.any()):
+                    merged[id(v)] = [v, 0.0, 0.0, new, new]
                 continue
             entry = merged[id(v)]
-            on = pruned.to(v.device)
-            entry[1] = torch.where(on, 0.0, torch.as_tensor(entry[1], dtype=torch.float64,
-                                                            device=v.device))
-            entry[2] = torch.where(on, 0.0, torch.as_tensor(entry[2], dtype=torch.float64,
-                                                            device=v.device))
-            entry[3] = entry[3] | pruned
-        rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for v, a, b, active in merged.values():
-            for p, ra, rb in v.coefficients(a, b, active):
-                if id(p) in rows:                 # then a2 (a1 x^ + b1 d) + b2 d
-                    a1, b1 = rows[id(p)]
-                    ra, rb = ra * a1, ra * b1 + rb
-                rows[id(p)] = (ra, rb)
+            if bool(new.any()):
+                on = new.to(v.device)
+                entry[1], entry[2] = (torch.where(on, 0.0, torch.as_tensor(
+                    x, dtype=torch.float64, device=v.device)) for x in entry[1:3])
+                entry[3], entry[4] = entry[3] | new, entry[4] | new
+        rows: dict[int, tuple] = {}
+        for v, a, b, active, scaled in merged.values():
+            still = frozen.get(id(v), torch.zeros(v.num_channels, dtype=torch.bool))
+            for p, big_a, big_b in v.coefficients(a, b, active, scaled, still, lr_of):
+                if id(p) in rows:       # a second view: compose in the post-step form
+                    rows[id(p)] = self._compose(rows[id(p)], (big_a, big_b), lr_of[id(p)])
+                else:
+                    rows[id(p)] = (big_a, big_b)
         return rows
+
+    @staticmethod
+    def _compose(first: tuple, second: tuple, lr: float) -> tuple:
+        """``x -> A2 x^ + (B2 + A2 lr) d`` applied after ``x -> A1 x + B1 d``; rows either
+        leaves untouched (``A = 1``, ``B = 0``) stay untouched."""
+        (a1, b1), (a2, b2) = first, second
+        one = torch.ones_like(b1)
+        a1_, a2_ = (one if a1 is None else a1), (one if a2 is None else a2)
+        still = ((a1_ == 1) & (b1 == 0)) | ((a2_ == 1) & (b2 == 0))
+        a = a2_ * a1_
+        b = a2_ * b1 + (b2 + a2_ * lr)
+        return (torch.where(still, one, a) if a1 is not None or a2 is not None else None,
+                torch.where(still, torch.zeros_like(b), b))
 
     def _has_targets(self) -> bool:
         """Whether the pruning phase has anything to drive to zero."""
@@ -208,10 +230,11 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
 
     def _prune(self, directions: dict[int, Direction], step: int) -> list[Update]:
         """Subclass hook for a step of the pruning phase: given every parameter's update
-        direction, return ``(views, a, b, active)`` updates (per channel ``a``, ``b``, tensors
-        on ``views.device`` or floats, applied to the rows of the ``active`` channels as
-        ``x -> a * (x - lr * d) + b * d`` in place of the base step) and mark in the state the
-        channels to hold at zero from now on."""
+        direction, return ``(views, a, b, active, scaled)`` updates (per channel ``a``, ``b``,
+        tensors on ``views.device`` or floats, applied to the rows of the ``active`` channels
+        as ``x -> a * (x - lr * d) + b * d`` in place of the base step; ``a`` may differ from 1
+        only on ``scaled`` ones; masks bool on the CPU) and mark in the state the channels to
+        hold at zero from now on (they become zero in this step)."""
         return []
 
     # ---- reporting -------------------------------------------------------------------------------
