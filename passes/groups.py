@@ -87,8 +87,9 @@ def _frozen(gm: GraphModule, name: str) -> bool:
 def _records(gm: GraphModule, table, units: torch.Tensor
              ) -> tuple[list[_Record], list[tuple[torch.Tensor, str]]]:
     uf = table.uf
-    records = [_Record(key, table.slice_roles[key], uf.roots(ids))
-               for key, ids in table.slice_ids.items()]
+    keys = list(table.slice_ids)
+    records = [_Record(key, table.slice_roles[key], r)
+               for key, r in zip(keys, _batched_roots(uf, [table.slice_ids[k] for k in keys]))]
     extra_pins = [(r.roots, _FROZEN.format(r.key[0])) for r in records
                   if r.role in (PRODUCER, AFFINE) and _frozen(gm, r.key[0])]
     sliced = {name for name, _ in table.slice_ids}
@@ -107,8 +108,8 @@ def _records(gm: GraphModule, table, units: torch.Tensor
             extra_pins.append((roots, f"free parameter '{name}' cannot be sliced along one dim"))
         if _frozen(gm, name):
             extra_pins.append((roots, _FROZEN.format(name)))
-    for site in table.consumers:
-        records.append(_Record(("node", site.node, site.arg, site.dim), "site", uf.roots(site.ids)))
+    for site, r in zip(table.consumers, _batched_roots(uf, [site.ids for site in table.consumers])):
+        records.append(_Record(("node", site.node, site.arg, site.dim), "site", r))
     return records, extra_pins
 
 
@@ -203,6 +204,14 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
     return groups
 
 
+def _batched_roots(uf, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``uf.roots`` of each tensor, found in one vectorised call."""
+    if not tensors:
+        return []
+    flat = uf.roots(torch.cat([t.reshape(-1) for t in tensors]))
+    return [r.view(t.shape) for r, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
 def _dim_exprs(gm: GraphModule, groups: list[PruningGroup]) -> None:
     """``node.meta["otofx.dims"]``: each dim's size as ``constant + sum(k_g * S_g)``, ``S_g`` the
     channels group g keeps. A dim holding only some of a group's channels (one piece of a split)
@@ -211,29 +220,38 @@ def _dim_exprs(gm: GraphModule, groups: list[PruningGroup]) -> None:
     group_of = torch.full((table.uf.size + 1,), -1, dtype=torch.long)
     for gi, g in enumerate(groups):
         group_of[g.roots] = gi
+    symbols = [g.symbol for g in groups]
+    todo = []
     for node in gm.graph.nodes:
         L, shape = node.meta.get(LABELS), node.meta.get(SHAPE)
-        if not isinstance(L, torch.Tensor) or not isinstance(shape, torch.Size):
-            continue
-        if not bool((L >= 0).any()):
+        if isinstance(L, torch.Tensor) and isinstance(shape, torch.Size):
+            todo.append((node, L, shape))
+    tracked = [bool((L >= 0).any()) for _, L, _ in todo]
+    roots = iter(_batched_roots(table.uf, [L for (_, L, _), t in zip(todo, tracked) if t]))
+    known: dict[tuple, tuple] = {}       # the same labels (a conv, its norm, its activation)
+    for (node, _, shape), has_ids in zip(todo, tracked):
+        if not has_ids:
             node.meta[DIMS] = tuple(sympy.Integer(s) for s in shape)
             continue
-        R = table.uf.roots(L)
-        exprs = []
-        for d in range(len(shape)):
-            if R.size(d) == 1:
-                # the same labels at every position along d: this dim never shrinks
-                exprs.append(sympy.Integer(shape[d]))
-                continue
-            per_pos = lb.along(R, d)
-            gid = torch.where(per_pos >= 0, group_of[per_pos.clamp(min=0)], -1)
-            expr = sympy.Integer(int((gid < 0).sum()))
-            for gi, n in zip(*[t.tolist() for t in torch.unique(gid[gid >= 0],
-                                                               return_counts=True)]):
-                g = groups[gi]
-                expr += (n // g.size) * g.symbol if n % g.size == 0 else sympy.Integer(n)
-            exprs.append(expr)
-        node.meta[DIMS] = tuple(exprs)
+        R = next(roots)
+        key = (tuple(shape), tuple(R.shape), R.numpy().tobytes())
+        if key not in known:
+            known[key] = tuple(_dim_expr(R, d, shape[d], group_of, groups, symbols)
+                               for d in range(len(shape)))
+        node.meta[DIMS] = known[key]
+
+
+def _dim_expr(R: torch.Tensor, d: int, size: int, group_of: torch.Tensor, groups: list[PruningGroup],
+              symbols: list[sympy.Symbol]) -> sympy.Expr:
+    if R.size(d) == 1:
+        return sympy.Integer(size)      # the same labels all along d: this dim never shrinks
+    per_pos = lb.along(R, d)
+    gid = torch.where(per_pos >= 0, group_of[per_pos.clamp(min=0)], -1)
+    terms = [sympy.Integer(int((gid < 0).sum()))]
+    for gi, n in zip(*[t.tolist() for t in torch.unique(gid[gid >= 0], return_counts=True)]):
+        size_g = groups[gi].size
+        terms.append((n // size_g) * symbols[gi] if n % size_g == 0 else sympy.Integer(n))
+    return sympy.Add(*terms)
 
 
 def groups_pass(gm: GraphModule) -> PassResult:

@@ -1,7 +1,10 @@
 """The shapes pass: run the graph once on example inputs and record every tensor's shape.
 
 Results: ``node.meta["otofx.shape"]`` (a ``torch.Size`` per tensor, a tuple of them for tuple
-outputs, None otherwise) and ``node.meta["otofx.dtype"]``. The run is in eval mode under
+outputs, None otherwise) and ``node.meta["otofx.dtype"]``; with ``keep_values`` also the graph's
+output (``gm.meta["otofx.output"]``) and, when they fit in ``KEEP_BYTES``, every node's value
+(``gm.meta["otofx.values"]``: the values and the version each node's tensor arguments had when
+it read them, for ``passes.capture`` to summarise and drop). The run is in eval mode under
 ``no_grad``, on the module as it is: no buffer (BatchNorm running stats) is updated and the
 training flags are restored afterwards.
 
@@ -23,6 +26,9 @@ from otofx.errors import ShapeError
 
 SHAPE = "otofx.shape"
 DTYPE = "otofx.dtype"
+VALUES = "otofx.values"
+OUTPUT = "otofx.output"
+KEEP_BYTES = 1 << 30      # node values kept after the run at most (else only shapes are kept)
 
 
 @contextmanager
@@ -54,10 +60,31 @@ def _dtype(value: Any) -> Any:
     return None
 
 
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
 class _Recorder(Interpreter):
     failure: ShapeError | None = None
 
+    def __init__(self, gm: GraphModule, keep_values: bool) -> None:
+        super().__init__(gm)
+        self.values: dict[str, Any] | None = {} if keep_values else None
+        self.read_versions: dict[tuple[str, int], int] = {}   # what each node read, see below
+        self.kept_bytes = 0
+
     def run_node(self, n: Node) -> Any:
+        if self.values is not None:
+            # the version of each tensor argument as this node reads it: an in-place op later in
+            # the graph (a ReLU(inplace=True), ``+=``) changes it, and the kept value is stale
+            for i, a in enumerate(n.args):
+                x = self.env.get(a) if isinstance(a, Node) else None
+                if isinstance(x, torch.Tensor):
+                    self.read_versions[(n.name, i)] = x._version
         try:
             value = super().run_node(n)
         except Exception as exc:
@@ -74,23 +101,34 @@ class _Recorder(Interpreter):
             raise
         n.meta[SHAPE] = _describe(value)
         n.meta[DTYPE] = _dtype(value)
+        if self.values is not None:
+            self.kept_bytes += _nbytes(value)
+            if self.kept_bytes > KEEP_BYTES:
+                self.values = None
+            else:
+                self.values[n.name] = value
         return value
 
 
-def shapes_pass(gm: GraphModule, example_inputs: Sequence[Any]) -> PassResult:
-    """Record shapes and dtypes of every node on ``example_inputs``; returns the outputs in meta."""
+def shapes_pass(gm: GraphModule, example_inputs: Sequence[Any], keep_values: bool = False) -> PassResult:
+    """Record shapes and dtypes of every node on ``example_inputs`` (and, with ``keep_values``,
+    the output and node values in ``gm.meta``)."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(example_inputs) > len(placeholders):
         raise ShapeError(
             f"got {len(example_inputs)} example inputs but the graph takes {len(placeholders)} "
             f"({', '.join(p.name for p in placeholders)})."
         )
-    recorder = _Recorder(gm)
+    recorder = _Recorder(gm, keep_values)
     with evaluation(gm):
         try:
-            recorder.run(*example_inputs)
+            output = recorder.run(*example_inputs)
         except Exception as exc:
             if recorder.failure is not None:
                 raise recorder.failure from exc   # raised here: torch annotates errors in run()
             raise
+    if keep_values:
+        gm.meta[OUTPUT] = output
+        if recorder.values is not None:
+            gm.meta[VALUES] = (recorder.values, recorder.read_versions)
     return PassResult(gm, False)

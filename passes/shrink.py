@@ -27,13 +27,14 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from otofx.errors import AnalysisError, ShrinkError
 
+from .capture import REFERENCE, Capture, Reference, candidates_of, captures_for, record
 from .channels import LABELS, SHAPE, TABLE, SizeDep, label_tensors, tensor_named
 from .erase import apply_erase, erase_plan
 from .groups import GROUPS, PruningGroup
 from .registry import RULES, arg_of
 from .shapes import evaluation
-from .table import PRODUCER, ConsumerSite, member_mask
-from .trace import copy_module
+from .table import member_mask
+from .trace import copy_module, own_tensors
 
 
 @dataclass
@@ -113,41 +114,6 @@ class ShrinkContext:
 # ---- which channels go ---------------------------------------------------------------------------
 
 
-def dead_channels(gm: GraphModule, group: PruningGroup) -> torch.Tensor:
-    """Bool per channel of ``group``: every producer slice exactly zero in ``gm``'s weights."""
-    alive = torch.zeros(group.size, dtype=torch.bool)
-    for m in group.slices(PRODUCER):
-        t = tensor_named(gm, m.param).detach()
-        rows = t.index_select(m.dim, m.index.reshape(-1).to(t.device))
-        rows = rows.movedim(m.dim, 0).reshape(group.size, -1)
-        alive |= (rows != 0).any(dim=1).cpu()
-    return ~alive
-
-
-@dataclass
-class _Capture:
-    site: ConsumerSite
-    positions: torch.Tensor      # positions along site.dim that belong to candidate channels
-    values: torch.Tensor | None  # the input there, from the reference run
-    shape: torch.Size | None = None
-
-
-class _Recorder(Interpreter):
-    """Runs the unmodified copy; keeps the inputs that consumer sites read at removed channels."""
-
-    def __init__(self, gm: GraphModule, captures: dict[str, list[_Capture]]):
-        super().__init__(gm)
-        self.captures = captures
-
-    def run_node(self, n: Node) -> Any:
-        for cap in self.captures.get(n.name, []):
-            x = self.env[n.args[cap.site.arg]] if cap.site.arg < len(n.args) else None
-            if isinstance(x, torch.Tensor):
-                cap.shape = x.shape
-                cap.values = x.index_select(cap.site.dim % x.dim(), cap.positions).detach().clone()
-        return super().run_node(n)
-
-
 def _call_with(gm: GraphModule, node: Node, x: torch.Tensor, arg: int) -> torch.Tensor:
     """Evaluate ``node`` alone with input ``arg`` replaced by ``x`` (other inputs: parameters)."""
 
@@ -167,14 +133,17 @@ def _call_with(gm: GraphModule, node: Node, x: torch.Tensor, arg: int) -> torch.
     return node.target(*args, **kwargs)
 
 
-def _fold_delta(gm: GraphModule, node: Node, cap: _Capture, removed: torch.Tensor
+def _fold_delta(gm: GraphModule, node: Node, cap: Capture, removed: torch.Tensor
                 ) -> torch.Tensor | None:
     """The per-output-channel constant that removed channels add at ``node``; None if it is not
     uniform over the other dims (it cannot be a bias then)."""
     dim = cap.site.dim % len(cap.shape)
-    x = torch.zeros(cap.shape, dtype=cap.values.dtype, device=cap.values.device)
-    vals = cap.values * removed.view([-1 if d == dim else 1 for d in range(len(cap.shape))])
-    x.index_copy_(dim, cap.positions, vals)
+    x = torch.zeros(cap.shape, dtype=cap.first.dtype, device=cap.first.device)
+    per_position = [-1 if d == dim else 1 for d in range(len(cap.shape))]
+    size = list(cap.shape)
+    size[dim] = cap.positions.numel()
+    vals = (cap.first * removed.to(cap.first.device)).view(per_position).expand(size)
+    x.index_copy_(dim, cap.positions.to(x.device), vals.contiguous())
     with torch.no_grad():
         delta = _call_with(gm, node, x, cap.site.arg) - _call_with(gm, node, torch.zeros_like(x),
                                                                    cap.site.arg)
@@ -195,21 +164,19 @@ def _bias_holder(gm: GraphModule, node: Node) -> tuple[nn.Module, str] | None:
     return None
 
 
-def _decide(gm: GraphModule, ctx: ShrinkContext, captures: dict[str, list[_Capture]],
+def _decide(gm: GraphModule, ctx: ShrinkContext, captures: dict[str, list[Capture]],
             nodes: dict[str, Node]) -> tuple[set[int], dict[str, torch.Tensor]]:
     """Roots that must stay (their constant cannot be folded) and the bias deltas to add."""
     keep: set[int] = set()
     deltas: dict[str, torch.Tensor] = {}
     for name, caps in captures.items():
         for cap in caps:
-            if cap.values is None:
+            if cap.first is None:
                 continue
-            dim = cap.site.dim % cap.values.dim()
             roots = ctx.table.uf.roots(cap.site.ids[cap.positions])
             removed = ctx.removed(cap.site.ids[cap.positions])
-            flat = cap.values.movedim(dim, 0).reshape(cap.positions.numel(), -1)
-            nonzero = (flat != 0).any(dim=1) & removed
-            varies = (flat != flat[:, :1]).any(dim=1) & removed
+            varies = cap.varies & removed
+            nonzero = (varies | (cap.first != 0).cpu()) & removed
             if bool(varies.any()):
                 keep |= set(roots[varies].tolist())   # not one value everywhere: no bias
             if not bool(nonzero.any()):
@@ -415,12 +382,31 @@ def _mutates(node: Node) -> bool:
 
 def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequence[Any],
                  verify: bool = True) -> tuple[GraphModule, ShrinkStats]:
-    """The smaller copy of ``gm`` (same graph as ``analysis_gm``, current weights) and stats."""
+    """The smaller copy of ``gm`` (same graph as ``analysis_gm``, current weights) and stats.
+
+    When ``gm``'s weights and the inputs are the ones the analysis ran on, its run stands in for
+    the reference run (``passes.capture``); should the result then fail verification, shrink
+    starts over with a run of its own."""
     names = [n.name for n in gm.graph.nodes]
     if names != [n.name for n in analysis_gm.graph.nodes]:
         raise AnalysisError(
             "the analysis was made for a different graph (node names differ); "
             "run otofx.analyze on this GraphModule first.")
+    ref = analysis_gm.meta.get(REFERENCE)
+    if ref is not None and not ref.holds_for(gm, example_inputs):
+        ref = None
+    try:
+        sub, stats = _shrink(gm, analysis_gm, example_inputs, verify, ref)
+    except ShrinkError:
+        if ref is None:
+            raise
+        sub, stats = _shrink(gm, analysis_gm, example_inputs, verify, None)
+    own_tensors(sub, gm)
+    return sub, stats
+
+
+def _shrink(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequence[Any], verify: bool,
+            ref: Reference | None) -> tuple[GraphModule, ShrinkStats]:
     groups: list[PruningGroup] = analysis_gm.meta[GROUPS]
     table = analysis_gm.meta[TABLE]
     sub = copy_module(gm)
@@ -428,30 +414,24 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
     stats = ShrinkStats()
     plan = erase_plan(sub, analysis_gm)
     stats.erased = [s.name for s in plan.structures]
-
-    dead: dict[str, torch.Tensor] = {}
-    for g in groups:
-        if g.prunable and not plan.owns(g):
-            d = dead_channels(sub, g)
-            if bool(d.all()):
-                d[0] = False          # a group keeps one channel: no dim may become empty
-            if bool(d.any()):
-                dead[g.name] = d
-    candidates = torch.cat([g.roots[dead[g.name]] for g in groups if g.name in dead]) \
-        if dead else torch.empty(0, dtype=torch.long)
+    if plan:
+        ref = None                  # the analysis run recorded no erased structure
+    if ref is not None:
+        dead = ref.dead
+        candidates = torch.cat([g.roots[dead[g.name]] for g in groups if g.name in dead]) \
+            if dead else torch.empty(0, dtype=torch.long)
+    else:
+        dead, candidates = candidates_of(sub, groups, plan.owns)
     if plan.forced_roots.numel():
         candidates = torch.cat([candidates, plan.forced_roots]).unique()
     if candidates.numel() == 0 and not plan:
         return sub, stats
 
-    ctx = ShrinkContext(sub, analysis_gm, candidates)
-    captures: dict[str, list[_Capture]] = {}
-    for site in table.consumers:
-        positions = torch.nonzero(ctx.removed(site.ids)).view(-1)
-        if positions.numel() and site.node not in plan.nodes:
-            captures.setdefault(site.node, []).append(_Capture(site, positions, None))
-    with evaluation(sub):
-        reference = _Recorder(sub, captures).run(*example_inputs)
+    if ref is not None:
+        captures, reference = ref.captures, ref.output
+    else:
+        captures = captures_for(table, candidates, plan.nodes)
+        reference = record(sub, captures, example_inputs)
 
     keep: set[int] = set()
     while True:

@@ -26,10 +26,15 @@ ROLES = (PRODUCER, AFFINE, BUFFER, CONSUMER)
 
 
 class UnionFind:
-    """Vectorised union-find over int64 ids; the root of a set is its smallest id."""
+    """Vectorised union-find over int64 ids; the root of a set is its smallest id.
+
+    ``union`` only records the pairs; they are joined all at once, in a few vectorised rounds,
+    the next time a root is asked for (the channels pass unifies thousands of small label
+    tensors and reads no root until it is done)."""
 
     def __init__(self) -> None:
         self._parent = torch.empty(0, dtype=torch.long)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.size = 0
 
     def new(self, n: int) -> torch.Tensor:
@@ -53,6 +58,8 @@ class UnionFind:
 
     def roots(self, ids: torch.Tensor) -> torch.Tensor:
         """Roots of ``ids``; negative entries (untracked/constant) are returned unchanged."""
+        if self._pending:
+            self._join_pending()
         flat = ids.reshape(-1)
         if flat.numel() == 0:
             return ids.clone()
@@ -66,12 +73,17 @@ class UnionFind:
 
     def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Unify ``a[i]`` with ``b[i]`` for every i where both are ids (>= 0)."""
-        a, b = a.reshape(-1), b.reshape(-1)
-        keep = (a >= 0) & (b >= 0)
-        if not bool(keep.all()):
-            a, b = a[keep], b[keep]
+        if a.numel():     # copies: the caller may reuse its tensors
+            self._pending.append((a.reshape(-1).clone(), b.reshape(-1).clone()))
+
+    def _join_pending(self) -> None:
+        a = torch.cat([p[0] for p in self._pending])
+        b = torch.cat([p[1] for p in self._pending])
+        self._pending = []
+        keep = (a >= 0) & (b >= 0) & (a != b)
+        a, b = a[keep], b[keep]
         while a.numel():
-            ra, rb = self.roots(a), self.roots(b)
+            ra, rb = self._find(a), self._find(b)
             differ = ra != rb
             if not bool(differ.any()):
                 return

@@ -5,6 +5,8 @@
 * parameter count: the smaller model has exactly the parameters the groups predict, and is
   really smaller whenever something was zeroed (unless shrink reports it kept channels);
 * never mutate: trace, analyze and shrink leave the user's model and the given graph alone;
+* reuse: an analysis made on the zeroed weights lends shrink its run, with the same result as a
+  shrink that runs the graph itself;
 * conservatism: ops otofx has no rule for pin every group they touch, and shrink stays exact;
 * the group that reaches the graph output through the linear head is pinned;
 * ``torch.compile`` of the smaller model runs and matches.
@@ -15,12 +17,16 @@ A falsifying example prints a self-contained script that rebuilds the model.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import note as hypothesis_note
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
+from otofx.passes.capture import REFERENCE
+from otofx.passes.shrink import _mutates
 from strategies import cnn_models, handwritten
 
 import otofx
@@ -144,6 +150,31 @@ def test_shrink_exact_when_removed_channels_are_constants(case, fraction, zseed)
     small, stats = shrink_and_check(case, gm, analysis)
     for name, idx in stats.removed_channels.items():
         assert set(idx.tolist()) <= set(zeroed.get(name, torch.empty(0)).tolist())
+
+
+@given(case=cnn_models(), fraction=fractions, zseed=seeds, affine=st.booleans())
+@settings(max_examples=20)
+def test_shrink_reusing_the_analysis_run_matches_a_fresh_run(case, fraction, zseed, affine):
+    _, gm, _, _ = prepare(case, fraction, zseed, affine)
+    x = case.input(0)
+    again = otofx.analyze(gm, (x,))         # on the zeroed weights: shrink may reuse its run
+    if REFERENCE not in again.gm.meta:     # only an in-place op may stop it (a stale kept value)
+        assert any(_mutates(n) for n in gm.graph.nodes), "the analysis kept no reference run"
+        return
+    with mock.patch("otofx.passes.shrink.record", side_effect=AssertionError("ran the graph again")):
+        reused = otofx.shrink(gm, again)
+    fresh_analysis = otofx.analyze(gm, (x,))
+    del fresh_analysis.gm.meta[REFERENCE]
+    fresh = otofx.shrink(gm, fresh_analysis)
+    a, b = reused.meta["otofx.shrink"], fresh.meta["otofx.shrink"]
+    assert (a.removed, a.kept, a.folded) == (b.removed, b.kept, b.folded)
+    sa, sb = reused.state_dict(), fresh.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"'{k}' differs between the reused and the fresh shrink"
+    reused.eval()
+    gm.eval()
+    assert_matches(reused, gm, case.input(1))
 
 
 # ---- regressions the fuzzer found (minimal models, hypothesis-shrunk then trimmed by hand) ---------
