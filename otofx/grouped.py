@@ -160,6 +160,8 @@ class GroupedViews:
             else torch.zeros(0, dtype=torch.long)
         self.channel = torch.cat([r.channel for r in self.rows]) if self.rows \
             else torch.zeros(0, dtype=torch.long)
+        self.entry_of_row = torch.repeat_interleave(
+            torch.arange(len(self.rows)), torch.tensor([r.n for r in self.rows], dtype=torch.long))
         self._cache: dict = {}
 
     @property
@@ -178,7 +180,19 @@ class GroupedViews:
         if channels is None:
             return self.rows
         key = ("touching", channels.numpy().tobytes())
-        return self._cached(key, lambda: [r for r in self.rows if bool(channels[r.channel].any())])
+        return self._cached(key, lambda: [self.rows[i] for i in self._entries(channels).tolist()])
+
+    def _row_mask(self, channels: torch.Tensor) -> torch.Tensor:
+        """Bool per row of the row vector: the row belongs to one of ``channels``."""
+        rows = torch.zeros(self.num_rows, dtype=torch.bool)
+        rows[self.position[channels[self.channel]]] = True
+        return rows
+
+    def _entries(self, channels: torch.Tensor) -> torch.Tensor:
+        """Indices (into ``self.rows``) of the parameters with a row of ``channels``."""
+        hits = torch.zeros(len(self.rows), dtype=torch.long)
+        hits.index_add_(0, self.entry_of_row, self._row_mask(channels).long())
+        return torch.nonzero(hits).view(-1)
 
     def _cached(self, key, build):
         """``build()`` remembered for the last few masks (they change rarely: at the partition,
@@ -195,7 +209,23 @@ class GroupedViews:
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per channel ``(<x, x>, <x, d>, <d, d>)`` (float64, on ``self.device``) for the
         parameters x and directions d; only ``channels`` (bool mask) when given, zeros elsewhere.
-        Each parameter is read once, as a whole."""
+        Each parameter is read once, as a whole; products of every channel taken with the
+        same ``d`` before (a partition step: scores, then the update) are reused."""
+        memo = self._cache.get("memo")
+        if memo is not None and memo[0] is d:
+            return tuple(t if channels is None else
+                         torch.where(self._mask(channels), t, torch.zeros_like(t)) for t in memo[1])
+        out = self._products(d, channels)
+        if channels is None:
+            self._cache["memo"] = (d, out)      # until forget(): holds d alive, so ``is`` is safe
+        return out
+
+    def forget(self) -> None:
+        """Drop what ``products`` remembers of this step's directions."""
+        self._cache.pop("memo", None)
+
+    def _products(self, d: dict[int, Direction], channels: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dev = self.device
         xx_r, xu_r, uu_r = torch.zeros(3, self.num_rows, dtype=torch.float32, device=dev)
         mixes: dict[tuple[float, float], list[slice]] = {}
@@ -242,23 +272,22 @@ class GroupedViews:
         the frozen rows; whether a row of a ``scaled`` channel is in each parameter. Built once
         per masks (bool per channel, CPU)."""
         def build() -> tuple:
-            touched = self._touching(active | frozen)
-            parts, still, needs_a = [], [], []
-            move = active & ~frozen
-            for r in touched:
-                slot = torch.full((r.n,), self.num_channels, dtype=torch.long)
-                on = move[r.channel]
-                slot[r.index[on]] = r.channel[on]
-                parts.append(slot)
-                rows = torch.zeros(r.n, dtype=torch.bool)
-                rows[r.index[frozen[r.channel]]] = True
-                still.append(rows)
-                needs_a.append(bool((scaled & ~frozen)[r.channel].any()))
+            entries = self._entries(active | frozen)
+            touched = [self.rows[i] for i in entries.tolist()]
             if not touched:
-                return touched, None, None, needs_a
-            still_rows = torch.cat(still)
-            return (touched, torch.cat(parts).to(self.device),
-                    still_rows.to(self.device) if bool(still_rows.any()) else None, needs_a)
+                return touched, None, None, []
+            move = active & ~frozen
+            slot = torch.full((self.num_rows,), self.num_channels, dtype=torch.long)
+            slot[self.position[move[self.channel]]] = self.channel[move[self.channel]]
+            keep = torch.zeros(len(self.rows), dtype=torch.bool)
+            keep[entries] = True
+            keep = keep[self.entry_of_row]                  # the rows of the touched parameters
+            still = self._row_mask(frozen)[keep]
+            needs_a = torch.zeros(len(self.rows), dtype=torch.bool)
+            needs_a[self._entries(scaled & ~frozen)] = True
+            return (touched, slot[keep].to(self.device),
+                    still.to(self.device) if bool(still.any()) else None,
+                    needs_a[entries].tolist())
         key = ("table", active.numpy().tobytes(), scaled.numpy().tobytes(), frozen.numpy().tobytes())
         return self._cached(key, build)
 
@@ -274,6 +303,14 @@ class GroupedViews:
         touched, table, still, needs_a = self._table(active, scaled, frozen)
         if not touched:
             return []
+        if isinstance(a, float) and isinstance(b, float):   # the same every step: remember it
+            key = ("rows", active.numpy().tobytes(), scaled.numpy().tobytes(),
+                   frozen.numpy().tobytes(), a, b, tuple(lr_of[id(r.param)] for r in touched))
+            return self._cached(key, lambda: self._coefficients(a, b, touched, table, still,
+                                                                needs_a, lr_of))
+        return self._coefficients(a, b, touched, table, still, needs_a, lr_of)
+
+    def _coefficients(self, a, b, touched, table, still, needs_a, lr_of):
         dev = self.device
         ext_a = torch.ones(self.num_channels + 1, dtype=torch.float64, device=dev)
         ext_b = torch.zeros(self.num_channels + 1, dtype=torch.float64, device=dev)

@@ -171,6 +171,8 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                         self._take_rows(p, d, *rows[id(p)][:2])
                     else:
                         self._take(p, d, group["lr"])
+            for v, _ in held:
+                v.forget()
         self.otofx_state["step"] = step + 1
         return loss
 
