@@ -7,9 +7,14 @@ at 224x224, which come in through torch.export) this measures, as medians of int
 the CPU:
 
 - one forward pass (eval mode, no_grad, ``--batch`` images);
-- ``otofx.analyze(gm, (x,))``;
-- ``otofx.shrink(gm, analysis)`` after ``zero_groups(gm, analysis, 0.3)`` (it includes its own
-  verification forward), and ``otofx.shrink(..., verify=False)``;
+- ``otofx.analyze(gm, (x,))`` of a graph whose prunable groups are 30% zeroed (``zero_groups``,
+  untimed, once);
+- two flows of ``otofx.shrink`` (each includes its own verification forward):
+  * row ``otofx``: ``shrink(gm, analysis)`` with that analysis, on the same weights (a compile
+    backend stage, ``otofx inspect``, a model pruned elsewhere): shrink reuses the analysis run;
+  * row ``otofx, trained since``: ``shrink(gm, before)`` with an analysis made before the zeroing,
+    as after training with ``otofx.compress``: shrink runs the graph itself, so it costs one more
+    forward. Its no-verify column is ``shrink(gm, before, verify=False)``;
 - (analysis + shrink) / forward, and (analysis + shrink) in ms per fx graph node (linear scaling
   means the same ms per node at 500 and 2000 nodes);
 - the peers where installed: torch-pruning 1.6.1's ``DependencyGraph().build_dependency`` and its
@@ -52,6 +57,7 @@ from otofx.testing import zero_groups
 
 PRUNE_FRACTION = 0.3
 OTOFX, TP, OTO = "otofx", "torch-pruning", "only-train-once"
+TRAINED = "otofx, trained since"     # shrink with an analysis from before the weights changed
 MAX_FORWARDS = 3.0  # target: analysis + shrink within 3 forward passes
 LINEAR_EXPONENT = 1.15  # time ~ nodes^k counts as linear up to this k (noise margin)
 
@@ -129,7 +135,8 @@ class Case:
     x: torch.Tensor
     nodes: int
     gm: Any = None
-    analysis: Any = None
+    analysis: Any = None          # of the zeroed weights
+    before: Any = None            # made before the zeroing
     params_left: dict[str, float] = field(default_factory=dict)
     forward_ms: float | None = None
 
@@ -146,16 +153,17 @@ def forward_step(case: Case) -> Step:
 
 
 def otofx_steps(case: Case) -> list[Step]:
-    """trace, analyze, shrink, shrink(verify=False); the first trace and analysis are kept, and
-    30% of each prunable group is zeroed once, untimed, before the first shrink."""
+    """trace, analyze, shrink in both flows, shrink(verify=False); the first trace is kept and
+    30% of each prunable group zeroed, untimed, before the first analysis is timed."""
     def keep_graph(gm: Any) -> None:
         if case.gm is None:
             case.gm = gm
+            case.before = otofx.analyze(gm, (case.x,))
+            zero_groups(gm, case.before, PRUNE_FRACTION, seed=0)
 
     def keep_analysis(analysis: Any) -> None:
         if case.analysis is None:
             case.analysis = analysis
-            zero_groups(case.gm, analysis, PRUNE_FRACTION, seed=0)
 
     def count(small: nn.Module) -> None:
         case.params_left[OTOFX] = n_params(small) / n_params(case.gm)
@@ -164,8 +172,10 @@ def otofx_steps(case: Case) -> list[Step]:
             Step(f"{OTOFX}.analyze", lambda _: otofx.analyze(case.gm, (case.x,)),
                  after=keep_analysis),
             Step(f"{OTOFX}.shrink", lambda _: otofx.shrink(case.gm, case.analysis), after=count),
+            Step(f"{OTOFX}.shrink_trained", lambda _: otofx.shrink(case.gm, case.before),
+                 after=lambda small: case.params_left.update({TRAINED: n_params(small) / n_params(case.gm)})),
             Step(f"{OTOFX}.shrink_noverify",
-                 lambda _: otofx.shrink(case.gm, case.analysis, verify=False))]
+                 lambda _: otofx.shrink(case.gm, case.before, verify=False))]
 
 
 def tp_steps(case: Case, tp: Any) -> list[Step]:
@@ -279,8 +289,10 @@ class Columns:
 
 COLUMNS = {
     OTOFX: Columns(OTOFX, f"{OTOFX}.analyze", (f"{OTOFX}.analyze", f"{OTOFX}.shrink"),
-                   trace=f"{OTOFX}.trace", prune=f"{OTOFX}.shrink",
-                   noverify=f"{OTOFX}.shrink_noverify"),
+                   trace=f"{OTOFX}.trace", prune=f"{OTOFX}.shrink"),
+    TRAINED: Columns(TRAINED, f"{OTOFX}.analyze", (f"{OTOFX}.analyze", f"{OTOFX}.shrink_trained"),
+                     trace=f"{OTOFX}.trace", prune=f"{OTOFX}.shrink_trained",
+                     noverify=f"{OTOFX}.shrink_noverify"),
     TP: Columns(TP, f"{TP}.depgraph", (f"{TP}.prune",), prune=f"{TP}.prune"),
     OTO: Columns(OTO, f"{OTO}.graph", (f"{OTO}.graph",)),
 }
@@ -327,7 +339,7 @@ def row(case: Case, timings: Timings, cols: Columns) -> Row:
 
 
 def rows_for(case: Case, timings: Timings, tools: Tools) -> list[Row]:
-    reasons = {OTOFX: "", TP: tools.tp_reason if tools.tp is None else "",
+    reasons = {OTOFX: "", TRAINED: "", TP: tools.tp_reason if tools.tp is None else "",
                OTO: tools.oto_reason if tools.oto is None else ""}
     return [message_row(case, p, f"not available: {why}") if why else
             row(case, timings, COLUMNS[p]) for p, why in reasons.items()]
@@ -360,27 +372,30 @@ def scaling(rows: list[Row], package: str) -> str | None:
 def targets(rows: list[Row]) -> list[str]:
     """The issue's targets, each reported as measured."""
     lines = ["Targets (measured, not asserted):"]
-    lines += [line for p in (OTOFX, TP, OTO) if (line := scaling(rows, p))]
+    lines += [line for p in (OTOFX, TRAINED, TP, OTO) if (line := scaling(rows, p))]
     for r in rows:
         forward = r.case.forward_ms
-        if r.package == OTOFX and r.total_ms is not None and forward:
+        if r.package in (OTOFX, TRAINED) and r.total_ms is not None and forward:
             ratio = r.total_ms / forward
             verdict = "meets" if ratio <= MAX_FORWARDS else "misses"
-            lines.append(f"- {r.case.name}: otofx analysis+shrink = {ratio:.2f}x forward "
+            lines.append(f"- {r.case.name}: {r.package}: analysis+shrink = {ratio:.2f}x forward "
                          f"({verdict} <= {MAX_FORWARDS}x)")
-    ours, theirs = find(rows, "deep-resnet-2000", OTOFX), find(rows, "deep-resnet-2000", TP)
-    if ours and theirs and ours.total_ms and theirs.total_ms:
-        verdict = "faster" if ours.total_ms < theirs.total_ms else "slower"
-        lines.append(f"- deep-resnet-2000: otofx {ours.total_ms:.0f} ms vs torch-pruning full "
-                     f"prune {theirs.total_ms:.0f} ms (otofx {verdict}; torch-pruning / otofx = "
-                     f"{theirs.total_ms / ours.total_ms:.2f})")
+    theirs = find(rows, "deep-resnet-2000", TP)
+    for package in (OTOFX, TRAINED):
+        ours = find(rows, "deep-resnet-2000", package)
+        if ours and theirs and ours.total_ms and theirs.total_ms:
+            verdict = "faster" if ours.total_ms < theirs.total_ms else "slower"
+            lines.append(f"- deep-resnet-2000: {package} {ours.total_ms:.0f} ms vs torch-pruning full "
+                         f"prune {theirs.total_ms:.0f} ms ({verdict}; torch-pruning / otofx = "
+                         f"{theirs.total_ms / ours.total_ms:.2f})")
     return lines
 
 
 NOTES = """Notes: medians of n interleaved repeats (at most {repeats}; a step stops repeating \
 once it has used {budget:g} s on a model). otofx total = analyze + shrink (shrink includes its \
 verification forward; 30% of each prunable group zeroed beforehand, untimed; otofx.trace is not \
-in the total). torch-pruning total = its full prune: MagnitudePruner construction (which builds \
+in the total): on the weights analysed (row otofx), or after they changed since the analysis \
+(row "otofx, trained since", as after otofx.compress: one more forward, shrink's own reference run). torch-pruning total = its full prune: MagnitudePruner construction (which builds \
 the DependencyGraph) + step(); its analysis column is DependencyGraph().build_dependency alone. \
 only-train-once total = OTO(model, dummy_input) graph construction only. params left = \
 parameters after / before pruning."""
@@ -413,6 +428,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="input height/width of the deep synthetic ResNets (default 32)")
     parser.add_argument("--seq", type=int, default=128, help="BERT-base tokens per input (default 128)")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    parser.add_argument("--models", default="",
+                        help="comma-separated model names to run (default: all of the size); e.g. "
+                             "resnet50,deep-resnet-2000")
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 2 if args.quick else 5
@@ -436,8 +454,14 @@ def main(argv: list[str] | None = None) -> int:
     tools = Tools.load()
     warm_up(tools, args.batch)
     rows: list[Row] = []
-    for spec in model_specs(args.quick, args.deep_size) + ([] if args.quick else hf_specs(args.seq)):
-        rows += bench_model(spec, tools, args)
+    wanted = {m for m in args.models.split(",") if m}
+    specs = model_specs(args.quick and not wanted, args.deep_size) + ([] if args.quick else hf_specs(args.seq))
+    unknown = wanted - {s.name for s in specs}
+    if unknown:
+        raise SystemExit(f"unknown --models {sorted(unknown)}; known: {[s.name for s in specs]}")
+    for spec in specs:
+        if not wanted or spec.name in wanted:
+            rows += bench_model(spec, tools, args)
     return publish(header, markdown_table(HEADERS, [r.cells for r in rows]),
                    NOTES.format(repeats=args.repeats, budget=args.budget), targets(rows), args.out)
 

@@ -229,7 +229,8 @@ class GroupedViews:
         dev = self.device
         xx_r, xu_r, uu_r = torch.zeros(3, self.num_rows, dtype=torch.float32, device=dev)
         mixes: dict[tuple[float, float], list[slice]] = {}
-        for r in self._touching(channels):
+        touched = self._touching(channels)
+        for r in touched:
             direction = d.get(id(r.param))
             u = None if direction is None else _as_rows(direction.tensor, r.dim)
             span = slice(r.offset, r.offset + r.n)
@@ -242,7 +243,8 @@ class GroupedViews:
             if (divisor, w) == (1.0, 0.0):
                 continue
             s = 1 / divisor
-            for span in [slice(None)] if len(mixes) == 1 else spans:
+            whole = len(mixes) == 1 and len(spans) == len(touched)
+            for span in [slice(None)] if whole else spans:
                 xx, xu, uu = xx_r[span], xu_r[span], uu_r[span]
                 xu_r[span], uu_r[span] = s * xu + w * xx, s * s * uu + 2 * s * w * xu + w * w * xx
         pos, ch = self._on_device("position", self.position), self._on_device("channel", self.channel)
@@ -346,11 +348,3 @@ class GroupedViews:
         per_channel = torch.zeros(self.num_channels, dtype=torch.long)
         per_channel.index_add_(0, self.channel, nonzero.index_select(0, self.position))
         return per_channel == 0
-
-    @torch.no_grad()
-    def zero(self, channels: torch.Tensor) -> None:
-        """Set every slice of the channels where ``channels`` (bool, per channel) is True to 0."""
-        for r in self._touching(channels):
-            index = r.index[channels[r.channel]]
-            if index.numel():
-                r.param.index_fill_(r.dim, index.to(r.param.device), 0.0)

@@ -26,11 +26,22 @@ class NonFiniteGradientError(OtofxError):
 
 
 class GroupSparsityOptimizer(torch.optim.Optimizer):
-    """Base class: ``step()`` = base variant step, then ``_prune(directions)`` on channels.
+    """Base class: ``step()`` = the base variant's step, one parameter at a time, as torch's
+    single-tensor SGD/Adam/AdamW write it. In the pruning phase (or once channels are pruned)
+    every parameter's direction is taken first, ``_prune(directions)`` says what happens to the
+    rows of some channels, and each parameter is then written once: ``x - lr * d``, or per row
+    ``A * x + B * d`` where a channel is pulled, scaled, zeroed or held at zero.
 
     ``state["otofx"]`` holds ``step`` (steps taken), ``pruned`` (bool per prunable channel: held
-    at exactly zero) and whatever the subclass keeps; it travels with ``state_dict()``.
+    at exactly zero; such rows take no update) and whatever the subclass keeps; it travels with
+    ``state_dict()``. Per-channel masks live on the CPU, per-channel numbers on the parameters'
+    device; a step synchronises with the device once to check the gradients (and once more in a
+    DHSPG pruning step, for the channels projected to zero).
     """
+
+    # devices whose base step goes one parameter at a time (fused momentum, each parameter in
+    # cache between its state update and its write); elsewhere torch's foreach kernels
+    loop_devices: tuple[str, ...] = ("cpu",)
 
     def __init__(self, module: nn.Module, analysis: Analysis, config: _BaseConfig) -> None:
         config.validate()
@@ -118,6 +129,80 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         denom = (v.sqrt() / (1 - b2 ** t) ** 0.5).add_(group["eps"])
         return Direction(m, denom, 1 - b1 ** t, wd if variant == "adamw" else 0.0)
 
+    def _directions(self, params: list[torch.Tensor], group: dict, step: int) -> list[Direction]:
+        """``_direction`` for each of ``params``; off the CPU with torch's multi-tensor
+        (``_foreach_*``) kernels, a few launches for all parameters of one device and dtype."""
+        if not params:
+            return []
+        if params[0].device.type in self.loop_devices or group["momentum"] and self.config.variant == "sgd" \
+                and any("momentum_buffer" not in self.state[p] for p in params):
+            return [self._direction(p, group, step) for p in params]
+        buckets: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            buckets.setdefault((p.device, p.dtype), []).append(i)
+        out: list[Direction | None] = [None] * len(params)
+        for idx in buckets.values():
+            for i, d in zip(idx, self._directions_foreach([params[i] for i in idx], group, step)):
+                out[i] = d
+        return out
+
+    def _directions_foreach(self, ps: list[torch.Tensor], group: dict, step: int
+                            ) -> list[Direction]:
+        """``_direction`` for parameters of one device and dtype, as torch's foreach SGD/Adam."""
+        grads = [p.grad for p in ps]
+        wd, variant = group["weight_decay"], self.config.variant
+        if variant == "sgd":
+            if wd:
+                grads = torch._foreach_add(grads, ps, alpha=wd)
+            if not group["momentum"]:
+                return [Direction(g) for g in grads]
+            bufs = [self.state[p]["momentum_buffer"] for p in ps]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, grads)
+            return [Direction(b) for b in bufs]
+        b1, b2 = group["betas"]
+        if variant == "adam" and wd:
+            grads = torch._foreach_add(grads, ps, alpha=wd)
+        for p in ps:
+            state = self.state[p]
+            if "exp_avg" not in state:
+                moments = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+                state["exp_avg"] = torch.zeros_like(p, dtype=moments)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=moments)
+        ms = [self.state[p]["exp_avg"] for p in ps]
+        vs = [self.state[p]["exp_avg_sq"] for p in ps]
+        grads = [g.to(m.dtype) for g, m in zip(grads, ms)]
+        torch._foreach_lerp_(ms, grads, 1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        t = step + 1
+        dens = torch._foreach_sqrt(vs)
+        torch._foreach_div_(dens, (1 - b2 ** t) ** 0.5)
+        torch._foreach_add_(dens, group["eps"])
+        decay = wd if variant == "adamw" else 0.0
+        return [Direction(m, den, 1 - b1 ** t, decay) for m, den in zip(ms, dens)]
+
+    @classmethod
+    def _take_all(cls, params: list[torch.Tensor], dirs: list[Direction], lr: float) -> None:
+        """``_take`` for each; off the CPU with foreach kernels, per kind of direction."""
+        if params and params[0].device.type in cls.loop_devices:
+            for p, d in zip(params, dirs):
+                cls._take(p, d, lr)
+            return
+        buckets: dict[tuple, list[tuple[torch.Tensor, Direction]]] = {}
+        for p, d in zip(params, dirs):
+            key = (d.den is None, d.divisor, d.decay, p.device, p.dtype)
+            buckets.setdefault(key, []).append((p, d))
+        for pairs in buckets.values():
+            ps, d = [p for p, _ in pairs], pairs[0][1]
+            if d.decay:
+                torch._foreach_mul_(ps, 1 - lr * d.decay)
+            nums = [d.num for _, d in pairs]
+            if d.den is not None:
+                torch._foreach_addcdiv_(ps, nums, [d.den for _, d in pairs], value=-(lr / d.divisor))
+            else:
+                torch._foreach_add_(ps, nums, alpha=-(lr / d.divisor))
+
     @staticmethod
     def _take(p: torch.Tensor, d: Direction, lr: float) -> None:
         """The base step ``x - lr * d``, as torch's optimizers write it."""
@@ -153,16 +238,21 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         pruning = self._has_targets() and self.in_pruning_phase()
         held = [(v, mask.clone()) for v, mask in self._held() if v.num_channels]
         if not pruning and not any(bool(mask.any()) for _, mask in held):
-            for group in self.param_groups:     # the base step, one parameter at a time
-                for p in group["params"]:
-                    if p.grad is not None:
+            for group in self.param_groups:     # the base step
+                params = [p for p in group["params"] if p.grad is not None]
+                if params and params[0].device.type in self.loop_devices:     # one at a time
+                    for p in params:                             # (in cache between the two)
                         self._take(p, self._direction(p, group, step), group["lr"])
+                elif params:
+                    self._take_all(params, self._directions(params, group, step), group["lr"])
         else:
-            directions = {id(p): self._direction(p, group, step)
-                          for group in self.param_groups for p in group["params"]
-                          if p.grad is not None}
+            directions = {}
+            for group in self.param_groups:
+                params = [p for p in group["params"] if p.grad is not None]
+                directions.update(zip(map(id, params), self._directions(params, group, step)))
             rows = self._row_coefficients(self._prune(directions, step) if pruning else [], held)
             for group in self.param_groups:
+                plain = []
                 for p in group["params"]:
                     d = directions.get(id(p))
                     if d is None:
@@ -170,7 +260,8 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                     if id(p) in rows:
                         self._take_rows(p, d, *rows[id(p)][:2])
                     else:
-                        self._take(p, d, group["lr"])
+                        plain.append(p)
+                self._take_all(plain, [directions[id(p)] for p in plain], group["lr"])
             for v, _ in held:
                 v.forget()
         self.otofx_state["step"] = step + 1

@@ -19,7 +19,6 @@ with positions [3, 7], ``first`` = relu(bn1's shift) there and ``varies`` = [Fal
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from .channels import TABLE, tensor_named
 from .groups import GROUPS, PruningGroup
 from .shapes import OUTPUT, VALUES, evaluation
-from .table import PRODUCER, ChannelTable, ConsumerSite, member_mask
+from .table import PRODUCER, ChannelTable, ConsumerSite
 
 REFERENCE = "otofx.reference"
 
@@ -88,10 +87,13 @@ def captures_for(table: ChannelTable, removed: torch.Tensor, skip: set[str] = fr
                  ) -> dict[str, list[Capture]]:
     """Per node, the consumer sites that read one of the ``removed`` channels (root ids)."""
     captures: dict[str, list[Capture]] = {}
+    root_of = table.uf.all_roots()
+    gone = torch.zeros(table.uf.size + 1, dtype=torch.bool)
+    gone[removed] = True
     for site in table.consumers:
         if site.node in skip:
             continue
-        positions = torch.nonzero(member_mask(table.uf.roots(site.ids), removed)).view(-1)
+        positions = torch.nonzero((site.ids >= 0) & gone[root_of[site.ids.clamp(min=0)]]).view(-1)
         if positions.numel():
             captures.setdefault(site.node, []).append(Capture(site, positions))
     return captures
@@ -119,24 +121,43 @@ def record(gm: GraphModule, captures: dict[str, list[Capture]], example_inputs: 
 
 
 def _probe(t: torch.Tensor) -> torch.Tensor:
-    """A few elements of ``t`` to sum: all of a small or 1-d tensor, else the first four of
-    every row (``.data`` writes bypass the version counter; they rarely miss these)."""
-    t = torch.view_as_real(t.detach()) if t.is_complex() else t.detach()
+    """A few elements of ``t``, flat, for a checksum: all of a small or 1-d tensor, else the first
+    four of every row (``.data`` writes bypass the version counter; they rarely miss these)."""
+    if t.is_complex():
+        t = torch.view_as_real(t)
     if t.dim() > 1 and t.numel() > 4096 and t.is_contiguous():
         t = t.view(t.size(0), -1)[:, :4]
-    return t.sum(dtype=torch.float64) if t.is_floating_point() else t.sum()
+    return t.reshape(-1)
+
+
+@torch.no_grad()
+def _checksums(tensors: list[torch.Tensor]) -> list[float]:
+    """The sum of each tensor's probe, in float64; tensors of one dtype and device in one go."""
+    by_kind: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_kind.setdefault((t.dtype, t.device), []).append(i)
+    sums = [0.0] * len(tensors)
+    for members in by_kind.values():
+        parts = [_probe(tensors[i]) for i in members]
+        flat = torch.cat(parts).to(torch.float64)
+        lengths = torch.tensor([p.numel() for p in parts], device=flat.device)
+        per = torch.segment_reduce(flat, "sum", lengths=lengths, unsafe=True)
+        for i, v in zip(members, per.tolist()):
+            sums[i] = v
+    return sums
 
 
 def stamp(gm: torch.nn.Module, example_inputs: Any) -> list[Any]:
     """Identity, version and a partial checksum of every tensor ``gm`` computes from, and of the
     inputs: it changes when a weight, buffer or input is replaced or written in place."""
-    tensors = list(itertools.chain(gm.parameters(), gm.buffers(),
-                                   (v for m in gm.modules() for v in m.__dict__.values()
-                                    if isinstance(v, torch.Tensor))))
+    tensors: list[torch.Tensor] = []
+    for m in gm.modules():
+        tensors += [t for t in m._parameters.values() if t is not None]
+        tensors += [t for t in m._buffers.values() if t is not None]
+        tensors += [v for v in m.__dict__.values() if isinstance(v, torch.Tensor)]
     tensors += [x for x in example_inputs if isinstance(x, torch.Tensor)]
     out: list[Any] = [(id(t), t._version, t.data_ptr(), t.shape, t.dtype) for t in tensors]
-    if tensors:
-        out.append(torch.stack([_probe(t).to("cpu", torch.float64) for t in tensors]).tolist())
+    out.append(_checksums(tensors))
     for x in example_inputs:
         if x is None or isinstance(x, (bool, int, float, str)):
             out.append((type(x), x))

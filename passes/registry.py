@@ -40,6 +40,7 @@ class OpRule:
     rewrite: Callable[[Any, Node], None] | None = None
     accepts_sizes: bool = False   # takes channel counts (``x.size(1)``) as shape arguments
     carries_soft: bool = False    # passes soft ids (attention scores) on unchanged in meaning
+    reads_channels: bool = False  # may record a consumer site (``ChannelTable.consume``)
 
 
 class RuleRegistry:
@@ -47,11 +48,13 @@ class RuleRegistry:
         self._rules: dict[Any, OpRule] = {}
 
     def register(self, *keys: Any, rewrite: Callable | None = None, accepts_sizes: bool = False,
-                 carries_soft: bool = False, name: str | None = None) -> Callable:
+                 carries_soft: bool = False, reads_channels: bool = False, name: str | None = None
+                 ) -> Callable:
         """Decorator: ``@RULES.register(nn.ReLU, F.relu, Method("relu"))`` on a propagate function."""
 
         def wrap(propagate: Callable) -> Callable:
-            rule = OpRule(name or propagate.__name__, propagate, rewrite, accepts_sizes, carries_soft)
+            rule = OpRule(name or propagate.__name__, propagate, rewrite, accepts_sizes, carries_soft,
+                          reads_channels)
             for key in keys:
                 if key is None:
                     continue

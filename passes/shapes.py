@@ -2,9 +2,10 @@
 
 Results: ``node.meta["otofx.shape"]`` (a ``torch.Size`` per tensor, a tuple of them for tuple
 outputs, None otherwise) and ``node.meta["otofx.dtype"]``; with ``keep_values`` also the graph's
-output (``gm.meta["otofx.output"]``) and, when they fit in ``KEEP_BYTES``, every node's value
-(``gm.meta["otofx.values"]``: the values and the version each node's tensor arguments had when
-it read them, for ``passes.capture`` to summarise and drop). The run is in eval mode under
+output (``gm.meta["otofx.output"]``) and, when they fit in ``KEEP_BYTES``, the inputs of every
+node whose rule may read channels (``OpRule.reads_channels``) in ``gm.meta["otofx.values"]``:
+those values and the version each had when the node read it, for ``passes.capture`` to summarise
+and drop. The run is in eval mode under
 ``no_grad``, on the module as it is: no buffer (BatchNorm running stats) is updated and the
 training flags are restored afterwards.
 
@@ -23,6 +24,8 @@ from torch.fx import GraphModule, Interpreter, Node
 from torch.fx.passes.infra.pass_base import PassResult
 
 from otofx.errors import ShapeError
+
+from .registry import RULES
 
 SHAPE = "otofx.shape"
 DTYPE = "otofx.dtype"
@@ -78,13 +81,10 @@ class _Recorder(Interpreter):
         self.kept_bytes = 0
 
     def run_node(self, n: Node) -> Any:
-        if self.values is not None:
-            # the version of each tensor argument as this node reads it: an in-place op later in
-            # the graph (a ReLU(inplace=True), ``+=``) changes it, and the kept value is stale
-            for i, a in enumerate(n.args):
-                x = self.env.get(a) if isinstance(a, Node) else None
-                if isinstance(x, torch.Tensor):
-                    self.read_versions[(n.name, i)] = x._version
+        if self.values is not None and n.op.startswith("call_"):
+            rule = RULES.lookup(self.module, n)
+            if rule is not None and rule.reads_channels:
+                self._keep_inputs(n)
         try:
             value = super().run_node(n)
         except Exception as exc:
@@ -101,13 +101,23 @@ class _Recorder(Interpreter):
             raise
         n.meta[SHAPE] = _describe(value)
         n.meta[DTYPE] = _dtype(value)
-        if self.values is not None:
-            self.kept_bytes += _nbytes(value)
-            if self.kept_bytes > KEEP_BYTES:
-                self.values = None
-            else:
-                self.values[n.name] = value
         return value
+
+    def _keep_inputs(self, n: Node) -> None:
+        """Keep the tensors ``n`` reads (a node whose rule may record a consumer site), with the
+        version each has now: an in-place op later in the graph (a ReLU(inplace=True), ``+=``)
+        changes it, and the kept value is stale then."""
+        for i, a in enumerate(n.args):
+            x = self.env.get(a) if isinstance(a, Node) else None
+            if not isinstance(x, torch.Tensor):
+                continue
+            self.read_versions[(n.name, i)] = x._version
+            if a.name not in self.values:
+                self.kept_bytes += _nbytes(x)
+                if self.kept_bytes > KEEP_BYTES:
+                    self.values = None
+                    return
+                self.values[a.name] = x
 
 
 def shapes_pass(gm: GraphModule, example_inputs: Sequence[Any], keep_values: bool = False) -> PassResult:
@@ -119,6 +129,8 @@ def shapes_pass(gm: GraphModule, example_inputs: Sequence[Any], keep_values: boo
             f"got {len(example_inputs)} example inputs but the graph takes {len(placeholders)} "
             f"({', '.join(p.name for p in placeholders)})."
         )
+    if keep_values:
+        from . import rules  # noqa: F401  (registers the op rules the recorder asks)
     recorder = _Recorder(gm, keep_values)
     with evaluation(gm):
         try:

@@ -34,7 +34,7 @@ from .groups import GROUPS, PruningGroup
 from .registry import RULES, arg_of
 from .shapes import evaluation
 from .table import member_mask
-from .trace import copy_module, own_tensors
+from .trace import copy_module, finish_copy, own_tensors
 
 
 @dataclass
@@ -57,10 +57,11 @@ class ShrinkContext:
         self._meta = {n.name: n.meta for n in analysis_gm.graph.nodes}
         self._removed_root = torch.zeros(self.table.uf.size + 1, dtype=torch.bool)
         self._removed_root[removed_roots] = True
+        self._removed_id = self._removed_root[self.table.uf.all_roots()]
 
     def removed(self, ids: torch.Tensor) -> torch.Tensor:
-        roots = self.table.uf.roots(ids)
-        return (roots >= 0) & self._removed_root[roots.clamp(min=0)]
+        """Which ``ids`` belong to a removed channel (an indexing, no union-find walk)."""
+        return (ids >= 0) & self._removed_id[ids.clamp(min=0)]
 
     def _labels(self, arg: Node) -> Any:
         return self._meta[arg.name].get(LABELS)
@@ -173,8 +174,9 @@ def _decide(gm: GraphModule, ctx: ShrinkContext, captures: dict[str, list[Captur
         for cap in caps:
             if cap.first is None:
                 continue
-            roots = ctx.table.uf.roots(cap.site.ids[cap.positions])
-            removed = ctx.removed(cap.site.ids[cap.positions])
+            ids = cap.site.ids[cap.positions]
+            roots = ctx.table.uf.all_roots()[ids.clamp(min=0)]
+            removed = ctx.removed(ids)
             varies = cap.varies & removed
             nonzero = (varies | (cap.first != 0).cpu()) & removed
             if bool(varies.any()):
@@ -255,12 +257,14 @@ def _slice_tensors(gm: GraphModule, ctx: ShrinkContext) -> None:
         if not torch.equal(rebuilt, gone):
             raise ShrinkError(f"the removed channels of '{param}' are not whole slices")
     owners = _owners(gm)
+    named = dict(gm.named_parameters(remove_duplicate=False))
+    named.update(gm.named_buffers(remove_duplicate=False))
     for param, dims in keeps.items():
-        old = tensor_named(gm, param)
+        old = named[param] if param in named else tensor_named(gm, param)
         new = old.detach()
-        for dim, keep in dims:
+        for dim, keep in dims:       # index_select copies: the result shares nothing with ``old``
             new = new.index_select(dim, keep.to(new.device))
-        _replace(owners, old, new.clone())
+        _replace(owners, old, new)
 
 
 def _add_biases(gm: GraphModule, nodes: dict[str, Node], deltas: dict[str, torch.Tensor],
@@ -402,7 +406,7 @@ def shrink_graph(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequ
             raise
         sub, stats = _shrink(gm, analysis_gm, example_inputs, verify, None)
     own_tensors(sub, gm)
-    return sub, stats
+    return finish_copy(sub), stats
 
 
 def _shrink(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequence[Any], verify: bool,

@@ -35,9 +35,11 @@ class UnionFind:
     def __init__(self) -> None:
         self._parent = torch.empty(0, dtype=torch.long)
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._all: torch.Tensor | None = None
         self.size = 0
 
     def new(self, n: int) -> torch.Tensor:
+        self._all = None
         ids = torch.arange(self.size, self.size + n, dtype=torch.long)
         if self.size + n > self._parent.numel():
             grown = torch.arange(max(2 * (self.size + n), 1024), dtype=torch.long)
@@ -74,7 +76,14 @@ class UnionFind:
     def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Unify ``a[i]`` with ``b[i]`` for every i where both are ids (>= 0)."""
         if a.numel():     # copies: the caller may reuse its tensors
+            self._all = None
             self._pending.append((a.reshape(-1).clone(), b.reshape(-1).clone()))
+
+    def all_roots(self) -> torch.Tensor:
+        """The root of every id, ``all_roots()[i]``: one walk, kept until ids or unions are added."""
+        if self._all is None:
+            self._all = self.roots(torch.arange(self.size))
+        return self._all
 
     def _join_pending(self) -> None:
         a = torch.cat([p[0] for p in self._pending])

@@ -179,7 +179,28 @@ def copy_module(gm: GraphModule) -> GraphModule:
         for t in group.values():
             if t is not None:
                 memo[id(t)] = t
-    return copy.deepcopy(gm, memo)
+    try:
+        from torch.fx._lazy_graph_module import _LazyGraphModule
+        from torch.fx.graph_module import _CodeOnlyModule
+    except ImportError:            # pragma: no cover - older torch: generates the code now
+        return copy.deepcopy(gm, memo)
+    # what GraphModule.__deepcopy__ does, but as a _LazyGraphModule: shrink edits the graph, so
+    # the code is generated once at the end (``finish_copy``), not here as well
+    body = copy.deepcopy(gm.__dict__, memo)
+    res = _LazyGraphModule(_CodeOnlyModule(body), body["_graph"], type(gm).__name__)
+    for attr in ("_state_dict_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"):
+        if attr in gm.__dict__:
+            setattr(res, attr, copy.deepcopy(gm.__dict__[attr], memo))
+    res.meta = copy.deepcopy(getattr(gm, "meta", {}), memo)
+    return res
+
+
+def finish_copy(gm: GraphModule) -> GraphModule:
+    """Generate the code of a :func:`copy_module` copy now (it is a lazy GraphModule)."""
+    recompile = getattr(gm, "real_recompile", None)
+    if recompile is not None:
+        recompile()
+    return gm
 
 
 def own_tensors(copied: nn.Module, original: nn.Module) -> None:

@@ -4,6 +4,7 @@ the update they stand for, the vectorised channel pick against the greedy loop."
 
 import copy
 
+import pytest
 import torch
 from digits import DigitsCNN
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 import otofx
 from otofx.grouped import Direction
+from otofx.optim_base import GroupSparsityOptimizer
 from otofx.partition import choose
 
 X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -36,10 +38,11 @@ TORCH = {"sgd": lambda ps, c: torch.optim.SGD(ps, lr=c.lr, momentum=c.momentum,
 @settings(max_examples=8)
 @given(variant=st.sampled_from(sorted(TORCH)), kind=st.sampled_from(["dhspg", "hesso"]),
        momentum=st.sampled_from([0.0, 0.9]), weight_decay=st.sampled_from([0.0, 1e-2]),
-       zero_target=st.booleans())
-def test_base_step_is_torchs(variant, kind, momentum, weight_decay, zero_target):
+       zero_target=st.booleans(), foreach=st.booleans())
+def test_base_step_is_torchs(variant, kind, momentum, weight_decay, zero_target, foreach):
     """With target 0 (pruning phase, nothing to prune) or before the pruning phase, otofx trains
-    exactly as torch.optim.SGD / Adam / AdamW (to float rounding: SGD's momentum is fused)."""
+    exactly as torch.optim.SGD / Adam / AdamW (to float rounding: SGD's momentum is fused), one
+    parameter at a time (CPU) or with the foreach kernels (other devices; forced here)."""
     config = otofx.DHSPGConfig if kind == "dhspg" else otofx.HESSOConfig
     cfg = config(lr=0.05 if variant == "sgd" else 1e-2, variant=variant, momentum=momentum,
                  weight_decay=weight_decay, target_group_sparsity=0.0 if zero_target else 0.5,
@@ -47,11 +50,13 @@ def test_base_step_is_torchs(variant, kind, momentum, weight_decay, zero_target)
     job = _job(cfg)
     twin = copy.deepcopy(job.module)
     base = TORCH[variant](twin.parameters(), cfg)
-    for step in range(5):
-        _grads(job.module, step)
-        _grads(twin, step)
-        job.optimizer.step()
-        base.step()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GroupSparsityOptimizer, "loop_devices", () if foreach else ("cpu",))
+        for step in range(5):
+            _grads(job.module, step)
+            _grads(twin, step)
+            job.optimizer.step()
+            base.step()
     for (name, a), b in zip(job.module.named_parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -160,9 +165,11 @@ def test_vectorised_choose_is_the_greedy_pick(data, sizes, divisible, ties):
     assert torch.equal(choose(*args), _greedy(*args))
 
 
-def test_pruned_rows_take_no_update_and_new_ones_become_exactly_zero():
+@pytest.mark.parametrize("foreach", [False, True])
+def test_pruned_rows_take_no_update_and_new_ones_become_exactly_zero(foreach, monkeypatch):
     """After the pruning phase the pruned rows stay exactly zero under momentum and weight decay
     (they take no update at all), and the rest keeps training."""
+    monkeypatch.setattr(GroupSparsityOptimizer, "loop_devices", () if foreach else ("cpu",))
     cfg = otofx.HESSOConfig(lr=0.05, momentum=0.9, weight_decay=1e-2, target_group_sparsity=0.5,
                             start_pruning_step=1, pruning_steps=2, pruning_periods=2)
     job = _job(cfg)

@@ -85,7 +85,7 @@ def _sdpa_rewrite(ctx, node):
 
 
 @RULES.register(F.scaled_dot_product_attention, *aten("scaled_dot_product_attention"),
-                rewrite=_sdpa_rewrite, name="scaled_dot_product_attention")
+                rewrite=_sdpa_rewrite, reads_channels=True, name="scaled_dot_product_attention")
 def sdpa(ctx, node):
     q, k, v = node.args[0], ctx.arg(1, "key"), ctx.arg(2, "value")
     mask = ctx.arg(3, "attn_mask")

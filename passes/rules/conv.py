@@ -117,4 +117,4 @@ def conv_rewrite(ctx, node):
 
 
 RULES.register(*CONVS, *TRANSPOSED, *CONV_FNS, *TRANSPOSED_FNS,
-               rewrite=conv_rewrite, name="conv")(conv)
+               rewrite=conv_rewrite, reads_channels=True, name="conv")(conv)

@@ -60,7 +60,7 @@ def linear_rewrite(ctx, node):
 
 
 RULES.register(*module_classes("Linear"), F.linear, torch._C._nn.linear, *aten("linear"),
-               rewrite=linear_rewrite, name="linear")(linear)
+               rewrite=linear_rewrite, reads_channels=True, name="linear")(linear)
 
 
 def embedding(ctx, node):
@@ -89,7 +89,7 @@ RULES.register(*module_classes("Embedding"), F.embedding, *aten("embedding"), re
                name="embedding")(embedding)
 
 
-@RULES.register(torch.addmm, Method("addmm"), *aten("addmm"), name="addmm")
+@RULES.register(torch.addmm, Method("addmm"), *aten("addmm"), reads_channels=True, name="addmm")
 def addmm(ctx, node):
     """``addmm(bias, x, W)`` with parameters ``W`` (in, out) and ``bias``: a linear layer
     (HF GPT-2's Conv1D)."""
@@ -105,7 +105,7 @@ def addmm(ctx, node):
 
 @RULES.register(torch.matmul, torch.mm, torch.bmm, operator.matmul, Method("matmul"),
                 Method("mm"), Method("bmm"), Method("__matmul__"), *aten("matmul"), *aten("mm"),
-                *aten("bmm"), carries_soft=True, name="matmul")
+                *aten("bmm"), carries_soft=True, reads_channels=True, name="matmul")
 def matmul(ctx, node):
     a, b = node.args[0], node.args[1]
     sa, sb = ctx.shape(a), ctx.shape(b)

@@ -28,7 +28,8 @@ def _dims(ctx, node, ndim: int) -> list[int]:
     return [d % ndim for d in dim]
 
 
-@RULES.register(*functions(*REDUCTIONS), *[k for n in REDUCTIONS for k in aten(n)], name="reduce")
+@RULES.register(*functions(*REDUCTIONS), *[k for n in REDUCTIONS for k in aten(n)], reads_channels=True,
+                name="reduce")
 def reduce(ctx, node):
     x = node.args[0]
     L, shape = ctx.labels(x), ctx.shape(x)
