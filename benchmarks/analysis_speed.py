@@ -395,7 +395,8 @@ NOTES = """Notes: medians of n interleaved repeats (at most {repeats}; a step st
 once it has used {budget:g} s on a model). otofx total = analyze + shrink (shrink includes its \
 verification forward; 30% of each prunable group zeroed beforehand, untimed; otofx.trace is not \
 in the total): on the weights analysed (row otofx), or after they changed since the analysis \
-(row "otofx, trained since", as after otofx.compress: one more forward, shrink's own reference run). torch-pruning total = its full prune: MagnitudePruner construction (which builds \
+(row "otofx, trained since", as after otofx.compress: one more forward, shrink's own reference \
+run). torch-pruning total = its full prune: MagnitudePruner construction (which builds \
 the DependencyGraph) + step(); its analysis column is DependencyGraph().build_dependency alone. \
 only-train-once total = OTO(model, dummy_input) graph construction only. params left = \
 parameters after / before pruning."""
