@@ -258,7 +258,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                     if d is None:
                         continue
                     if id(p) in rows:
-                        self._take_rows(p, d, *rows[id(p)][:2])
+                        self._take_rows(p, d, *rows[id(p)])
                     else:
                         plain.append(p)
                 self._take_all(plain, [directions[id(p)] for p in plain], group["lr"])
@@ -273,7 +273,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
 
     def _row_coefficients(self, updates: list[Update], held: list[tuple[GroupedViews, torch.Tensor]]
                           ) -> dict[int, tuple]:
-        """Per parameter, ``(A, B, frozen rows)`` of ``x -> A * x + B * d`` for the rows the
+        """Per parameter, ``(A, B)`` of ``x -> A * x + B * d`` (``A`` None: 1) for the rows the
         ``updates`` of this step touch and the pruned channels: those pruned before this step
         (``held``, as the step began) are exactly zero and take no update, those pruned in it
         become zero (``a = b = 0``). A parameter in several views gets their composition."""
