@@ -115,14 +115,47 @@ def _records(gm: GraphModule, table, units: torch.Tensor
 
 def _pins(table, units: torch.Tensor, extra: list[tuple[torch.Tensor, str]]
           ) -> dict[int, list[str]]:
-    """Reasons per pinned channel (root id); only channels (not constants) are listed."""
+    """Reasons per pinned channel (root id): the first 8 distinct ones, in the order the pins
+    were made; only channels (not constants) are listed."""
+    texts: dict[str, int] = {}
+    parts = []
+    for order, (ids, why) in enumerate(extra + table.pins):
+        if ids.numel():
+            n = ids.numel()
+            parts.append(torch.stack([ids.reshape(-1), torch.full((n,), texts.setdefault(why, len(texts))),
+                                      torch.full((n,), order)]))
+    if not parts:
+        return {}
+    ids, text, order = torch.cat(parts, dim=1)
+    roots = table.uf.roots(ids)
+    keep = member_mask(roots, units)
+    roots, text, order = roots[keep], text[keep], order[keep]
+    pair, index = torch.unique(roots * len(texts) + text, return_inverse=True)   # (root, text)
+    first = torch.full((pair.numel(),), order.max().item() + 1 if order.numel() else 0, dtype=torch.long)
+    first.scatter_reduce_(0, index, order, reduce="amin")    # the pin that first gave it
+    root, text = pair // len(texts), pair % len(texts)
+    ranked = stable_argsort(root * (int(first.max()) + 1) + first) if pair.numel() else pair
+    root, text = root[ranked], text[ranked]
+    rank = torch.arange(root.numel()) - torch.searchsorted(root, root)
+    names = list(texts)
     reasons: dict[int, list[str]] = defaultdict(list)
-    for ids, why in extra + table.pins:
-        roots = table.uf.roots(ids.reshape(-1)).unique()
-        for r in roots[member_mask(roots, units)].tolist():
-            if why not in reasons[r] and len(reasons[r]) < 8:
-                reasons[r].append(why)
+    for r, w in zip(root[rank < 8].tolist(), text[rank < 8].tolist()):
+        reasons[r].append(names[w])
     return reasons
+
+
+def _group_index(h0: torch.Tensor, h1: torch.Tensor, pinned: torch.Tensor) -> torch.Tensor:
+    """Group of each channel: one per distinct (h0, h1, pinned). A 1-d unique over h0 and the
+    pinned bit, checked against h1 (a 64-bit collision would show there and take the slow way)."""
+    first_key = h0 * 2 + pinned.long()        # wraps around: still a function of (h0, pinned)
+    uniq, index = torch.unique(first_key, return_inverse=True)
+    lead = torch.full((uniq.numel(),), -1, dtype=torch.long)
+    lead.scatter_reduce_(0, index, torch.arange(index.numel()), reduce="amax", include_self=True)
+    same = (h1 == h1[lead[index]]) & (pinned == pinned[lead[index]]) & (h0 == h0[lead[index]])
+    if bool(same.all()):
+        return index
+    key = torch.stack([h0, h1, pinned.long()], dim=1)
+    return torch.unique(key, dim=0, return_inverse=True)[1]
 
 
 def build_groups(gm: GraphModule) -> list[PruningGroup]:
@@ -152,8 +185,7 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
     for i in range(2):
         hashes[i].index_add_(0, pair_root, salt[i][pair_kind] * (counts + 1))
     pinned = member_mask(units, torch.tensor(sorted(pins), dtype=torch.long))
-    key = torch.stack([hashes[0][units], hashes[1][units], pinned.long()], dim=1)
-    _, group_index = torch.unique(key, dim=0, return_inverse=True)
+    group_index = _group_index(hashes[0][units], hashes[1][units], pinned)
     first_root = torch.full((int(group_index.max()) + 1,), uf.size, dtype=torch.long)
     first_root.scatter_reduce_(0, group_index, units, reduce="amin")
     order_of_groups = torch.argsort(first_root)            # groups in channel-creation order

@@ -105,11 +105,13 @@ class UnionFind:
 
 
 def _in_ranges(ids: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
-    """Which ``ids`` fall in one of the half-open ``ranges``."""
-    out = torch.zeros_like(ids, dtype=torch.bool)
-    for lo, hi in ranges:
-        out |= (ids >= lo) & (ids < hi)
-    return out
+    """Which ``ids`` fall in one of the half-open ``ranges`` (disjoint, in increasing order: ids
+    are handed out in order), by one binary search per id."""
+    if not ranges:
+        return torch.zeros_like(ids, dtype=torch.bool)
+    bounds = torch.tensor(ranges, dtype=torch.long)
+    i = torch.searchsorted(bounds[:, 0].contiguous(), ids.contiguous(), right=True) - 1
+    return (i >= 0) & (ids < bounds[:, 1][i.clamp(min=0)])
 
 
 def member_mask(ids: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
