@@ -22,6 +22,8 @@ same phase. Targets (measured, not asserted): an otofx step at most 1.5x the bas
 iteration at most 1.05x.
 
 Timings use one torch thread by default (``--threads``), as ``benchmarks.analysis_speed``.
+``--device cuda`` trains every copy on the GPU (otofx analyses a CPU copy of the model, then its
+module moves over; each timed step and forward/backward ends in a synchronize).
 
 Run from the repository root: ``python -m benchmarks.optimizer_overhead [--quick] [--out PATH]``
 (or ``python benchmarks/optimizer_overhead.py``).
@@ -131,10 +133,10 @@ class Case:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build_case(spec: ModelSpec, batch: int, schedule: Schedule) -> Case:
-    model = spec.build().train()
-    x = torch.randn(batch, 3, spec.image_size, spec.image_size)
-    y = torch.randint(0, NUM_CLASSES, (batch,))
+def build_case(spec: ModelSpec, batch: int, schedule: Schedule, device: str = "cpu") -> Case:
+    model = spec.build().train().to(device)
+    x = torch.randn(batch, 3, spec.image_size, spec.image_size, device=device)
+    y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     F.cross_entropy(model(x), y).backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
              if p.grad is not None}
@@ -187,17 +189,23 @@ def contestants(case: Case, family: Family, oto_cls: Any, oto_reason: str) -> li
 
     def with_otofx(config: Any) -> Callable[[], tuple[nn.Module, Any]]:
         def build() -> tuple[nn.Module, Any]:
-            job = otofx.compress(case.model, config, (case.x[:1],))  # traces a deepcopy
-            return job.module, job.optimizer
+            if case.x.device.type == "cpu":
+                job = otofx.compress(case.model, config, (case.x[:1],))  # traces a deepcopy
+                return job.module, job.optimizer
+            # elsewhere the analysis runs on a CPU copy and the trained module moves over
+            job = otofx.compress(copy.deepcopy(case.model).cpu(), config, (case.x[:1].cpu(),))
+            return job.module.to(case.x.device), job.optimizer
         return build
 
     def oto() -> tuple[nn.Module, Any]:
         model = copy.deepcopy(case.model)
         graph = peers.oto_graph(oto_cls, model, case.x[:1])
         with contextlib.redirect_stdout(io.StringIO()):   # it prints its setup
-            optimizer = peers.oto_on_cpu(graph.hesso(  # its step hard-codes .cuda()
+            optimizer = graph.hesso(
                 target_group_sparsity=TARGET, start_pruning_step=sched.start,
-                pruning_steps=sched.during, pruning_periods=sched.periods, **family.oto))
+                pruning_steps=sched.during, pruning_periods=sched.periods, **family.oto)
+        if case.x.device.type == "cpu":
+            optimizer = peers.oto_on_cpu(optimizer)     # its step hard-codes .cuda()
         return model, optimizer
 
     out = [contestant(family.label, TORCH, base),
@@ -234,9 +242,14 @@ def iterate(c: Contestant, case: Case, step: int) -> None:
         c.optimizer.zero_grad()
         F.cross_entropy(c.model(case.x), case.y).backward()
 
-    fb = time_once(Step("forward+backward", forward_backward))
+    def synced(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        if case.x.device.type != "cuda":
+            return run
+        return lambda arg: (run(arg), torch.cuda.synchronize())
+
+    fb = time_once(Step("forward+backward", synced(forward_backward)))
     set_grads(c.model, case.grads)
-    st = time_once(Step("step", lambda _: c.optimizer.step()))
+    st = time_once(Step("step", synced(lambda _: c.optimizer.step())))
     if case.schedule.phase(step) is not None:
         c.fb[step], c.step[step] = fb, st
 
@@ -400,7 +413,8 @@ def machine_line(args: argparse.Namespace) -> str:
     models = f"resnet18 at {args.size}x{args.size}"
     if not args.quick:
         models += f", vit_b_16 at {args.vit_size}x{args.vit_size}"
-    return (f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+    device = "" if args.device == "cpu" else f"device {args.device} ({torch.cuda.get_device_name()}); "
+    return (f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), {device}"
             f"load average {load}; torch {torch.__version__}, torch threads "
             f"{torch.get_num_threads()}; Python {platform.python_version()}; batch {args.batch}, "
             f"{models}; steps before/during/after: resnet18 {fmt_steps(args.steps)}"
@@ -463,6 +477,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a shared machine, more "
                              "threads make times swing)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the models train (default cpu; e.g. cuda: otofx analyses a CPU "
+                             "copy, then trains on the device; steps are timed to a synchronize)")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     args = parser.parse_args(argv)
     if args.vit_size % 16:
@@ -480,7 +497,7 @@ def bench_model(spec: ModelSpec, schedule: Schedule, tools: Tools,
                 args: argparse.Namespace) -> list[Row]:
     """The rows of one model; a model that cannot be built gives one failed row."""
     try:
-        case = build_case(spec, args.batch, schedule)
+        case = build_case(spec, args.batch, schedule, args.device)
     except Exception as exc:  # noqa: BLE001 - report, never crash
         cells = [spec.name, "", "", "all", f"failed to build: {peers.one_line(exc)}"]
         return [Row(cells + [""] * (len(HEADERS) - len(cells)))]
