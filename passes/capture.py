@@ -9,7 +9,7 @@ per position, taken from a run of the graph on the example inputs.
 
 The run is either a fresh one (``record``) or the analysis' own shapes run: ``reference_pass``
 summarises it for the channels that are dead at analysis time and keeps the outputs, stamped
-with the identity and version of every weight and input (``Reference``). Shrink reuses it when
+with the identity, version and norm of every weight and input (``Reference``). Shrink reuses it when
 nothing changed since, which saves one forward pass of the full model; when the stamp differs
 it runs the graph itself.
 
@@ -120,35 +120,26 @@ def record(gm: GraphModule, captures: dict[str, list[Capture]], example_inputs: 
         return _Recorder(gm, captures).run(*example_inputs)
 
 
-def _probe(t: torch.Tensor) -> torch.Tensor:
-    """A few elements of ``t``, flat, for a checksum: all of a small or 1-d tensor, else the first
-    four of every row (``.data`` writes bypass the version counter; they rarely miss these)."""
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if t.dim() > 1 and t.numel() > 4096 and t.is_contiguous():
-        t = t.view(t.size(0), -1)[:, :4]
-    return t.reshape(-1)
-
-
 @torch.no_grad()
 def _checksums(tensors: list[torch.Tensor]) -> list[float]:
-    """The sum of each tensor's probe, in float64; tensors of one dtype and device in one go."""
+    """A content checksum per tensor (``.data`` writes bypass the version counter): the L2 norm
+    of every element, floating tensors of one dtype and device in one multi-tensor kernel."""
+    sums = [0.0] * len(tensors)
     by_kind: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
-        by_kind.setdefault((t.dtype, t.device), []).append(i)
-    sums = [0.0] * len(tensors)
+        if t.is_floating_point() and t.numel():
+            by_kind.setdefault((t.dtype, t.device), []).append(i)
+        elif t.numel():
+            sums[i] = float(t.detach().double().abs().sum() if t.is_complex() else t.detach().sum().double())
     for members in by_kind.values():
-        parts = [_probe(tensors[i]) for i in members]
-        flat = torch.cat(parts).to(torch.float64)
-        lengths = torch.tensor([p.numel() for p in parts], device=flat.device)
-        per = torch.segment_reduce(flat, "sum", lengths=lengths, unsafe=True)
-        for i, v in zip(members, per.tolist()):
+        norms = torch._foreach_norm([tensors[i] for i in members])
+        for i, v in zip(members, torch.stack(norms).double().tolist()):
             sums[i] = v
     return sums
 
 
 def stamp(gm: torch.nn.Module, example_inputs: Any) -> list[Any]:
-    """Identity, version and a partial checksum of every tensor ``gm`` computes from, and of the
+    """Identity, version and norm of every tensor ``gm`` computes from, and of the
     inputs: it changes when a weight, buffer or input is replaced or written in place."""
     tensors: list[torch.Tensor] = []
     for m in gm.modules():

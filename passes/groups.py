@@ -144,6 +144,27 @@ def _pins(table, units: torch.Tensor, extra: list[tuple[torch.Tensor, str]]
     return reasons
 
 
+def _merge_twins(records: list[_Record]) -> tuple[list[_Record], list[int], dict[int, list[tuple[int, _Record]]]]:
+    """Records whose positions hold exactly the same channels (a conv's rows, the norm's weight,
+    bias and running stats after it) always meet a channel together: only the first of them takes
+    part in the grouping, the others (``twins[k]``) are listed beside it. Returns the records
+    kept, each one's place in the original list, and the twins with theirs."""
+    kept: list[_Record] = []
+    first_index: list[int] = []
+    twins: dict[int, list[tuple[int, _Record]]] = {}
+    seen: dict[bytes, int] = {}
+    for i, r in enumerate(records):
+        key = r.roots.numpy().tobytes() if r.role != "site" else None
+        if key is not None and key in seen:
+            twins.setdefault(seen[key], []).append((i, r))
+            continue
+        if key is not None:
+            seen[key] = len(kept)
+        kept.append(r)
+        first_index.append(i)
+    return kept, first_index, twins
+
+
 def _group_index(h0: torch.Tensor, h1: torch.Tensor, pinned: torch.Tensor) -> torch.Tensor:
     """Group of each channel: one per distinct (h0, h1, pinned). A 1-d unique over h0 and the
     pinned bit, checked against h1 (a 64-bit collision would show there and take the slow way)."""
@@ -166,6 +187,7 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
     units = uf.roots(torch.cat(table.channel_ids)).unique()
     records, extra = _records(gm, table, units)
     pins = _pins(table, units, extra)
+    records, first_index, twins = _merge_twins(records)
     K = len(records)
     roots = torch.cat([r.roots for r in records])
     kinds = torch.cat([torch.full_like(r.roots, k) for k, r in enumerate(records)])
@@ -214,7 +236,7 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
         lo, hi = (int(torch.searchsorted(pair_root, rep, right=r)) for r in (False, True))
         sig = list(zip(pair_kind[lo:hi].tolist(), counts[lo:hi].tolist()))
         is_pinned = rep in pins
-        members, consumers = [], []
+        numbered, consumers = [], []
         for k, count in sig:
             rec = records[k]
             if rec.role == "site":
@@ -222,7 +244,9 @@ def build_groups(gm: GraphModule) -> list[PruningGroup]:
                 continue
             start = starts[gi * K + k]
             index = pos[start: start + size * count].view(size, count)
-            members.append(ChannelSlice(rec.key[0], rec.key[1], rec.role, index))
+            for j, r in [(first_index[k], rec), *twins.get(k, [])]:
+                numbered.append((j, ChannelSlice(r.key[0], r.key[1], r.role, index)))
+        members = [m for _, m in sorted(numbered, key=lambda jm: jm[0])]
         producers = [m for m in members if m.role == PRODUCER]
         base = (producers or members)[0].param.rsplit(".", 1)[0] if members else "group"
         names[base] += 1
