@@ -175,12 +175,25 @@ class ChannelTable:
             self.slice_roles[key] = PRODUCER
         return self.slice_ids[key]
 
+    def bind_slices(self, param: str, dim: int, ids: torch.Tensor, role: str) -> torch.Tensor:
+        """Slice ``i`` of ``param`` along ``dim`` belongs to channel ``ids[i]`` (unified with it);
+        returns the slices' canonical ids. Slices seen for the first time, all with a channel, take
+        ``ids`` themselves: no fresh ids and no unions (a norm's four slices per channel)."""
+        key = (param, dim)
+        flat = ids.reshape(-1)
+        if key not in self.slice_ids and role != PRODUCER and flat.numel() and bool((flat >= 0).all()):
+            self.slice_ids[key] = flat.clone()
+            self.slice_roles[key] = role
+            return self.slice_ids[key]
+        slices = self.param_slices(param, dim, flat.numel(), role)
+        self.unify(slices, flat)
+        return slices
+
     def read_slices(self, param: str, dim: int, ids: torch.Tensor, role: str) -> None:
         """Slice ``i`` of ``param`` along ``dim`` is used with channel ``ids[i]``. A slice used
         with data that has no channel (``ids[i] < 0``) is pinned: it matters when the weight is
         shared with another use whose input does have channels."""
-        slices = self.param_slices(param, dim, ids.numel(), role)
-        self.unify(slices, ids)
+        slices = self.bind_slices(param, dim, ids, role)
         self.pin(slices[ids.reshape(-1) < 0], f"'{param}' is shared with a use whose input has no "
                  "channel")
 

@@ -91,7 +91,7 @@ def conv(ctx, node):
             out_ids = table.param_slices(wname, 0, c_out, PRODUCER)
             ctx.couple_along(out_ids.view(groups, c_out // groups), 0, "grouped conv output")
     if bname is not None:
-        table.unify(table.param_slices(bname, 0, c_out, AFFINE), out_ids)
+        table.bind_slices(bname, 0, out_ids, AFFINE)
     out = [1] * len(ctx.out_shape)
     out[cdim] = c_out
     return out_ids.view(out).clone()

@@ -35,7 +35,7 @@ def _features(ctx, node, ids_in, wname, bname, in_dim: int, out_dim: int, fold: 
     table.consume(node.name, arg, len(ctx.shape(node.args[arg])) - 1, ids_in, fold, out_dim=-1)
     out_ids = table.param_slices(wname, out_dim, W.shape[out_dim], PRODUCER)
     if bname is not None:
-        table.unify(table.param_slices(bname, 0, W.shape[out_dim], AFFINE), out_ids)
+        table.bind_slices(bname, 0, out_ids, AFFINE)
     out = [1] * len(ctx.out_shape)
     out[-1] = W.shape[out_dim]
     return out_ids.view(out).clone()

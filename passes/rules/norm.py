@@ -32,7 +32,10 @@ def _slice_params(ctx, ids, params: dict[str, str]) -> None:
     for name, role in params.items():
         if name is not None:
             n = tensor_named(ctx.gm, name).shape[0]
-            ctx.table.unify(ctx.table.param_slices(name, 0, n, role), ids)
+            if ids.numel() == n:
+                ctx.table.bind_slices(name, 0, ids, role)
+            else:
+                ctx.table.unify(ctx.table.param_slices(name, 0, n, role), ids)
 
 
 def per_channel_norm(ctx, node):
