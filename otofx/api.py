@@ -7,6 +7,7 @@ import gc
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 from torch.fx import GraphModule
 
@@ -38,7 +39,19 @@ def _without_gc(fn: Callable) -> Callable:
     return wrapper
 
 
-_inputs = split_inputs   # a tensor, a tuple/list, a dict by name, or an (args, kwargs) pair
+_inputs = split_inputs
+
+
+def inputs_on_module_device(module: nn.Module, inputs: tuple) -> tuple:
+    """``inputs`` with their tensors moved to the device that holds all of ``module``'s
+    parameters and buffers (a model moved to the GPU after its analysis on CPU inputs); left as
+    they are when the module spans several devices or has no tensors."""
+    devices = {t.device for t in module.parameters()} | {t.device for t in module.buffers()}
+    if len(devices) != 1:
+        return inputs
+    device = devices.pop()
+    return tuple(x.to(device) if isinstance(x, torch.Tensor) and x.device != device else x
+                 for x in inputs)   # a tensor, a tuple/list, a dict by name, or an (args, kwargs) pair
 
 
 def bind_inputs(gm: GraphModule, example_inputs: Any) -> tuple:
@@ -120,7 +133,7 @@ def shrink(gm: GraphModule, analysis: Analysis | None = None, example_inputs: An
         if example_inputs is None:
             raise AnalysisError("shrink needs an analysis (otofx.analyze) or example_inputs.")
         analysis = analyze(gm, example_inputs)
-    inputs = bind_inputs(gm, example_inputs) or analysis.example_inputs
+    inputs = inputs_on_module_device(gm, bind_inputs(gm, example_inputs) or analysis.example_inputs)
     small, stats = shrink_graph(gm, analysis.gm, inputs, verify=verify)
     small.meta["otofx.shrink"] = stats
     return small

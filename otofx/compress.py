@@ -9,7 +9,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from otofx.analysis import Analysis
-from otofx.api import analyze, shrink, trace
+from otofx.api import analyze, inputs_on_module_device, shrink, trace
 from otofx.config import DHSPGConfig, H2SPGConfig, HESSOConfig, _BaseConfig
 from otofx.errors import ConfigError
 from otofx.flops import count_flops
@@ -55,7 +55,7 @@ class CompressionJob:
         if not self._baseline:
             self._baseline = {
                 "params": sum(p.numel() for p in self.module.parameters()),
-                "flops": count_flops(self.module, self.example_inputs),
+                "flops": count_flops(self.module, inputs_on_module_device(self.module, self.example_inputs)),
             }
         return self._baseline
 

@@ -97,7 +97,8 @@ def compression_report(job, subnet) -> str:
     sp = opt.sparsity_report()
     base = job.baseline()
     params = sum(p.numel() for p in subnet.parameters())
-    flops = count_flops(subnet, job.example_inputs)
+    from otofx.api import inputs_on_module_device
+    flops = count_flops(subnet, inputs_on_module_device(subnet, job.example_inputs))
     stats = subnet.meta.get("otofx.shrink")
     lines = [f"otofx compression report ({type(opt).__name__}, {opt.steps_taken} steps)"]
     if not sp["prunable_channels"] and "erasable_structures" in sp:

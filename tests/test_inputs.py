@@ -322,6 +322,25 @@ def test_a_model_on_cuda_stays_on_cuda():
     assert all(p.is_cuda for p in job.subnet().parameters())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_job_analysed_on_cpu_inputs_shrinks_after_moving_to_cuda():
+    # example inputs stay where the job got them; shrink and the report follow the module
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    job = otofx.compress(SmallCNN(), otofx.DHSPGConfig(lr=0.05, pruning_steps=2), (x,))
+    for _ in range(3):
+        job.optimizer.zero_grad()
+        job.module(x).square().mean().backward()
+        job.optimizer.step()
+    job.module.cuda()
+    subnet = job.subnet()
+    assert all(p.is_cuda for p in subnet.parameters())
+    job.module.eval()
+    subnet.eval()
+    torch.testing.assert_close(subnet(x.cuda()), job.module(x.cuda()), rtol=1e-4, atol=1e-5)
+    assert "FLOPs" in job.report(subnet)
+
+
 @pytest.mark.parametrize("model", [nn.Identity(), nn.Sequential()], ids=["identity", "empty"])
 def test_an_empty_model_analyses_to_nothing_and_compress_says_why(model):
     x = torch.randn(2, 4)
