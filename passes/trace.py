@@ -124,15 +124,21 @@ def analysis_module(root: nn.Module, graph: torch.fx.Graph, name: str) -> GraphM
     except ImportError:            # pragma: no cover - torch without lazy graph modules
         cls = GraphModule
     gm = cls(root, graph, name)
-    modules = dict(gm.named_modules(remove_duplicate=False))
-    walk = gm.get_submodule
-
-    def get_submodule(target: str) -> nn.Module:
-        found = modules.get(target)
-        return found if found is not None else walk(target)
-
-    gm.get_submodule = get_submodule
+    gm.get_submodule = _ModuleIndex(gm).get
     return gm
+
+
+class _ModuleIndex:
+    """``gm.get_submodule`` as a dictionary lookup (an object, not a closure, so that a deepcopy
+    of the module copies the index along with the modules it points to)."""
+
+    def __init__(self, gm: GraphModule) -> None:
+        self.modules = dict(gm.named_modules(remove_duplicate=False))
+        self.walk = gm.get_submodule
+
+    def get(self, target: str) -> nn.Module:
+        found = self.modules.get(target)
+        return found if found is not None else self.walk(target)
 
 
 def copy_graph(gm: GraphModule) -> torch.fx.Graph:

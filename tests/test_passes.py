@@ -416,3 +416,22 @@ def test_broadcast_to_method_sizes_are_rewritten():
     torch.manual_seed(0)
     _, _, small = roundtrip(BroadcastGate(), torch.randn(2, 3, 6, 6))
     assert small.conv.out_channels < 8
+
+
+def test_a_deepcopy_of_an_analysis_is_independent_and_still_shrinks():
+    import copy
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    gm = otofx.trace(TinyCNN())
+    analysis = otofx.analyze(gm, (x,))
+    twin = copy.deepcopy(analysis)
+    for name, module in twin.gm.named_modules():      # its module lookups find its own modules
+        assert twin.gm.get_submodule(name) is module
+        assert name == "" or module is not analysis.gm.get_submodule(name)
+    zero_groups(gm, analysis, 0.5, seed=0)
+    small = otofx.shrink(gm, twin)
+    small.eval()
+    gm.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), gm(x), rtol=1e-4, atol=1e-5)
