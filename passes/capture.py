@@ -30,6 +30,7 @@ from .channels import TABLE, tensor_named
 from .groups import GROUPS, PruningGroup
 from .shapes import OUTPUT, VALUES, evaluation
 from .table import PRODUCER, ChannelTable, ConsumerSite
+from .trace import held_tensors
 
 REFERENCE = "otofx.reference"
 
@@ -130,7 +131,7 @@ def _checksums(tensors: list[torch.Tensor]) -> list[float]:
         if t.is_floating_point() and t.numel():
             by_kind.setdefault((t.dtype, t.device), []).append(i)
         elif t.numel():
-            sums[i] = float(t.detach().double().abs().sum() if t.is_complex() else t.detach().sum().double())
+            sums[i] = float(t.detach().abs().sum() if t.is_complex() else t.detach().sum())
     for members in by_kind.values():
         norms = torch._foreach_norm([tensors[i] for i in members])
         for i, v in zip(members, torch.stack(norms).double().tolist()):
@@ -141,12 +142,7 @@ def _checksums(tensors: list[torch.Tensor]) -> list[float]:
 def stamp(gm: torch.nn.Module, example_inputs: Any) -> list[Any]:
     """Identity, version and norm of every tensor ``gm`` computes from, and of the
     inputs: it changes when a weight, buffer or input is replaced or written in place."""
-    tensors: list[torch.Tensor] = []
-    for m in gm.modules():
-        tensors += [t for t in m._parameters.values() if t is not None]
-        tensors += [t for t in m._buffers.values() if t is not None]
-        tensors += [v for v in m.__dict__.values() if isinstance(v, torch.Tensor)]
-    tensors += [x for x in example_inputs if isinstance(x, torch.Tensor)]
+    tensors = held_tensors(gm) + [x for x in example_inputs if isinstance(x, torch.Tensor)]
     out: list[Any] = [(id(t), t._version, t.data_ptr(), t.shape, t.dtype) for t in tensors]
     out.append(_checksums(tensors))
     for x in example_inputs:
@@ -184,8 +180,13 @@ def candidates_of(gm: GraphModule, groups: list[PruningGroup], skip=lambda g: Fa
                 d[0] = False
             if bool(d.any()):
                 dead[g.name] = d
+    return dead, dead_roots(groups, dead)
+
+
+def dead_roots(groups: list[PruningGroup], dead: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The root ids of the channels ``dead[group name]`` (bool per channel)."""
     roots = [g.roots[dead[g.name]] for g in groups if g.name in dead]
-    return dead, torch.cat(roots) if roots else torch.empty(0, dtype=torch.long)
+    return torch.cat(roots) if roots else torch.empty(0, dtype=torch.long)
 
 
 def reference_pass(work: GraphModule, user_gm: torch.nn.Module, example_inputs: Any) -> PassResult:

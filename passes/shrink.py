@@ -27,7 +27,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from otofx.errors import AnalysisError, ShrinkError
 
-from .capture import REFERENCE, Capture, Reference, candidates_of, captures_for, record
+from .capture import REFERENCE, Capture, Reference, candidates_of, captures_for, dead_roots, record
 from .channels import LABELS, SHAPE, TABLE, SizeDep, label_tensors, tensor_named
 from .erase import apply_erase, erase_plan
 from .groups import GROUPS, PruningGroup
@@ -422,8 +422,7 @@ def _shrink(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequence[
         ref = None                  # the analysis run recorded no erased structure
     if ref is not None:
         dead = ref.dead
-        candidates = torch.cat([g.roots[dead[g.name]] for g in groups if g.name in dead]) \
-            if dead else torch.empty(0, dtype=torch.long)
+        candidates = dead_roots(groups, dead)
     else:
         dead, candidates = candidates_of(sub, groups, plan.owns)
     if plan.forced_roots.numel():

@@ -209,12 +209,21 @@ def finish_copy(gm: GraphModule) -> GraphModule:
     return gm
 
 
+def held_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Every tensor ``module`` and its submodules hold: parameters, buffers and plain tensor
+    attributes (a tensor held twice is listed twice)."""
+    tensors: list[torch.Tensor] = []
+    for m in module.modules():
+        tensors += [t for t in m._parameters.values() if t is not None]
+        tensors += [t for t in m._buffers.values() if t is not None]
+        tensors += [v for v in m.__dict__.values() if isinstance(v, torch.Tensor)]
+    return tensors
+
+
 def own_tensors(copied: nn.Module, original: nn.Module) -> None:
     """Give ``copied`` its own copy of every tensor it still shares with ``original`` (ties
     between its own attributes are kept: a tensor used twice is cloned once)."""
-    theirs = {id(t) for t in original.parameters()} | {id(t) for t in original.buffers()}
-    for m in original.modules():
-        theirs.update(id(v) for v in m.__dict__.values() if isinstance(v, torch.Tensor))
+    theirs = {id(t) for t in held_tensors(original)}
     clones: dict[int, torch.Tensor] = {}
 
     def own(t: torch.Tensor) -> torch.Tensor:
