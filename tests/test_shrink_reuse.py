@@ -127,3 +127,11 @@ def test_analysis_keeps_no_activations():
     for caps in ref.captures.values():      # one scalar and one flag per removed position
         for cap in caps:
             assert cap.first.shape == cap.positions.shape == cap.varies.shape
+
+
+def test_checksum_sees_the_imaginary_part_of_a_complex_tensor():
+    from otofx.passes.capture import _checksums
+
+    z = torch.tensor([1 + 2j, -3j])
+    w = torch.tensor([1 + 5j, -3j])           # same real part
+    assert _checksums([z]) != _checksums([w])
