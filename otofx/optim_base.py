@@ -25,6 +25,46 @@ class NonFiniteGradientError(OtofxError):
     """A gradient holds NaN or inf; nothing was updated."""
 
 
+class _Directions:
+    """Every parameter's update direction in one step (``_direction``), taken when first asked
+    for: on the CPU a parameter's state is then written just before what reads it next (its row
+    products, or its own write), while it is still in cache, and a parameter no pruning update
+    reads takes its base step in one go. Off the CPU all directions are taken up front with
+    foreach kernels. ``get(id(p))`` as a dict's."""
+
+    def __init__(self, opt: GroupSparsityOptimizer, step: int) -> None:
+        self._opt, self._step = opt, step
+        self._of = {id(p): (p, g) for g in opt.param_groups for p in g["params"] if p.grad is not None}
+        self._taken: dict[int, Direction] = {}
+        for group in opt.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params and params[0].device.type not in opt.loop_devices:
+                self._taken.update(zip(map(id, params), opt._directions(params, group, step)))
+
+    def get(self, key: int, default: Direction | None = None) -> Direction | None:
+        d = self._taken.get(key)
+        if d is None and key in self._of:
+            p, group = self._of[key]
+            d = self._taken[key] = self._opt._direction(p, group, self._step)
+        return default if d is None else d
+
+    def __getitem__(self, key: int) -> Direction:
+        d = self.get(key)
+        if d is None:
+            raise KeyError(key)
+        return d
+
+    def take(self, params: list[torch.Tensor], group: dict) -> None:
+        """The base step for ``params`` (all of ``group``): those whose direction is not taken
+        yet take it and their step together, one parameter at a time."""
+        opt, lr = self._opt, group["lr"]
+        ready = [p for p in params if id(p) in self._taken]
+        opt._take_all(ready, [self._taken[id(p)] for p in ready], lr)
+        for p in params:
+            if id(p) not in self._taken:
+                opt._take(p, opt._direction(p, group, self._step), lr)
+
+
 class GroupSparsityOptimizer(torch.optim.Optimizer):
     """Base class: ``step()`` = the base variant's step, one parameter at a time, as torch's
     single-tensor SGD/Adam/AdamW write it. In the pruning phase (or once channels are pruned)
@@ -246,22 +286,18 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                 elif params:
                     self._take_all(params, self._directions(params, group, step), group["lr"])
         else:
-            directions = {}
-            for group in self.param_groups:
-                params = [p for p in group["params"] if p.grad is not None]
-                directions.update(zip(map(id, params), self._directions(params, group, step)))
+            directions = _Directions(self, step)
             rows = self._row_coefficients(self._prune(directions, step) if pruning else [], held)
             for group in self.param_groups:
                 plain = []
                 for p in group["params"]:
-                    d = directions.get(id(p))
-                    if d is None:
+                    if p.grad is None:
                         continue
                     if id(p) in rows:
-                        self._take_rows(p, d, *rows[id(p)])
+                        self._take_rows(p, directions[id(p)], *rows[id(p)])
                     else:
                         plain.append(p)
-                self._take_all(plain, [directions[id(p)] for p in plain], group["lr"])
+                directions.take(plain, group)
             for v, _ in held:
                 v.forget()
         self.otofx_state["step"] = step + 1
