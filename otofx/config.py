@@ -29,6 +29,7 @@ class _BaseConfig:
     pruning_steps: int = 1
     group_divisible: int = 1
     total_steps: int | None = None
+    fused: bool = True        # the plain base step through torch's fused kernels (otofx.fused)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -46,6 +47,9 @@ class _BaseConfig:
         _check(self, "start_pruning_step", self.start_pruning_step >= 0, "must be >= 0")
         _check(self, "pruning_steps", self.pruning_steps >= 1, "must be >= 1")
         _check(self, "group_divisible", self.group_divisible >= 1, "must be >= 1")
+        _check(self, "fused", isinstance(self.fused, bool),
+               "must be True (the base step of parameters no pruning update touches goes "
+               "through torch's fused kernels where the device has them) or False")
         if self.total_steps is not None:
             _check(self, "total_steps", self.total_steps >= 1, "must be >= 1")
             _check(self, "pruning_steps",

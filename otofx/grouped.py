@@ -230,6 +230,9 @@ class GroupedViews:
         xx_r, xu_r, uu_r = torch.zeros(3, self.num_rows, dtype=torch.float32, device=dev)
         mixes: dict[tuple[float, float], list[slice]] = {}
         touched = self._touching(channels)
+        prepare = getattr(d, "prepare", None)      # the optimizer's lazy directions: in one go
+        if prepare is not None:
+            prepare([r.param for r in touched])
         for r in touched:
             direction = d.get(id(r.param))
             u = None if direction is None else _as_rows(direction.tensor, r.dim)

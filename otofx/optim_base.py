@@ -12,6 +12,7 @@ from torch import nn
 
 from otofx.analysis import Analysis
 from otofx.config import _BaseConfig
+from otofx import fused
 from otofx.errors import AnalysisError, OtofxError
 from otofx.grouped import Direction, GroupedViews
 from otofx.partition import target_count
@@ -27,19 +28,28 @@ class NonFiniteGradientError(OtofxError):
 
 class _Directions:
     """Every parameter's update direction in one step (``_direction``), taken when first asked
-    for: on the CPU a parameter's state is then written just before what reads it next (its row
-    products, or its own write), while it is still in cache, and a parameter no pruning update
-    reads takes its base step in one go. Off the CPU all directions are taken up front with
-    foreach kernels. ``get(id(p))`` as a dict's."""
+    for. On the CPU a parameter's state is then written just before what reads it next (its row
+    products, or its own write), while it is still in cache; off the CPU ``prepare`` takes the
+    directions of a list of parameters together with foreach kernels. A parameter whose
+    direction nothing asks for takes its base step in one go (``take``: torch's fused kernels
+    where they apply). ``get(id(p))`` as a dict's."""
 
     def __init__(self, opt: GroupSparsityOptimizer, step: int) -> None:
         self._opt, self._step = opt, step
         self._of = {id(p): (p, g) for g in opt.param_groups for p in g["params"] if p.grad is not None}
         self._taken: dict[int, Direction] = {}
-        for group in opt.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if params and params[0].device.type not in opt.loop_devices:
-                self._taken.update(zip(map(id, params), opt._directions(params, group, step)))
+
+    def prepare(self, params: list[torch.Tensor]) -> None:
+        """Take the directions of ``params`` now, a few foreach launches per parameter group
+        off the CPU (on the CPU: nothing; each is taken when asked for)."""
+        todo: dict[int, tuple[dict, list[torch.Tensor]]] = {}
+        for p in params:
+            if id(p) in self._of and id(p) not in self._taken \
+                    and p.device.type not in self._opt.loop_devices:
+                group = self._of[id(p)][1]
+                todo.setdefault(id(group), (group, []))[1].append(p)
+        for group, ps in todo.values():
+            self._taken.update(zip(map(id, ps), self._opt._directions(ps, group, self._step)))
 
     def get(self, key: int, default: Direction | None = None) -> Direction | None:
         d = self._taken.get(key)
@@ -55,22 +65,23 @@ class _Directions:
         return d
 
     def take(self, params: list[torch.Tensor], group: dict) -> None:
-        """The base step for ``params`` (all of ``group``): those whose direction is not taken
-        yet take it and their step together, one parameter at a time."""
-        opt, lr = self._opt, group["lr"]
+        """The base step for ``params`` (all of ``group``); those whose direction is not taken
+        yet take it and their step together (``GroupSparsityOptimizer._base_step``)."""
+        opt = self._opt
         ready = [p for p in params if id(p) in self._taken]
-        opt._take_all(ready, [self._taken[id(p)] for p in ready], lr)
-        for p in params:
-            if id(p) not in self._taken:
-                opt._take(p, opt._direction(p, group, self._step), lr)
+        opt._take_all(ready, [self._taken[id(p)] for p in ready], group["lr"])
+        opt._base_step([p for p in params if id(p) not in self._taken], group, self._step)
 
 
 class GroupSparsityOptimizer(torch.optim.Optimizer):
-    """Base class: ``step()`` = the base variant's step, one parameter at a time, as torch's
-    single-tensor SGD/Adam/AdamW write it. In the pruning phase (or once channels are pruned)
-    every parameter's direction is taken first, ``_prune(directions)`` says what happens to the
-    rows of some channels, and each parameter is then written once: ``x - lr * d``, or per row
-    ``A * x + B * d`` where a channel is pulled, scaled, zeroed or held at zero.
+    """Base class: ``step()`` = the base variant's step: through torch's fused kernels
+    (``otofx.fused``; ``config.fused``) for the tensors they take, else one parameter at a time
+    as torch's single-tensor SGD/Adam/AdamW write it (foreach kernels off the CPU). In the
+    pruning phase (or once channels are pruned) ``_prune(directions)`` says what happens to the
+    rows of some channels, given the update directions (``_Directions``: each taken when first
+    asked for), and each parameter is then written once: ``x - lr * d``, or per row
+    ``A * x + B * d`` where a channel is pulled, scaled, zeroed or held at zero; a parameter
+    whose rows nothing changes takes the plain base step.
 
     ``state["otofx"]`` holds ``step`` (steps taken), ``pruned`` (bool per prunable channel: held
     at exactly zero; such rows take no update) and whatever the subclass keeps; it travels with
@@ -222,6 +233,29 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         decay = wd if variant == "adamw" else 0.0
         return [Direction(m, den, 1 - b1 ** t, decay) for m, den in zip(ms, dens)]
 
+    def _base_step(self, params: list[torch.Tensor], group: dict, step: int) -> None:
+        """The base step of ``params`` (of ``group``; no direction taken yet): with
+        ``config.fused``, through torch's fused kernels for the tensors they take
+        (``otofx.fused``); the others one at a time on the CPU (state and write together, in
+        cache), with foreach kernels elsewhere."""
+        variant = self.config.variant
+        if self.config.fused:
+            buckets: dict[tuple, list[torch.Tensor]] = {}
+            rest = []
+            for p in params:
+                if fused.eligible(p, self.state[p], variant):
+                    buckets.setdefault((p.device, p.dtype), []).append(p)
+                else:
+                    rest.append(p)
+            for ps in buckets.values():
+                fused.step(ps, [self.state[p] for p in ps], group, variant, step)
+            params = rest
+        if params and params[0].device.type in self.loop_devices:
+            for p in params:
+                self._take(p, self._direction(p, group, step), group["lr"])
+        elif params:
+            self._take_all(params, self._directions(params, group, step), group["lr"])
+
     @classmethod
     def _take_all(cls, params: list[torch.Tensor], dirs: list[Direction], lr: float) -> None:
         """``_take`` for each; off the CPU with foreach kernels, per kind of direction."""
@@ -279,15 +313,11 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         held = [(v, mask.clone()) for v, mask in self._held() if v.num_channels]
         if not pruning and not any(bool(mask.any()) for _, mask in held):
             for group in self.param_groups:     # the base step
-                params = [p for p in group["params"] if p.grad is not None]
-                if params and params[0].device.type in self.loop_devices:     # one at a time
-                    for p in params:                             # (in cache between the two)
-                        self._take(p, self._direction(p, group, step), group["lr"])
-                elif params:
-                    self._take_all(params, self._directions(params, group, step), group["lr"])
+                self._base_step([p for p in group["params"] if p.grad is not None], group, step)
         else:
             directions = _Directions(self, step)
             rows = self._row_coefficients(self._prune(directions, step) if pruning else [], held)
+            directions.prepare([p for g in self.param_groups for p in g["params"] if id(p) in rows])
             for group in self.param_groups:
                 plain = []
                 for p in group["params"]:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import otofx
+import otofx.fused
 from otofx.grouped import Direction
 from otofx.optim_base import GroupSparsityOptimizer
 from otofx.partition import choose
@@ -38,15 +39,16 @@ TORCH = {"sgd": lambda ps, c: torch.optim.SGD(ps, lr=c.lr, momentum=c.momentum,
 @settings(max_examples=8)
 @given(variant=st.sampled_from(sorted(TORCH)), kind=st.sampled_from(["dhspg", "hesso"]),
        momentum=st.sampled_from([0.0, 0.9]), weight_decay=st.sampled_from([0.0, 1e-2]),
-       zero_target=st.booleans(), foreach=st.booleans())
-def test_base_step_is_torchs(variant, kind, momentum, weight_decay, zero_target, foreach):
+       zero_target=st.booleans(), foreach=st.booleans(), fused=st.booleans())
+def test_base_step_is_torchs(variant, kind, momentum, weight_decay, zero_target, foreach, fused):
     """With target 0 (pruning phase, nothing to prune) or before the pruning phase, otofx trains
-    exactly as torch.optim.SGD / Adam / AdamW (to float rounding: SGD's momentum is fused), one
-    parameter at a time (CPU) or with the foreach kernels (other devices; forced here)."""
+    exactly as torch.optim.SGD / Adam / AdamW (to float rounding: SGD's momentum is fused, and
+    with ``fused`` torch's fused kernels take the step), one parameter at a time (CPU) or with the
+    foreach kernels (other devices; forced here)."""
     config = otofx.DHSPGConfig if kind == "dhspg" else otofx.HESSOConfig
     cfg = config(lr=0.05 if variant == "sgd" else 1e-2, variant=variant, momentum=momentum,
                  weight_decay=weight_decay, target_group_sparsity=0.0 if zero_target else 0.5,
-                 start_pruning_step=0 if zero_target else 50, pruning_steps=4)
+                 start_pruning_step=0 if zero_target else 50, pruning_steps=4, fused=fused)
     job = _job(cfg)
     twin = copy.deepcopy(job.module)
     base = TORCH[variant](twin.parameters(), cfg)
@@ -188,3 +190,52 @@ def test_pruned_rows_take_no_update_and_new_ones_become_exactly_zero(foreach, mo
                 rows = r.index[pruned[r.channel]]
                 assert not bool(moved.index_select(r.dim, rows).any()), r.name
                 assert bool(moved.index_select(r.dim, r.index[~pruned[r.channel]]).any()), r.name
+
+
+@pytest.mark.parametrize("variant", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("kind", ["dhspg", "hesso"])
+def test_fused_kernels_train_as_the_unfused_step(kind, variant, monkeypatch):
+    """Torch's fused kernels (``fused=True``, the default) take the plain part of each step:
+    through warm-up, the pruning phase and after it they give the unfused step's parameters
+    to float rounding, and the same pruned channels."""
+    calls = []
+    step_fn = otofx.fused.step
+    monkeypatch.setattr(otofx.fused, "step", lambda *a: calls.append(len(a[0])) or step_fn(*a))
+    config = otofx.DHSPGConfig if kind == "dhspg" else otofx.HESSOConfig
+    jobs = []
+    for fused in (True, False):
+        calls.clear()
+        cfg = config(lr=0.05 if variant == "sgd" else 1e-2, variant=variant, momentum=0.9,
+                     weight_decay=1e-3, target_group_sparsity=0.5, start_pruning_step=2,
+                     pruning_steps=4, fused=fused)
+        job = _job(cfg)
+        for step in range(9):
+            _grads(job.module, step)
+            job.optimizer.step()
+        assert bool(calls) == fused, calls      # the kernels ran, and only when asked for
+        jobs.append(job)
+    a, b = jobs
+    assert torch.equal(a.optimizer.otofx_state["pruned"], b.optimizer.otofx_state["pruned"])
+    assert int(a.optimizer.views.is_zero().sum()) == a.optimizer.target
+    for (name, p), q in zip(a.module.named_parameters(), b.module.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_sgd_starts_the_momentum_of_a_parameter_with_a_late_gradient():
+    """A parameter without a gradient in the first step gets its momentum buffer when its first
+    gradient comes, as in torch.optim.SGD (the fused kernel's first-step flag is per call)."""
+    cfg = otofx.DHSPGConfig(lr=0.05, momentum=0.9, target_group_sparsity=0.5,
+                            start_pruning_step=50, pruning_steps=4)
+    job = _job(cfg)
+    twin = copy.deepcopy(job.module)
+    base = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9)
+    late = [n for n, _ in job.module.named_parameters()][-1]
+    for step in range(4):
+        for module in (job.module, twin):
+            _grads(module, step)
+            if step == 0:
+                module.get_parameter(late).grad = None
+        job.optimizer.step()
+        base.step()
+    for (name, p), q in zip(job.module.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
