@@ -40,7 +40,8 @@ def default_leaves() -> list[type[nn.Module]]:
 
 
 class _LeafTracer(Tracer):
-    def __init__(self, leaf_modules: Iterable[Any]) -> None:
+    def __init__(self, leaf_modules: Iterable[Any] = ()) -> None:   # no argument: as torch.load
+        # rebuilds a pickled GraphModule (it re-traces the saved code with this class)
         super().__init__()
         leaves = list(leaf_modules) + default_leaves()
         self._leaf_types = tuple(x for x in leaves if isinstance(x, type))

@@ -51,6 +51,20 @@ def test_zeroed_channels_are_removed_and_parameters_predicted():
     assert small.c1.out_channels == 4 and small.fc.in_features == 8 * 16
 
 
+def test_traced_module_and_subnet_survive_torch_save_and_load(tmp_path):
+    """torch.save pickles a GraphModule by its code; torch.load re-traces that code with the
+    tracer class that built it, called with no argument (failed with a required argument)."""
+    x = torch.randn(2, 3, 8, 8)
+    gm, _, small = roundtrip(TinyCNN(), x)
+    for name, module in (("traced", gm), ("subnet", small)):
+        torch.save(module, tmp_path / f"{name}.pt")
+        back = torch.load(tmp_path / f"{name}.pt", weights_only=False)
+        back.eval()
+        with torch.no_grad():
+            assert torch.equal(back(x), module(x)), name
+        assert [p.shape for p in back.parameters()] == [p.shape for p in module.parameters()]
+
+
 class _BiasThenConv(nn.Module):
     def __init__(self, kernel, padding, bias=True):
         super().__init__()
