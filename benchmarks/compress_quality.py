@@ -439,7 +439,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", default=None,
                         help="comma-separated contestants (default: all); dense always runs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--plot", type=Path, default=RESULTS / "compress_quality.png")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="where the figure goes (default: next to --out, as .png; without "
+                             "--out benchmarks/results/compress_quality.png)")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     args = parser.parse_args(argv)
     args.tasks = args.tasks.split(",")
@@ -449,6 +451,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.targets = [float(t) for t in args.targets.split(",")]
     args.seeds = args.seeds or (2 if args.quick else 3)
     args.epochs = args.epochs or (6 if args.quick else 12)
+    if args.plot is None:
+        args.plot = args.out.with_suffix(".png") if args.out else RESULTS / "compress_quality.png"
     return args
 
 
