@@ -10,9 +10,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from otofx import fused
 from otofx.analysis import Analysis
 from otofx.config import _BaseConfig
-from otofx import fused
 from otofx.errors import AnalysisError, OtofxError
 from otofx.grouped import Direction, GroupedViews
 from otofx.partition import target_count
