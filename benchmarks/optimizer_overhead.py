@@ -6,7 +6,9 @@ size, the forward/backward does), batch ``--batch`` (default 8), and for each ba
 with momentum 0.9 and Adam, this trains side by side, interleaved step by step (the order rotates
 every step), copies of one initial model with:
 
-- the base: ``torch.optim.SGD(momentum=0.9)`` / ``torch.optim.Adam``;
+- the base: ``torch.optim.SGD(momentum=0.9)`` / ``torch.optim.Adam`` (torch's default: one
+  parameter at a time on the CPU), and the same with ``fused=True`` (torch's fused kernels, which
+  otofx's plain base step runs too), for reference;
 - otofx DHSPG and HESSO of that variant (``otofx.compress``, target group sparsity 0.5);
 - only-train-once 3.0.1's HESSO of that variant (``OTO(model, x).hesso(...)``) where installed;
   a step it cannot take on this machine makes its row say "not available: <reason>".
@@ -101,17 +103,23 @@ class Family:
 
     name: str
     label: str
-    base: Callable[[Any], torch.optim.Optimizer]
+    base: Callable[..., torch.optim.Optimizer]    # (params, **extra)
     otofx: dict
     oto: dict
+
+    @property
+    def fused_label(self) -> str:
+        return self.label[:-1] + ", fused=True)" if self.label.endswith(")") \
+            else self.label + "(fused=True)"
 
 
 FAMILIES = (
     Family("sgd", "torch SGD(momentum=0.9)",
-           lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9),
+           lambda params, **extra: torch.optim.SGD(params, lr=1e-3, momentum=0.9, **extra),
            dict(variant="sgd", lr=1e-3, momentum=0.9),
            dict(variant="sgd", lr=1e-3, first_momentum=0.9)),
-    Family("adam", "torch Adam", lambda params: torch.optim.Adam(params, lr=1e-4),
+    Family("adam", "torch Adam",
+           lambda params, **extra: torch.optim.Adam(params, lr=1e-4, **extra),
            dict(variant="adam", lr=1e-4), dict(variant="adam", lr=1e-4)),
 )
 
@@ -183,9 +191,11 @@ def contestants(case: Case, family: Family, oto_cls: Any, oto_reason: str) -> li
     common = dict(target_group_sparsity=TARGET, start_pruning_step=sched.start,
                   pruning_steps=sched.during, **family.otofx)
 
-    def base() -> tuple[nn.Module, Any]:
-        model = copy.deepcopy(case.model)
-        return model, family.base(model.parameters())
+    def base(**extra: Any) -> Callable[[], tuple[nn.Module, Any]]:
+        def build() -> tuple[nn.Module, Any]:
+            model = copy.deepcopy(case.model)
+            return model, family.base(model.parameters(), **extra)
+        return build
 
     def with_otofx(config: Any) -> Callable[[], tuple[nn.Module, Any]]:
         def build() -> tuple[nn.Module, Any]:
@@ -208,7 +218,8 @@ def contestants(case: Case, family: Family, oto_cls: Any, oto_reason: str) -> li
             optimizer = peers.oto_on_cpu(optimizer)     # its step hard-codes .cuda()
         return model, optimizer
 
-    out = [contestant(family.label, TORCH, base),
+    out = [contestant(family.label, TORCH, base()),
+           contestant(family.fused_label, TORCH, base(fused=True)),
            contestant("otofx DHSPG", OTOFX, with_otofx(otofx.DHSPGConfig(**common))),
            contestant("otofx HESSO", OTOFX,
                       with_otofx(otofx.HESSOConfig(pruning_periods=sched.periods, **common)))]
@@ -379,6 +390,18 @@ def targets(rows: list[Row]) -> list[str]:
                           for p in PHASES)
         lines.append(f"- {r.case.name} / {r.family.name} / {r.contestant.label}: step {steps}; "
                      f"iteration {iters}")
+    for r in rows:   # otofx next to torch's fused kernels (what otofx's plain step runs)
+        if r.contestant is None or r.contestant.package != OTOFX or not r.stats:
+            continue
+        fused = next((o for o in rows if o.case is r.case and o.family is r.family
+                      and o.contestant is not None and o.stats
+                      and o.contestant.label == r.family.fused_label), None)
+        if fused is None:
+            continue
+        parts = [f"{p} {r.stats[p].step_ms / fused.stats[p].step_ms:.2f}x"
+                 for p in PHASES if p in r.stats and p in fused.stats]
+        lines.append(f"- {r.case.name} / {r.family.name}: {r.contestant.label} step / "
+                     f"{r.family.fused_label} step: {', '.join(parts)}")
     for r in rows:   # otofx HESSO next to the reference HESSO, where both ran
         if r.contestant is None or r.contestant.package != OTO or not r.stats:
             continue
@@ -397,7 +420,8 @@ def targets(rows: list[Row]) -> list[str]:
 NOTES = """Notes: every cell is a median over the n steps of that phase (one untimed first step \
 before them), all optimizers interleaved step by step on copies of one initial model, stepping \
 on the same fixed gradients; the ratios divide by the base optimizer of the same variant in the \
-same phase. "step" is optimizer.step(); "iteration" is zero_grad + forward + backward + step on \
+same phase (the first torch row: torch's default, single-tensor on the CPU; the fused=True row \
+runs the kernels otofx's plain base step uses). "step" is optimizer.step(); "iteration" is zero_grad + forward + backward + step on \
 the same batch (the base trains the eager model, otofx its GraphModule, only-train-once the \
 eager model). "slowest step during" includes the partition / period-start scoring steps \
 (HESSO scores at the start of each period: with --quick's 4 pruning steps in 2 periods, half its \
