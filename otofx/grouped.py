@@ -341,6 +341,22 @@ class GroupedViews:
             out.append((r.param, ra.to(r.param.dtype) if scale else None, rb.to(r.param.dtype)))
         return out
 
+    def zero_rows(self, channels: torch.Tensor) -> None:
+        """Write exactly zero into every row of ``channels`` (bool per channel, CPU): after a
+        base step, the rows of pruned channels are back where they were (held at zero, they
+        take no update). One multiply by a 0/1 row mask per parameter with such a row (on CPU,
+        resnet18: 1.5 ms where ``index_fill_`` takes 2.5 and an index assignment 1.8)."""
+        def build() -> list[tuple[nn.Parameter, torch.Tensor]]:
+            out = []
+            for r in self._touching(channels):
+                keep = torch.ones(r.n, dtype=r.param.dtype)
+                keep[r.index[channels[r.channel]]] = 0
+                out.append((r.param, keep.view(r.shape()).to(r.param.device)))
+            return out
+        key = ("zero", channels.numpy().tobytes(), str(self.device))
+        for param, keep in self._cached(key, build):
+            param.detach().mul_(keep)
+
     # ---- reading ----------------------------------------------------------------------------
     def is_zero(self) -> torch.Tensor:
         """Bool per channel (on the CPU): every slice exactly zero."""

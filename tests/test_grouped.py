@@ -167,12 +167,16 @@ def test_vectorised_choose_is_the_greedy_pick(data, sizes, divisible, ties):
     assert torch.equal(choose(*args), _greedy(*args))
 
 
+@pytest.mark.parametrize("variant", ["sgd", "adamw"])
 @pytest.mark.parametrize("foreach", [False, True])
-def test_pruned_rows_take_no_update_and_new_ones_become_exactly_zero(foreach, monkeypatch):
+def test_pruned_rows_take_no_update_and_new_ones_become_exactly_zero(foreach, variant,
+                                                                      monkeypatch):
     """After the pruning phase the pruned rows stay exactly zero under momentum and weight decay
-    (they take no update at all), and the rest keeps training."""
+    (SGD: they take no update at all; Adam: the fused base step, then zero again), and the rest
+    keeps training."""
     monkeypatch.setattr(GroupSparsityOptimizer, "loop_devices", () if foreach else ("cpu",))
-    cfg = otofx.HESSOConfig(lr=0.05, momentum=0.9, weight_decay=1e-2, target_group_sparsity=0.5,
+    cfg = otofx.HESSOConfig(lr=0.05 if variant == "sgd" else 1e-2, variant=variant, momentum=0.9,
+                            weight_decay=1e-2, target_group_sparsity=0.5,
                             start_pruning_step=1, pruning_steps=2, pruning_periods=2)
     job = _job(cfg)
     opt = job.optimizer
