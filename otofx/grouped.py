@@ -341,21 +341,24 @@ class GroupedViews:
             out.append((r.param, ra.to(r.param.dtype) if scale else None, rb.to(r.param.dtype)))
         return out
 
-    def zero_rows(self, channels: torch.Tensor) -> None:
-        """Write exactly zero into every row of ``channels`` (bool per channel, CPU): after a
-        base step, the rows of pruned channels are back where they were (held at zero, they
-        take no update). One multiply by a 0/1 row mask per parameter with such a row (on CPU,
-        resnet18: 1.5 ms where ``index_fill_`` takes 2.5 and an index assignment 1.8)."""
-        def build() -> list[tuple[nn.Parameter, torch.Tensor]]:
+    def scale_rows(self, factor: torch.Tensor, channels: torch.Tensor) -> None:
+        """Multiply every row of ``channels`` (bool per channel, CPU) by its channel's ``factor``
+        (per channel, on ``self.device``), in place: one multiply by a per-row vector per
+        parameter with such a row (on CPU, resnet18: zeroing half the rows this way takes 1.5 ms,
+        ``index_fill_`` 2.5 ms, an index assignment 1.8 ms). Used after a plain base step:
+        ``factor`` 0 puts the rows of pruned channels back at exactly zero."""
+        def build() -> list[tuple[_Rows, torch.Tensor, torch.Tensor]]:
             out = []
             for r in self._touching(channels):
-                keep = torch.ones(r.n, dtype=r.param.dtype)
-                keep[r.index[channels[r.channel]]] = 0
-                out.append((r.param, keep.view(r.shape()).to(r.param.device)))
+                sel = channels[r.channel]
+                out.append((r, r.index[sel].to(self.device), r.channel[sel].to(self.device)))
             return out
-        key = ("zero", channels.numpy().tobytes(), str(self.device))
-        for param, keep in self._cached(key, build):
-            param.detach().mul_(keep)
+        key = ("scale", channels.numpy().tobytes(), str(self.device))
+        for r, rows, chans in self._cached(key, build):
+            x = r.param.detach()
+            per_row = torch.ones(r.n, dtype=x.dtype, device=x.device)
+            per_row[rows] = factor[chans].to(x.dtype)
+            x.mul_(per_row.view(r.shape()))
 
     # ---- reading ----------------------------------------------------------------------------
     def is_zero(self) -> torch.Tensor:
