@@ -233,14 +233,20 @@ class GroupedViews:
         prepare = getattr(d, "prepare", None)      # the optimizer's lazy directions: in one go
         if prepare is not None:
             prepare([r.param for r in touched])
+        vectors: list[tuple[_Rows, Direction]] = []    # one element per row: all in one go
         for r in touched:
             direction = d.get(id(r.param))
-            u = None if direction is None else _as_rows(direction.tensor, r.dim)
             span = slice(r.offset, r.offset + r.n)
-            _row_products(_as_rows(r.param.detach(), r.dim), u, xx_r[span], xu_r[span],
-                          uu_r[span])
             if direction is not None:
                 mixes.setdefault((direction.divisor, direction.decay), []).append(span)
+                if r.param.numel() == r.n:
+                    vectors.append((r, direction))
+                    continue
+            u = None if direction is None else _as_rows(direction.tensor, r.dim)
+            _row_products(_as_rows(r.param.detach(), r.dim), u, xx_r[span], xu_r[span],
+                          uu_r[span])
+        if vectors:
+            self._vector_products(vectors, xx_r, xu_r, uu_r)
         xx_r, xu_r, uu_r = xx_r.double(), xu_r.double(), uu_r.double()
         for (divisor, w), spans in mixes.items():       # d = s u + w x
             if (divisor, w) == (1.0, 0.0):
@@ -259,6 +265,20 @@ class GroupedViews:
                 acc = torch.where(self._mask(channels), acc, torch.zeros_like(acc))
             out.append(acc)
         return tuple(out)
+
+    def _vector_products(self, vectors: list[tuple[_Rows, Direction]], xx_r: torch.Tensor,
+                         xu_r: torch.Tensor, uu_r: torch.Tensor) -> None:
+        """``_row_products`` of parameters with one element per row (biases, norm affines), all
+        at once: concatenated, three elementwise products copied to their rows."""
+        def build() -> torch.Tensor:
+            return torch.cat([torch.arange(r.offset, r.offset + r.n) for r, _ in vectors]
+                             ).to(self.device)
+        rows = self._cached(("vectors", tuple(id(r) for r, _ in vectors), str(self.device)), build)
+        x = torch.cat([r.param.detach().reshape(-1) for r, _ in vectors]).float()
+        u = torch.cat([d.tensor.reshape(-1) for _, d in vectors]).float()
+        xx_r.index_copy_(0, rows, x * x)
+        xu_r.index_copy_(0, rows, x * u)
+        uu_r.index_copy_(0, rows, u * u)
 
     def _mask(self, channels: torch.Tensor) -> torch.Tensor:
         return channels.to(self.device, non_blocking=True)
@@ -335,10 +355,12 @@ class GroupedViews:
             rows_a, rows_b = rows_a.to(next(iter(dtypes))), rows_b.to(next(iter(dtypes)))
         out, start = [], 0
         for r, scale in zip(touched, needs_a):
-            span = slice(start, start + r.n)
+            shape = r.shape()
+            ra, rb = rows_a[start:start + r.n].view(shape), rows_b[start:start + r.n].view(shape)
             start += r.n
-            ra, rb = rows_a[span].view(r.shape()), rows_b[span].view(r.shape())
-            out.append((r.param, ra.to(r.param.dtype) if scale else None, rb.to(r.param.dtype)))
+            if ra.dtype != r.param.dtype:          # parameters of several dtypes
+                ra, rb = ra.to(r.param.dtype), rb.to(r.param.dtype)
+            out.append((r.param, ra if scale else None, rb))
         return out
 
     def scale_rows(self, factor: torch.Tensor, channels: torch.Tensor) -> None:
