@@ -366,14 +366,16 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         for v, pruned in self._held():
             if not v.num_channels or not bool(pruned.any()):
                 continue
-            v_, f, active = factors.get(id(v), (v, torch.ones(v.num_channels, dtype=torch.float64,
-                                                               device=v.device),
-                                                torch.zeros(v.num_channels, dtype=torch.bool)))
+            if id(v) not in factors:
+                factors[id(v)] = (v, torch.ones(v.num_channels, dtype=torch.float64, device=v.device),
+                                  torch.zeros(v.num_channels, dtype=torch.bool))
+            _, f, active = factors[id(v)]
             f[pruned.to(v.device)] = 0.0
             factors[id(v)] = (v, f, active | pruned)
         for v, f, channels in factors.values():
             if bool(channels.any()):
                 v.scale_rows(f, channels)
+
     def _zero_after_step(self) -> bool:
         """Whether, outside the pruning phase, the parameters with pruned rows take the plain
         (fused) base step and have those rows zeroed again after it, rather than a per-row update
