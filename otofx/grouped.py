@@ -101,12 +101,6 @@ def _row_products(x: torch.Tensor, u: torch.Tensor | None, xx: torch.Tensor, xu:
         xu.zero_()
         uu.zero_()
         return
-    if k == 1:                                   # a vector parameter: products of elements
-        x, u = x.view(-1), u.view(-1)
-        torch.mul(x, x, out=xx)
-        torch.mul(x, u, out=xu)
-        torch.mul(u, u, out=uu)
-        return
     if x.device.type != "cpu":
         torch.linalg.vector_norm(x, dim=1, dtype=f32, out=xx).square_()
         torch.linalg.vector_norm(u, dim=1, dtype=f32, out=uu).square_()

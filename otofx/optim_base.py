@@ -320,14 +320,14 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         holding = any(bool(mask.any()) for _, mask in held)
         if not pruning and (not holding or self._zero_after_step()):
             self._plain_step(step)
-            self._scale_after_step([], held)      # pruned rows: zero before it, zero again
+            self._scale_after_step([])            # pruned rows: zero before it, zero again
             return self._stepped(step, loss)
         directions = _Directions(self, step)
         updates = self._prune(directions, step) if pruning else []
         if pruning and self.config.fused and not directions.taken \
                 and all(isinstance(b, float) and b == 0.0 for _, _, b, _, _ in updates):
             self._plain_step(step)                # HESSO between scorings: x -> a * (x - lr d)
-            self._scale_after_step(updates, held)
+            self._scale_after_step(updates)
         else:
             rows = self._row_coefficients(updates, held)
             directions.prepare([p for g in self.param_groups for p in g["params"] if id(p) in rows])
@@ -353,8 +353,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             self._base_step([p for p in group["params"] if p.grad is not None], group, step)
 
-    def _scale_after_step(self, updates: list[Update], held: list[tuple[GroupedViews, torch.Tensor]]
-                          ) -> None:
+    def _scale_after_step(self, updates: list[Update]) -> None:
         """After a plain base step: the rows of each update's active channels times its ``a``
         (updates whose ``b`` is 0: ``x -> a * (x - lr d)``), those of pruned channels (held
         ones, and those pruned in this step) exactly zero again."""
