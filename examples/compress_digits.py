@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import otofx  # noqa: E402
 from examples.digits_data import accuracy, digits, steps_per_epoch, train  # noqa: E402
 from examples.digits_resnet import DigitsResNet  # noqa: E402
+from otofx.dhspg import FALLBACK  # noqa: E402
 
 LOAD_CHECK = """
 import sys, torch
@@ -50,6 +51,7 @@ class Curve:
 
     accuracy: list[float] = field(default_factory=list)
     zeros: list[int] = field(default_factory=list)
+    fallback: list[int] = field(default_factory=list)   # of ``zeros``: zeroed by DHSPG's fallback
     seconds: float = 0.0
 
 
@@ -65,7 +67,8 @@ def config_for(args: argparse.Namespace, steps: int) -> otofx.DHSPGConfig | otof
 def fit(runs: dict[str, tuple], data, test, epochs: int, zeros) -> dict[str, Curve]:
     """Train every ``name: (module, optimizer)`` for ``epochs`` epochs, one epoch of each in
     turn (so a busy machine slows them alike), with a progress bar and one line per epoch;
-    ``zeros()`` counts the zero channels of the otofx run (the last one)."""
+    ``zeros()`` counts the zero channels of the otofx run (the last one) and, of them, those the
+    DHSPG fallback zeroed."""
     curves = {name: Curve() for name in runs}
     last = list(runs)[-1]
     bar = tqdm(total=len(runs) * epochs * steps_per_epoch(data), unit="step", leave=False)
@@ -77,7 +80,9 @@ def fit(runs: dict[str, tuple], data, test, epochs: int, zeros) -> dict[str, Cur
             def on_step(_: int, curve: Curve = curve, record: bool = name == last) -> None:
                 bar.update()
                 if record:
-                    curve.zeros.append(zeros())
+                    total, fallback = zeros()
+                    curve.zeros.append(total)
+                    curve.fallback.append(fallback)
 
             start = time.perf_counter()
             train(module, optimizer, data, 1, seed=epoch, on_step=on_step)
@@ -89,6 +94,13 @@ def fit(runs: dict[str, tuple], data, test, epochs: int, zeros) -> dict[str, Cur
             tqdm.write(line)
     bar.close()
     return curves
+
+
+def zero_counts(optimizer) -> tuple[int, int]:
+    """Channels held at zero now and, of them, those DHSPG's fallback zeroed (HESSO: 0)."""
+    st = optimizer.otofx_state
+    by = st.get("by")
+    return int(st["pruned"].sum()), int((by == FALLBACK).sum()) if by is not None else 0
 
 
 @torch.no_grad()
@@ -137,7 +149,10 @@ def plot(dense: Curve, pruned: Curve, job, small, target: int, path: Path) -> No
     axes[0].set(xlabel="epoch", ylabel="test accuracy", title="load_digits test accuracy")
     axes[0].set_xticks(list(epochs))
     axes[0].legend()
-    axes[1].plot(range(1, len(pruned.zeros) + 1), pruned.zeros, label="zero channels")
+    steps = range(1, len(pruned.zeros) + 1)
+    axes[1].plot(steps, pruned.zeros, label="zero channels")
+    if any(pruned.fallback):
+        axes[1].plot(steps, pruned.fallback, label="of them by the fallback")
     axes[1].axhline(target, color="gray", ls="--", label=f"target ({target})")
     axes[1].set(xlabel="step", ylabel="channels", title="channels driven to exactly zero")
     axes[1].legend()
@@ -202,7 +217,7 @@ def job_and_report(args: argparse.Namespace) -> int:
     job = otofx.compress(DigitsResNet(args.width), config_for(args, steps), (train_set[0][:2],))
     setup = time.perf_counter() - start
     curves = fit({"dense": (dense, sgd), args.optimizer: (job.module, job.optimizer)}, train_set,
-                 test_set, args.epochs, zeros=lambda: job.optimizer.sparsity_report()["zero_channels"])
+                 test_set, args.epochs, zeros=lambda: zero_counts(job.optimizer))
     dense_curve, curve = curves["dense"], curves[args.optimizer]
     start = time.perf_counter()
     small = job.subnet()

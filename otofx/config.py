@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from otofx.errors import ConfigError
+from otofx.partition import ALLOCATIONS
 
 VARIANTS = ("sgd", "adam", "adamw")
 
@@ -28,6 +29,7 @@ class _BaseConfig:
     start_pruning_step: int = 0
     pruning_steps: int = 1
     group_divisible: int = 1
+    allocation: str = "balanced"
     total_steps: int | None = None
     fused: bool = True        # the plain base step through torch's fused kernels (otofx.fused)
 
@@ -47,6 +49,11 @@ class _BaseConfig:
         _check(self, "start_pruning_step", self.start_pruning_step >= 0, "must be >= 0")
         _check(self, "pruning_steps", self.pruning_steps >= 1, "must be >= 1")
         _check(self, "group_divisible", self.group_divisible >= 1, "must be >= 1")
+        _check(self, "allocation", self.allocation in ALLOCATIONS,
+               f"must be one of {ALLOCATIONS}: how many channels each group may lose "
+               "('balanced': one global ranking, every group keeps at least half the share a "
+               "uniform prune keeps; 'global': one ranking, no floor; 'uniform': the same share "
+               "of every group)")
         _check(self, "fused", isinstance(self.fused, bool),
                "must be True (the base step of parameters no pruning update touches goes "
                "through torch's fused kernels where the device has them) or False")
@@ -70,17 +77,26 @@ class _BaseConfig:
 class DHSPGConfig(_BaseConfig):
     """DHSPG (OTOv2): half-space projection over the channels partitioned as redundant.
 
-    Lambda defaults follow the reference per variant (sgd: 1e-3/2/10, adam: 1e-2/20/1e3) when left
-    as None. ``partition`` picks the redundant channels: ``"saliency"`` (default) ranks by the
-    five normalised saliencies HESSO uses; ``"reference"`` by OTOv2's
-    ``0.5 * normalize(cos(x, d)) + 0.5 * normalize(1 / (||x|| / |g|))``, which measured worse on
-    short runs (load_digits CNN: 0.79 vs 0.95 test accuracy at 50% sparsity). The pruning phase
-    is ``[start_pruning_step, start_pruning_step + pruning_steps)``; at its end every redundant
-    channel is exactly zero, so the target is met exactly.
+    At ``start_pruning_step`` the channels are scored (``partition``: ``"saliency"``, HESSO's five
+    normalised saliencies, or ``"reference"``, OTOv2's ``0.5 * normalize(cos(x, d)) + 0.5 *
+    normalize(1 / (||x|| / |g|))``) and ``target_group_sparsity + tolerance_group_sparsity`` of
+    them become candidates. Each step pulls the candidates towards zero by DHSPG's adaptive
+    lambda (defaults per variant as in the reference: sgd 1e-3/2/10, adam 1e-2/20/1e3) or, with
+    ``pull="scheduled"`` (default), by at least a schedule-driven lambda that rises while the
+    projected count lags a linear ramp to the target at ``fallback_start`` of the phase; a
+    candidate that crosses the half-space (``<x^, x> < epsilon ||x||^2``) is projected to
+    exactly zero and stays there. Once the target count is zero the other candidates are
+    released. ``fallback_start`` (fraction of the phase; None: no fallback) is when the fallback
+    takes the candidates the projection has not caught, the fewest needed, and shrinks them
+    linearly to zero by the phase's end, so the target is met exactly; the report counts what
+    each mechanism zeroed. ``pull="reference"`` is OTOv2's lambda alone.
     """
 
     pruning_steps: int = 100
     partition: str = "saliency"
+    tolerance_group_sparsity: float = 0.0
+    pull: str = "scheduled"
+    fallback_start: float | None = 0.75
     epsilon: float = 0.0
     lmbda: float | None = None
     lmbda_amplify: float | None = None
@@ -99,6 +115,15 @@ class DHSPGConfig(_BaseConfig):
         _check(self, "partition", self.partition in ("saliency", "reference"),
                "must be 'saliency' (five normalised saliencies) or 'reference' (OTOv2's cosine "
                "and inverse magnitude)")
+        _check(self, "tolerance_group_sparsity", 0 <= self.tolerance_group_sparsity < 1,
+               "is the extra share of channels marked as candidates, in [0, 1)")
+        _check(self, "pull", self.pull in ("scheduled", "reference"),
+               "must be 'scheduled' (lambda rises while the projected count lags the schedule) "
+               "or 'reference' (OTOv2's adaptive lambda alone)")
+        _check(self, "fallback_start", self.fallback_start is None or 0 < self.fallback_start <= 1,
+               "is the fraction of the pruning phase after which the fallback shrinks the "
+               "candidates the projection has not caught, in (0, 1], or None (no fallback: the "
+               "target may then be missed)")
         _check(self, "lmbda", self.lmbda > 0, "must be positive")
         _check(self, "lmbda_amplify", self.lmbda_amplify >= 1, "must be >= 1")
         _check(self, "hat_lmbda_coeff", self.hat_lmbda_coeff >= 1, "must be >= 1")

@@ -2,22 +2,70 @@
 
 Warm-up steps are plain base steps. At ``start_pruning_step`` every prunable channel is scored
 (by default with HESSO's five saliencies; ``partition="reference"`` uses OTOv2's cosine and
-inverse magnitude) and exactly the target count of least important channels becomes the
-redundant set. During the pruning phase each redundant channel is pulled towards zero with an
-adaptive lambda and projected to exactly zero once it crosses the half-space. otofx adds a floor
-so that the target is exact without a jump: a redundant channel's norm may not exceed its norm at
-the partition times the fraction of the phase still to go. At the end of the phase exactly
-``round(target * channels)`` channels are zero, and they stay zero. All of it is a few vectorised
-ops per parameter (``otofx.grouped``).
+inverse magnitude) and the target share plus ``tolerance_group_sparsity`` of the least important
+become *candidates*, each group limited by ``allocation`` (``otofx.partition``). Then, every step
+of the pruning phase, for each candidate ``g`` (``x^ = x - lr d`` being the base step):
+
+1. **Pull**: ``x^_g -= lr * lambda_g * x_g / ||x_g||`` with OTOv2's adaptive ``lambda_g``
+   (ALGORITHMS.md, step 3). With ``pull="scheduled"`` (default) ``lambda_g`` is at least
+   ``kappa * rho_g / lr``: ``rho_g`` is the median norm of ``g``'s group at the partition, and
+   ``kappa`` (the share of that norm removed per step) starts where a median channel would
+   reach zero at ``fallback_start`` of the phase and rises (falls) by a factor ``1 + gamma``
+   every step the projected count is behind (ahead of) a linear ramp to the target at
+   ``fallback_start``. The reference lambda alone moves a channel by at most
+   ``lr * lmbda * hat_lmbda_coeff`` per step (5e-4 at lr 0.05, SGD), far too little to zero a
+   channel of norm ~1 in a phase of a few hundred steps.
+2. **Half-space projection**: a candidate with ``<x^_g, x_g> < epsilon * ||x_g||^2`` becomes
+   exactly zero and stays zero (at most as many as the target still needs, the deepest
+   crossings first, each group within its limit). Once the target count is zero, the other
+   candidates are released and train as usual.
+3. **Fallback** (from ``fallback_start`` of the phase, if the projection is short): the fewest
+   candidates needed (smallest norm relative to ``rho``) keep being pulled with their norm
+   capped at its value at ``fallback_start`` times the share of the phase still to go, so they
+   reach exactly zero at the phase's last step; the other candidates are released. A fallback
+   that has to take more than half the target warns once. ``fallback_start=None``: no
+   fallback, the target may be missed (the report says so).
+
+``sparsity_report()`` counts the channels zeroed by the projection and by the fallback.
+Everything is a few vectorised ops per parameter (``otofx.grouped``) and per channel.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from otofx.config import DHSPGConfig
+from otofx.grouped import GroupedViews
 from otofx.optim_base import GroupSparsityOptimizer
-from otofx.partition import choose, normalize
+from otofx.partition import choose, group_limits, normalize, target_count
+
+PROJECTED, FALLBACK = 1, 2      # how a channel was zeroed (``state["by"]``)
+
+
+@dataclass
+class Plan:
+    """What a partition decides: the ``candidates`` (bool per channel), how many of them must
+    become zero (``goal``) and the most each group may lose (``limit``; None: no limit)."""
+
+    candidates: torch.Tensor
+    goal: int
+    limit: torch.Tensor | None = None
+
+
+def group_scale(v: GroupedViews, norms: torch.Tensor) -> torch.Tensor:
+    """Per channel, the median of its group's channel ``norms`` (a positive group median;
+    otherwise the channel's own norm, or 1 where that is zero too)."""
+    rho = torch.empty_like(norms)
+    offsets = v.offsets.tolist()
+    for lo, hi in zip(offsets[:-1], offsets[1:]):
+        rho[lo:hi] = norms[lo:hi].median()
+    rho = torch.where(rho > 0, rho, norms)
+    return torch.where(rho > 0, rho, torch.ones_like(rho))
 
 
 class DHSPG(GroupSparsityOptimizer):
@@ -26,64 +74,202 @@ class DHSPG(GroupSparsityOptimizer):
 
     config: DHSPGConfig
 
-    def _partition(self, directions: dict[int, torch.Tensor],
-                   available: torch.Tensor | None = None) -> torch.Tensor:
-        """The redundant channels: the target count of least important ``available`` ones."""
-        v = self.views
+    def _scores(self, v: GroupedViews, directions, alive: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Per channel, on the CPU: higher is more redundant (``config.partition``)."""
         s = v.saliencies(directions)
         if self.config.partition == "reference":
-            score = 0.5 * normalize(s.cosine) + 0.5 * normalize(1.0 / (s.mean_magnitude + 1e-6))
+            among = None if alive is None else alive.to(s.cosine.device)
+            score = 0.5 * normalize(s.cosine, among) \
+                + 0.5 * normalize(1.0 / (s.mean_magnitude + 1e-6), among)
         else:
-            score = -s.importance()
-        score = score.cpu()
+            score = -s.importance(alive)
+        return score.cpu()
+
+    def _partition(self, directions, available: torch.Tensor | None = None) -> Plan:
+        """The candidates: the target count of least important ``available`` channels, plus
+        ``tolerance_group_sparsity`` more, each group within its ``allocation`` limit."""
+        cfg, v = self.config, self.views
         if available is None:
             available = torch.ones(v.num_channels, dtype=torch.bool)
+        score = self._scores(v, directions, available)
         already = torch.zeros(len(v.sizes), dtype=torch.long)
-        return choose(score, self.target, v.group_of, v.sizes, available, already,
-                      self.config.group_divisible)
+        share = self.target / max(v.num_channels, 1)
+        limit = group_limits(v.sizes, share, cfg.allocation, cfg.group_divisible)
+        chosen = choose(score, self.target, v.group_of, v.sizes, available, already,
+                        cfg.group_divisible, limit)
+        tol = cfg.tolerance_group_sparsity
+        if tol == 0 or cfg.group_divisible > 1:
+            # the projection may zero only the chosen channels: every group's count is kept
+            limit = torch.bincount(v.group_of[chosen], minlength=len(v.sizes))
+            return Plan(chosen, int(chosen.sum()), limit)
+        wide = min(share + tol, 0.999)
+        candidates = choose(score, target_count(v.num_channels, wide), v.group_of, v.sizes,
+                            available, already, 1,
+                            group_limits(v.sizes, wide, cfg.allocation, 1)) | chosen
+        if cfg.allocation == "uniform":   # each group still loses exactly its uniform share
+            limit = torch.bincount(v.group_of[chosen], minlength=len(v.sizes))
+        return Plan(candidates, int(chosen.sum()), limit)
 
     def _prune(self, directions, step):
         return [self._half_space(self.views, self.otofx_state, self._partition, directions, step)]
 
-    def _half_space(self, v, st, partition, directions, step):
-        """DHSPG's step on the rows of views ``v`` with state ``st`` (``redundant``, ``pruned``,
-        ``start_norm``); ``partition(directions)`` picks the redundant rows at the first call.
-        Returns the update of the redundant rows (``GroupSparsityOptimizer._prune``)."""
+    def _half_space(self, v: GroupedViews, st: dict, partition: Callable[..., Plan], directions,
+                    step: int):
+        """DHSPG's step on the rows of views ``v`` with state ``st``; ``partition(directions)``
+        plans at the first call. Returns the update of the candidate rows
+        (``GroupSparsityOptimizer._prune``)."""
         cfg = self.config
-        if "redundant" not in st:
-            st["redundant"] = partition(directions)
         lr = self.param_groups[0]["lr"]
-        # every parameter with a redundant row is read whole anyway: ask for all redundant rows
-        # (a mask that changes once) and restrict to the live ones here
-        xx, xd, dd = v.products(directions, st["redundant"])
-        scaled = st["redundant"] & ~st["pruned"]
-        red = scaled.to(v.device)
+        phase = step - cfg.start_pruning_step
+        if "redundant" not in st:
+            plan = partition(directions)
+            norms = v.products(directions)[0].sqrt()      # taken by the partition's scores
+            st.update(redundant=plan.candidates, goal=plan.goal, limit=plan.limit,
+                      released=torch.zeros_like(plan.candidates),
+                      by=torch.zeros(v.num_channels, dtype=torch.int8),
+                      rho=group_scale(v, norms), kappa=self._kappa_start(), fallback=None)
+        if "fallback" in st and st["fallback"] is None and self._fallback_due(phase):
+            self._start_fallback(v, st, directions)
+        pulled = st["redundant"] & ~st["pruned"] & ~st["released"]
+        xx, xd, dd = v.products(directions, pulled)
+        red = pulled.to(v.device)
         xn = xx.sqrt()
-        if "start_norm" not in st:     # the partition step: every redundant channel is in xx
-            st["start_norm"] = xn.clone()
-        lam = torch.full_like(xx, cfg.lmbda)
+        lam = self._lambda(xx, xd, dd, red) if cfg.pull == "reference" else torch.maximum(
+            self._lambda(xx, xd, dd, red), st["kappa"] * st["rho"] / lr)
+        live = red & (xn > 0)
+        c = torch.where(live, lr * lam / xn.clamp_min(1e-30), torch.zeros_like(xn))
+        # <x^, x> / ||x||^2 after the pull: the half-space test, and how deep a crossing is
+        ratio = torch.where(live, ((1 - c) * xx - lr * xd) / xx.clamp_min(1e-300),
+                            torch.full_like(xx, -math.inf))
+        crossed = self._admit(v, st, (red & (ratio < cfg.epsilon)).cpu(), ratio)
+        st["pruned"] = st["pruned"] | crossed
+        st["by"][crossed] = PROJECTED
+        a, b = 1 - c, -c * lr
+        if st.get("fallback") is not None:
+            a, b = self._cap(v, st, step, xx, xd, dd, c, lr, a, b)
+        if step == cfg.end_pruning_step - 1 and st.get("fallback") is not None:
+            last = st["fallback"] & ~st["pruned"]
+            st["pruned"] = st["pruned"] | last
+            st["by"][last] = FALLBACK
+        self._steer(v, st, phase + 1)
+        scaled = pulled & ~crossed
+        return v, a, b, pulled, scaled
+
+    # ---- the pieces of a step ---------------------------------------------------------------
+    def _lambda(self, xx, xd, dd, red) -> torch.Tensor:
+        """OTOv2's adaptive lambda per channel (ALGORITHMS.md, DHSPG step 3)."""
+        cfg = self.config
+        xn = xx.sqrt()
         neg = red & (xd < 0) & (xn > 0)
         lo = torch.where(neg, -xd / xn.clamp_min(1e-30), torch.zeros_like(xd))
         hi = torch.where(neg, -dd * xn / xd.clamp_max(-1e-30), torch.zeros_like(xd))
         adapted = (cfg.lmbda_amplify * lo).clamp(cfg.lmbda, cfg.lmbda * cfg.hat_lmbda_coeff)
         adapted = torch.where(adapted >= hi, (lo + hi) / 2, adapted)
-        lam = torch.where(neg, adapted, lam)
-        live = red & (xn > 0)
-        c = torch.where(live, lr * lam / xn.clamp_min(1e-30), torch.zeros_like(xn))
-        crossed = red & (xx - lr * xd - lr * lam * xn < cfg.epsilon * xx)
-        st["pruned"] = st["pruned"] | crossed.cpu()       # held at zero from this step on
-        # DHSPG's update is x - lr d - c x = (1 - c) x - lr d. otofx's floor then caps a
-        # redundant channel's norm at its partition norm times the share of the phase still to
-        # go, so the last step lands on exactly zero without a jump. Both in one write, from the
-        # products already taken: in terms of x^ = x - lr d (the parameter after the base step)
-        # the result is s (1 - c) x^ - s c lr d, with s the cap's scale.
-        left = (cfg.end_pruning_step - step - 1) / cfg.pruning_steps
-        cap = st["start_norm"] * left
+        return torch.where(neg, adapted, torch.full_like(xx, cfg.lmbda))
+
+    def _ramp_end(self) -> float:
+        """Steps into the phase by which the schedule wants the whole target zero."""
+        frac = self.config.fallback_start if self.config.fallback_start is not None else 1.0
+        return max(1.0, frac * self.config.pruning_steps)
+
+    def _kappa_start(self) -> float:
+        """A median channel, pulled alone, reaches zero at the ramp's end."""
+        return 0.0 if self.config.pull == "reference" else 1.0 / self._ramp_end()
+
+    def _gamma(self) -> float:
+        """Per-step factor of the pull's controller: it can double in a tenth of the phase."""
+        return 2.0 ** (10.0 / self.config.pruning_steps) - 1.0
+
+    def _steer(self, v: GroupedViews, st: dict, done: int) -> None:
+        """After a step (``done`` steps into the phase): release the candidates once the goal
+        is zero (or a group is at its limit), and move ``kappa`` towards the ramp."""
+        zero = int((st["pruned"] & st["redundant"]).sum())
+        if zero >= st["goal"]:
+            st["released"] = st["redundant"] & ~st["pruned"]
+        elif st["limit"] is not None:
+            at_limit = self._zero_per_group(v, st) >= st["limit"]
+            st["released"] = st["released"] | (st["redundant"] & ~st["pruned"] & at_limit[v.group_of])
+        if self.config.pull == "reference":
+            return
+        wanted = st["goal"] * min(1.0, done / self._ramp_end())
+        factor = 1 + self._gamma()
+        st["kappa"] = st["kappa"] * factor if zero < wanted else max(
+            self._kappa_start() / 4, st["kappa"] / factor)
+
+    @staticmethod
+    def _zero_per_group(v: GroupedViews, st: dict) -> torch.Tensor:
+        return torch.bincount(v.group_of[st["pruned"] & st["redundant"]], minlength=len(v.sizes))
+
+    def _admit(self, v: GroupedViews, st: dict, crossed: torch.Tensor, ratio: torch.Tensor
+               ) -> torch.Tensor:
+        """The crossings that are projected: all, unless they would pass the goal or a group's
+        limit; then the deepest (lowest ``ratio``) that fit."""
+        room = st["goal"] - int((st["pruned"] & st["redundant"]).sum())
+        if not bool(crossed.any()):
+            return crossed
+        if room <= 0:
+            return torch.zeros_like(crossed)
+        over_group = False
+        if st["limit"] is not None:
+            per = torch.bincount(v.group_of[crossed], minlength=len(v.sizes))
+            over_group = bool((per + self._zero_per_group(v, st) > st["limit"]).any())
+        if int(crossed.sum()) <= room and not over_group:
+            return crossed
+        limit = st["limit"] if st["limit"] is not None else v.sizes
+        return choose(-ratio.cpu().double(), room, v.group_of, v.sizes, crossed,
+                      self._zero_per_group(v, st), 1, limit)
+
+    def _fallback_due(self, phase: int) -> bool:
+        cfg = self.config
+        return cfg.fallback_start is not None and phase >= math.ceil(
+            cfg.fallback_start * cfg.pruning_steps) - (cfg.fallback_start >= 1)
+
+    def _start_fallback(self, v: GroupedViews, st: dict, directions) -> None:
+        """Take the fewest candidates still needed, the smallest relative to ``rho``, and
+        release the rest; warn when that is more than half the goal."""
+        left = st["redundant"] & ~st["pruned"] & ~st["released"]
+        needed = st["goal"] - int((st["pruned"] & st["redundant"]).sum())
+        xn = v.products(directions, left)[0].sqrt()
+        relative = (xn / st["rho"]).cpu().double()
+        limit = st["limit"] if st["limit"] is not None else v.sizes
+        pick = choose(-relative, needed, v.group_of, v.sizes, left, self._zero_per_group(v, st),
+                      1, limit) if needed > 0 else torch.zeros_like(left)
+        st["fallback"] = pick
+        st["fallback_norm"] = xn.clone()
+        st["fallback_step"] = self.steps_taken
+        st["released"] = st["released"] | (left & ~pick)
+        if needed > st["goal"] / 2:
+            st["fallback_warning"] = (
+                f"{type(self).__name__}: the half-space projection zeroed "
+                f"{st['goal'] - needed} of {st['goal']} channels by fallback_start="
+                f"{self.config.fallback_start} of the pruning phase; the fallback shrinks the other "
+                f"{needed} to zero by its end. A longer pruning phase, a larger lr or "
+                "tolerance_group_sparsity lets the projection do more.")
+            warnings.warn(st["fallback_warning"], stacklevel=5)
+
+    def _cap(self, v, st, step, xx, xd, dd, c, lr, a, b):
+        """The fallback's channels: norm at most their norm at ``fallback_start`` times the
+        share of the phase still to go (exactly zero at its last step). In terms of the
+        parameter after the base step the update becomes ``s (1 - c) x^ - s c lr d``."""
+        cfg = self.config
+        length = max(1, cfg.end_pruning_step - st["fallback_step"])
+        left = (cfg.end_pruning_step - step - 1) / length
+        cap = st["fallback_norm"] * left
         norm = ((1 - c) ** 2 * xx - 2 * (1 - c) * lr * xd + lr ** 2 * dd).clamp_min(0).sqrt()
         s = torch.where(norm > cap, cap / norm.clamp_min(1e-30), torch.ones_like(norm))
-        pulled = live & ~crossed
-        a = torch.where(pulled, s * (1 - c), torch.ones_like(s))
-        b = torch.where(pulled, -s * c * lr, torch.zeros_like(s))
-        if step == cfg.end_pruning_step - 1:
-            st["pruned"] = st["pruned"] | st["redundant"]
-        return v, a, b, st["redundant"], scaled
+        s = torch.where(st["fallback"].to(v.device), s, torch.ones_like(s))
+        return s * a, s * b
+
+    # ---- reporting ------------------------------------------------------------------------
+    def sparsity_report(self) -> dict:
+        report = super().sparsity_report()
+        report.update(self._mechanisms(self.otofx_state))
+        return report
+
+    @staticmethod
+    def _mechanisms(st: dict) -> dict:
+        by = st.get("by")
+        return {"zeroed_by_projection": int((by == PROJECTED).sum()) if by is not None else 0,
+                "zeroed_by_fallback": int((by == FALLBACK).sum()) if by is not None else 0,
+                "fallback_warning": st.get("fallback_warning", "")}

@@ -33,12 +33,15 @@ class Saliencies:
     cosine: torch.Tensor          # cos(x_c, d_c)
     inner: torch.Tensor           # <x_c, d_c>
 
-    def importance(self) -> torch.Tensor:
-        """HESSO's five equally weighted, normalised saliencies (higher: more important)."""
+    def importance(self, alive: torch.Tensor | None = None) -> torch.Tensor:
+        """HESSO's five equally weighted, normalised saliencies (higher: more important). With
+        ``alive`` (bool per channel) each saliency is normalised over those channels only, so
+        channels already pruned (all zero) do not set the scale of the rest."""
         from otofx.partition import normalize
         terms = (self.magnitude, self.mean_magnitude, self.cosine + 1, self.inner.abs(),
                  0.5 * self.inner ** 2)
-        return sum(normalize(t) for t in terms)
+        among = None if alive is None else alive.to(self.magnitude.device)
+        return sum(normalize(t, among) for t in terms)
 
 
 class Direction:

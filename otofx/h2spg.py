@@ -23,9 +23,8 @@ from torch.fx import GraphModule
 
 from otofx.analysis import Analysis
 from otofx.config import H2SPGConfig
-from otofx.dhspg import DHSPG
+from otofx.dhspg import DHSPG, Plan
 from otofx.grouped import GroupedViews
-from otofx.partition import normalize
 from otofx.passes.erasable import ErasableStructure, closure, connected
 from otofx.passes.groups import ChannelSlice, PruningGroup
 from otofx.passes.table import PRODUCER
@@ -100,14 +99,10 @@ class H2SPG(DHSPG):
     def _has_targets(self) -> bool:
         return bool(self.views.num_channels) or bool(self.structure_views.num_channels)
 
-    def _partition_structures(self, directions: dict[int, torch.Tensor]) -> torch.Tensor:
-        s = self.structure_views.saliencies(directions)
-        if self.config.partition == "reference":
-            score = 0.5 * normalize(s.cosine) + 0.5 * normalize(1.0 / (s.mean_magnitude + 1e-6))
-            importance = -score
-        else:
-            importance = s.importance()
-        order = torch.argsort(importance.cpu(), stable=True).tolist()
+    def _partition_structures(self, directions: dict[int, torch.Tensor]) -> Plan:
+        """The structures to erase (exactly those: no tolerance, no per-group limit)."""
+        importance = -self._scores(self.structure_views, directions)
+        order = torch.argsort(importance, stable=True).tolist()
         chosen, erased = select_structures(self.graph, self.all_structures,
                                            [self.structures[i] for i in order],
                                            self.structure_target)
@@ -120,7 +115,8 @@ class H2SPG(DHSPG):
                 f"found (of {len(self.structures)} erasable structures).")
             warnings.warn(st["warning"], stacklevel=3)
         names = {c.name for c in chosen}
-        return torch.tensor([s.name in names for s in self.structures], dtype=torch.bool)
+        mask = torch.tensor([s.name in names for s in self.structures], dtype=torch.bool)
+        return Plan(mask, int(mask.sum()), None)
 
     def _partition(self, directions, available=None):
         """Channels: the structures are chosen first; channels that erased structures remove
@@ -131,13 +127,17 @@ class H2SPG(DHSPG):
 
     def _structure_redundant(self, directions) -> torch.Tensor | None:
         st = self.otofx_state[STRUCTURES]
-        if "redundant" not in st and self.structure_views.num_channels:
-            st["redundant"] = self._partition_structures(directions)
-        return st.get("redundant")
+        if "chosen" not in st and self.structure_views.num_channels:
+            st["chosen"] = self._partition_structures(directions).candidates
+        return st.get("chosen")
+
+    def _structure_plan(self, directions) -> Plan:
+        chosen = self._structure_redundant(directions)
+        return Plan(chosen, int(chosen.sum()), None)
 
     def _inside_erased(self) -> torch.Tensor:
         """Bool per prunable channel: every slice of it lies in a structure chosen to be erased."""
-        red = self.otofx_state[STRUCTURES].get("redundant")
+        red = self.otofx_state[STRUCTURES].get("chosen")
         names = {p for s, r in zip(self.structures, [] if red is None else red.tolist()) if r
                  for p in s.params}
         outside = torch.zeros(self.views.num_channels, dtype=torch.bool)
@@ -149,8 +149,9 @@ class H2SPG(DHSPG):
     def _prune(self, directions, step):
         updates = super()._prune(directions, step) if self.views.num_channels else []
         if self.structure_views.num_channels:
-            updates.append(self._half_space(self.structure_views, self.otofx_state[STRUCTURES],
-                                            self._partition_structures, directions, step))
+            st = self.otofx_state[STRUCTURES]
+            updates.append(self._half_space(self.structure_views, st, self._structure_plan,
+                                            directions, step))
         return updates
 
     def _held(self):
@@ -169,6 +170,7 @@ class H2SPG(DHSPG):
             inside = self._inside_erased() & self.views.is_zero()
             report["zero_channels_in_erased"] = int(inside.sum())
         st = self.otofx_state[STRUCTURES]
+        report.update({f"structures_{k}": n for k, n in self._mechanisms(st).items()})
         report.update({"erasable_structures": len(self.structures),
                        "target_structures": self.structure_target,
                        "planned_structures": st["erased"],

@@ -3,8 +3,11 @@
 The target count is spread over ``pruning_periods`` periods of ``pruning_steps // pruning_periods``
 steps. At the start of each period the remaining channels are scored by five equally weighted,
 normalised saliencies (magnitude, average magnitude, cosine with the update direction + 1, and
-first and second order Taylor terms); the least important ones are scaled by
-``(D - tau - 1) / (D - tau)`` after each base step, reaching exactly zero at the period's end.
+first and second order Taylor terms), each normalised over the channels still alive (pruned
+channels are all zero and would otherwise set every saliency's minimum); the least important ones
+are scaled by ``(D - tau - 1) / (D - tau)`` after each base step, reaching exactly zero at the
+period's end. Each group loses at most what ``allocation`` allows at the final target
+(``otofx.partition``), and with ``"uniform"`` its share of this period's goal.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 
 from otofx.config import HESSOConfig
 from otofx.optim_base import GroupSparsityOptimizer
-from otofx.partition import choose
+from otofx.partition import choose, group_limits
 
 
 class HESSO(GroupSparsityOptimizer):
@@ -31,9 +34,14 @@ class HESSO(GroupSparsityOptimizer):
             goal = round(self.target * (period + 1) / cfg.pruning_periods)
             count = goal - int(st["pruned"].sum())
             already = torch.bincount(v.group_of[st["pruned"]], minlength=len(v.sizes))
-            importance = v.saliencies(directions).importance().cpu()
-            st["annealing"] = choose(-importance, count, v.group_of, v.sizes, ~st["pruned"],
-                                     already, cfg.group_divisible)
+            alive = ~st["pruned"]
+            importance = v.saliencies(directions).importance(alive).cpu()
+            share = self.target / max(v.num_channels, 1)
+            progress = share * (period + 1) / cfg.pruning_periods
+            limit = group_limits(v.sizes, progress if cfg.allocation == "uniform" else share,
+                                 cfg.allocation, cfg.group_divisible)
+            st["annealing"] = choose(-importance, count, v.group_of, v.sizes, alive,
+                                     already, cfg.group_divisible, torch.maximum(limit, already))
         annealing = st["annealing"]
         factor = (length - tau - 1) / (length - tau)     # after the base step: x^ -> factor x^
         if tau == length - 1:

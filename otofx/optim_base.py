@@ -424,15 +424,17 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _compose(first: tuple, second: tuple, lr: float) -> tuple:
         """``x -> A2 x^ + (B2 + A2 lr) d`` applied after ``x -> A1 x + B1 d``; rows either
-        leaves untouched (``A = 1``, ``B = 0``) stay untouched."""
+        zeroes (``A = B = 0``) become zero, rows either leaves untouched (``A = 1``, ``B = 0``:
+        held at zero) stay untouched."""
         (a1, b1), (a2, b2) = first, second
         one = torch.ones_like(b1)
         a1_, a2_ = (one if a1 is None else a1), (one if a2 is None else a2)
         still = ((a1_ == 1) & (b1 == 0)) | ((a2_ == 1) & (b2 == 0))
-        a = a2_ * a1_
-        b = a2_ * b1 + (b2 + a2_ * lr)
-        return (torch.where(still, one, a) if a1 is not None or a2 is not None else None,
-                torch.where(still, torch.zeros_like(b), b))
+        zero = ((a1_ == 0) & (b1 == 0)) | ((a2_ == 0) & (b2 == 0))   # a row either zeroes
+        a = torch.where(zero, torch.zeros_like(one), a2_ * a1_)
+        b = torch.where(zero, torch.zeros_like(b1), a2_ * b1 + (b2 + a2_ * lr))
+        return (torch.where(still & ~zero, one, a) if a1 is not None or a2 is not None else None,
+                torch.where(still & ~zero, torch.zeros_like(b), b))
 
     def _has_targets(self) -> bool:
         """Whether the pruning phase has anything to drive to zero."""

@@ -91,6 +91,17 @@ def structure_line(sp: dict, stats) -> str:
             f"erasable, erased {len(erased)}: {state}\nstructures deleted: {deleted}")
 
 
+def mechanism_lines(sp: dict, prefix: str = "", what: str = "channels") -> list[str]:
+    """DHSPG/H2SPG: how many were zeroed by the half-space projection and by the fallback."""
+    if f"{prefix}zeroed_by_projection" not in sp:
+        return []
+    lines = [f"{what} zeroed by the half-space projection: {sp[prefix + 'zeroed_by_projection']}, "
+             f"by the fallback: {sp[prefix + 'zeroed_by_fallback']}"]
+    if sp[prefix + "fallback_warning"]:
+        lines.append(f"warning: {sp[prefix + 'fallback_warning']}")
+    return lines
+
+
 def compression_report(job, subnet) -> str:
     """What a compression job reached: sparsity target vs reached, params/FLOPs, widths."""
     opt = job.optimizer
@@ -116,8 +127,10 @@ def compression_report(job, subnet) -> str:
             f"({sp['zero_channels']} channels"
             + (f": {sp['zero_channels'] - in_erased} pruned + {in_erased} inside erased structures"
                if in_erased else "") + f"): {state}")
+        lines += mechanism_lines(sp)
     if "erasable_structures" in sp:
         lines.append(structure_line(sp, stats))
+        lines += mechanism_lines(sp, "structures_", "structures")
     lines += [
         f"parameters: {base['params']:,} -> {params:,} ({params / max(base['params'], 1):.3f}x)",
         f"FLOPs:      {base['flops']:,} -> {flops:,} ({flops / max(base['flops'], 1):.3f}x)",
