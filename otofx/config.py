@@ -29,7 +29,7 @@ class _BaseConfig:
     start_pruning_step: int = 0
     pruning_steps: int = 1
     group_divisible: int = 1
-    allocation: str = "balanced"
+    allocation: str = "uniform"
     total_steps: int | None = None
     fused: bool = True        # the plain base step through torch's fused kernels (otofx.fused)
 
@@ -51,9 +51,9 @@ class _BaseConfig:
         _check(self, "group_divisible", self.group_divisible >= 1, "must be >= 1")
         _check(self, "allocation", self.allocation in ALLOCATIONS,
                f"must be one of {ALLOCATIONS}: how many channels each group may lose "
-               "('balanced': one global ranking, every group keeps at least half the share a "
-               "uniform prune keeps; 'global': one ranking, no floor; 'uniform': the same share "
-               "of every group)")
+               "('uniform': the same share of every group; 'balanced': one global ranking, every "
+               "group keeps at least half the share a uniform prune keeps; 'global': one "
+               "ranking, no floor)")
         _check(self, "fused", isinstance(self.fused, bool),
                "must be True (the base step of parameters no pruning update touches goes "
                "through torch's fused kernels where the device has them) or False")
@@ -90,6 +90,15 @@ class DHSPGConfig(_BaseConfig):
     takes the candidates the projection has not caught, the fewest needed, and shrinks them
     linearly to zero by the phase's end, so the target is met exactly; the report counts what
     each mechanism zeroed. ``pull="reference"`` is OTOv2's lambda alone.
+
+    Defaults by measurement (DigitsResNet, 12 epochs, test accuracy of the subnet): the scheduled
+    pull against OTOv2's alone, load_digits target 0.5: 0.987 (the projection zeroed all 128
+    channels) against 0.970 (it zeroed none; the fallback all 128). On noisy-digits (5 paired
+    seeds, uniform allocation): ``partition="saliency"`` 0.711 / 0.667 at targets 0.5 / 0.75
+    against 0.707 / 0.650 for ``"reference"``; ``fallback_start`` 0.75 against 0.9: 0.711
+    against 0.676 at 0.5. ``tolerance_group_sparsity=0.05`` (3 seeds, balanced allocation) kept
+    more FLOPs for less accuracy at 0.7 (0.600 at 0.17 of the FLOPs against 0.667 at 0.11), so
+    it is off by default.
     """
 
     pruning_steps: int = 100

@@ -42,7 +42,7 @@ import torch
 from otofx.config import DHSPGConfig
 from otofx.grouped import GroupedViews
 from otofx.optim_base import GroupSparsityOptimizer
-from otofx.partition import choose, group_limits, normalize, target_count
+from otofx.partition import choose, choose_within, group_limits, normalize, target_count
 
 PROJECTED, FALLBACK = 1, 2      # how a channel was zeroed (``state["by"]``)
 
@@ -94,21 +94,19 @@ class DHSPG(GroupSparsityOptimizer):
             available = torch.ones(v.num_channels, dtype=torch.bool)
         score = self._scores(v, directions, available)
         already = torch.zeros(len(v.sizes), dtype=torch.long)
-        share = self.target / max(v.num_channels, 1)
-        limit = group_limits(v.sizes, share, cfg.allocation, cfg.group_divisible)
-        chosen = choose(score, self.target, v.group_of, v.sizes, available, already,
-                        cfg.group_divisible, limit)
+        chosen = choose_within(score, self.target, v.group_of, v.sizes, available, already,
+                               cfg.allocation, cfg.group_divisible)
+        per_group = torch.bincount(v.group_of[chosen], minlength=len(v.sizes))
         tol = cfg.tolerance_group_sparsity
         if tol == 0 or cfg.group_divisible > 1:
             # the projection may zero only the chosen channels: every group's count is kept
-            limit = torch.bincount(v.group_of[chosen], minlength=len(v.sizes))
-            return Plan(chosen, int(chosen.sum()), limit)
-        wide = min(share + tol, 0.999)
-        candidates = choose(score, target_count(v.num_channels, wide), v.group_of, v.sizes,
-                            available, already, 1,
-                            group_limits(v.sizes, wide, cfg.allocation, 1)) | chosen
-        if cfg.allocation == "uniform":   # each group still loses exactly its uniform share
-            limit = torch.bincount(v.group_of[chosen], minlength=len(v.sizes))
+            return Plan(chosen, int(chosen.sum()), per_group)
+        wide = min(self.target / max(int(available.sum()), 1) + tol, 0.999)
+        candidates = choose_within(score, target_count(int(available.sum()), wide), v.group_of,
+                                   v.sizes, available, already, cfg.allocation) | chosen
+        limit = per_group if cfg.allocation == "uniform" else torch.maximum(
+            per_group, group_limits(v.sizes, self.target / max(v.num_channels, 1),
+                                    cfg.allocation))
         return Plan(candidates, int(chosen.sum()), limit)
 
     def _prune(self, directions, step):

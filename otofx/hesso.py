@@ -16,7 +16,7 @@ import torch
 
 from otofx.config import HESSOConfig
 from otofx.optim_base import GroupSparsityOptimizer
-from otofx.partition import choose, group_limits
+from otofx.partition import choose_within
 
 
 class HESSO(GroupSparsityOptimizer):
@@ -36,12 +36,8 @@ class HESSO(GroupSparsityOptimizer):
             already = torch.bincount(v.group_of[st["pruned"]], minlength=len(v.sizes))
             alive = ~st["pruned"]
             importance = v.saliencies(directions).importance(alive).cpu()
-            share = self.target / max(v.num_channels, 1)
-            progress = share * (period + 1) / cfg.pruning_periods
-            limit = group_limits(v.sizes, progress if cfg.allocation == "uniform" else share,
-                                 cfg.allocation, cfg.group_divisible)
-            st["annealing"] = choose(-importance, count, v.group_of, v.sizes, alive,
-                                     already, cfg.group_divisible, torch.maximum(limit, already))
+            st["annealing"] = choose_within(-importance, count, v.group_of, v.sizes, alive,
+                                            already, cfg.allocation, cfg.group_divisible)
         annealing = st["annealing"]
         factor = (length - tau - 1) / (length - tau)     # after the base step: x^ -> factor x^
         if tau == length - 1:

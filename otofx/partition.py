@@ -3,13 +3,22 @@
 ``choose`` takes channels in score order, each group up to a limit; ``group_limits`` says what
 that limit is under each ``allocation``:
 
+- ``"uniform"`` (the default): every group loses the same share (``round(share * size)`` per
+  group, largest remainders first so the total is exact); the scores decide which channels
+  within each group. The subnet's FLOPs follow from the target (about ``(1 - share)^2`` of a
+  conv stack's).
+- ``"balanced"``: one global ranking, but a group keeps at least half the share a uniform prune
+  would keep (``ceil(0.5 * (1 - share) * size)``).
 - ``"global"``: one ranking over all groups; a group keeps at least one channel (or
   ``group_divisible``). Measured on load_digits this can leave a layer with 2 of 32 channels.
-- ``"balanced"`` (the default): the same global ranking, but a group keeps at least half the share
-  a uniform prune would keep (``ceil(0.5 * (1 - share) * size)``), so no layer collapses while
-  the ranking still moves channels between layers.
-- ``"uniform"``: every group loses the same share (``round(share * size)`` per group, largest
-  remainders first so the total is exact), the ranking only decides which channels within it.
+
+Measured (noisy-digits, DigitsResNet, 12 epochs, 5 paired seeds; mean test accuracy at the FLOPs
+kept): at target 0.5 DHSPG reached 0.711 (uniform, 0.25 FLOPs), 0.728 (balanced, 0.24) and
+0.696 (global, 0.31; 3 other seeds), HESSO 0.688 / 0.739 / 0.738; at target 0.75 (0.7 for global)
+DHSPG 0.667 (uniform, 0.064 FLOPs) / 0.645 (balanced, 0.075) / 0.600 (global, 0.063), HESSO
+0.670 / 0.629 / 0.648. No allocation won both targets for both methods beyond the seed noise
+(paired differences within 2 standard errors); global lost most at high sparsity, and uniform
+is the one whose cost the target predicts, so it is the default.
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ import math
 
 import torch
 
-ALLOCATIONS = ("balanced", "global", "uniform")
+ALLOCATIONS = ("uniform", "balanced", "global")
+BALANCED_FLOOR = 0.5    # "balanced": a group keeps at least this share of what uniform keeps
 
 
 def normalize(v: torch.Tensor, among: torch.Tensor | None = None) -> torch.Tensor:
@@ -70,8 +80,26 @@ def group_limits(sizes: torch.Tensor, share: float, allocation: str = "balanced"
         return hard
     if allocation == "uniform":
         return uniform_counts(sizes, share, hard, divisible)
-    floor = torch.tensor([math.ceil(0.5 * (1 - share) * int(n)) for n in sizes], dtype=torch.long)
+    floor = torch.tensor([math.ceil(BALANCED_FLOOR * (1 - share) * int(n)) for n in sizes],
+                         dtype=torch.long)
     return torch.minimum(hard, (sizes - floor).clamp_min(0))
+
+
+def choose_within(score: torch.Tensor, count: int, group_of: torch.Tensor, sizes: torch.Tensor,
+                  available: torch.Tensor, already: torch.Tensor, allocation: str,
+                  divisible: int = 1) -> torch.Tensor:
+    """``choose`` with each group limited by ``allocation`` at the share ``count`` is of the
+    ``available`` channels (limits over the channels each group has available), topped up
+    without those limits if they leave it short of ``count``."""
+    avail = torch.bincount(group_of[available], minlength=len(sizes)) + already
+    share = (count + int(already.sum())) / max(int(avail.sum()), 1)
+    limit = torch.minimum(group_limits(avail, share, allocation, divisible), sizes - max(1, divisible))
+    chosen = choose(score, count, group_of, sizes, available, already, divisible, limit)
+    short = count - int(chosen.sum())
+    if short > 0 and divisible == 1:
+        more = torch.bincount(group_of[chosen], minlength=len(sizes))
+        chosen |= choose(score, short, group_of, sizes, available & ~chosen, already + more, 1)
+    return chosen
 
 
 def choose(score: torch.Tensor, count: int, group_of: torch.Tensor, sizes: torch.Tensor,
