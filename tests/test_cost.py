@@ -1,0 +1,130 @@
+"""The symbolic cost model (``otofx.cost``): at random widths, the parameter and FLOPs polynomials
+equal the parameter count and ``FlopCounterMode`` count of the model shrunk to those widths, on the
+CNN and transformer grammars and a few zoo models; the marginal cost is the derivative."""
+
+from __future__ import annotations
+
+import pytest
+import sympy
+import torch
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
+from strategies import cnn_models
+from strategies_transformer import RandomTransformer, transformer_specs
+from zoo.small import SEBlock, Shuffle, TinyCNN
+
+import otofx
+from otofx.errors import AnalysisError
+from otofx.flops import count_flops
+from otofx.testing import zero_groups
+
+fractions = st.integers(0, 10).map(lambda k: 1.0 - k / 10)
+seeds = st.integers(0, 2**16)
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def assert_cost_matches_shrunk(gm, analysis, inputs: tuple, fraction: float, seed: int) -> None:
+    """Zero a random share of every group, shrink, and compare the polynomials at the widths
+    shrink reached with the counts of the smaller model."""
+    cost = analysis.cost
+    assert not cost.fixed, f"nodes without a FLOPs formula: {cost.fixed}"
+    with torch.no_grad():
+        zero_groups(gm, analysis, fraction, seed=seed)
+    small = otofx.shrink(gm, analysis)
+    removed = small.meta["otofx.shrink"].removed
+    widths = {g.name: g.size - removed.get(g.name, 0) for g in analysis.prunable}
+    note(f"widths {widths}")
+    created = sum(p.numel() for n, p in small.named_parameters()
+                  if n not in dict(gm.named_parameters()))        # biases made to fold constants
+    assert cost.params.at(widths) + created == n_params(small)
+    assert cost.flops.at(widths) == count_flops(small, inputs)
+
+
+@settings(max_examples=20)
+@given(case=cnn_models(), fraction=fractions, seed=seeds)
+def test_cost_polynomials_equal_the_shrunk_cnn(case, fraction, seed):
+    model, leaves = case.build()
+    x = case.input(0)
+    gm = otofx.trace(model, leaf_modules=leaves)
+    analysis = otofx.analyze(gm, (x,))
+    assert analysis.cost.params.dense == n_params(gm)
+    assert analysis.cost.flops.dense == count_flops(gm, (x,))
+    assert_cost_matches_shrunk(gm, analysis, (x,), fraction, seed)
+
+
+@settings(max_examples=12)
+@given(spec=transformer_specs(), fraction=fractions, seed=seeds,
+       unit=st.sampled_from(["head", "head_dim"]))
+def test_cost_polynomials_equal_the_shrunk_transformer(spec, fraction, seed, unit):
+    note(f"RandomTransformer({spec!r}), attention_unit={unit!r}")
+    x = torch.randn(2, spec.seq, spec.features, generator=torch.Generator().manual_seed(seed))
+    gm = otofx.trace(RandomTransformer(spec).eval())
+    analysis = otofx.analyze(gm, (x,), attention_unit=unit)
+    assert_cost_matches_shrunk(gm, analysis, (x,), fraction, seed)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: (TinyCNN(), torch.randn(2, 3, 8, 8)),
+    lambda: (Shuffle(), torch.randn(2, 3, 8, 8)),
+    lambda: (SEBlock(), torch.randn(2, 8, 8, 8)),
+    lambda: (__import__("torchvision").models.resnet18(num_classes=10), torch.randn(1, 3, 32, 32)),
+    lambda: (__import__("torchvision").models.mobilenet_v3_small(num_classes=10),
+             torch.randn(1, 3, 32, 32)),
+], ids=["tiny_cnn", "shuffle", "se_block", "resnet18", "mobilenet_v3_small"])
+def test_cost_polynomials_equal_the_shrunk_zoo_model(build):
+    torch.manual_seed(0)
+    model, x = build()
+    gm = otofx.trace(model.eval(), (x,))
+    analysis = otofx.analyze(gm, (x,))
+    assert analysis.prunable
+    assert_cost_matches_shrunk(gm, analysis, (x,), 0.4, seed=1)
+
+
+def test_marginal_cost_is_the_derivative_and_one_channel_costs_it():
+    model, x = TinyCNN(), torch.randn(2, 3, 8, 8)
+    analysis = otofx.analyze(otofx.trace(model), (x,))
+    cost = analysis.cost
+    for g in analysis.prunable:
+        one_less = {g.name: g.size - 1}
+        # degree one in every TinyCNN group: the derivative is exactly the cost of a channel
+        assert cost.flops.marginal(g) == cost.flops.dense - cost.flops.at(one_less) > 0
+        assert cost.params.marginal(g) == cost.params.dense - cost.params.at(one_less) > 0
+        assert cost.flops.derivative(g) == sympy.diff(cost.flops.expr, g.symbol)
+    assert set(cost.marginals()) == {g.name for g in analysis.prunable}
+
+
+def test_masks_and_vectorised_evaluation_agree_with_at():
+    model, x = TinyCNN(), torch.randn(2, 3, 8, 8)
+    analysis = otofx.analyze(otofx.trace(model), (x,))
+    cost, groups = analysis.cost, analysis.prunable
+    gen = torch.Generator().manual_seed(0)
+    widths = torch.stack([torch.randint(1, g.size + 1, (5,), generator=gen) for g in groups], 1)
+    values = cost.flops.evaluator(groups)(widths)
+    for row, value in zip(widths.tolist(), values.tolist()):
+        named = dict(zip([g.name for g in groups], row))
+        assert value == cost.flops.at(named)
+        masks = {g.name: torch.arange(g.size) < w for g, w in zip(groups, row)}
+        assert cost.flops.from_masks(masks) == value
+
+
+def test_bad_widths_are_named():
+    model, x = TinyCNN(), torch.randn(2, 3, 8, 8)
+    analysis = otofx.analyze(otofx.trace(model), (x,))
+    g = analysis.prunable[0]
+    with pytest.raises(AnalysisError, match=g.name):
+        analysis.cost.flops.at({g.name: g.size + 1})
+    with pytest.raises(AnalysisError, match="not a prunable group"):
+        analysis.cost.flops.at({"nope": 1})
+
+
+def test_report_shows_marginal_costs():
+    model, x = TinyCNN(), torch.randn(2, 3, 8, 8)
+    analysis = otofx.analyze(otofx.trace(model), (x,))
+    text = analysis.report()
+    g = analysis.prunable[0]
+    params, flops = analysis.cost.marginals()[g.name]
+    row = next(line for line in text.splitlines() if line.startswith(g.name + " "))
+    assert f"{flops:,}" in row and f"{params:,}" in row
