@@ -1,4 +1,11 @@
-"""FLOPs from ``torch.utils.flop_counter.FlopCounterMode``, in total and per module."""
+"""FLOPs from ``torch.utils.flop_counter.FlopCounterMode``, in total and per module.
+
+The counter is torch's, with one addition: attention through CPU's fused kernel
+(``aten._scaled_dot_product_flash_attention_for_cpu``, which torch's registry leaves out) counts
+the same two products as on CUDA. Without it the FLOPs of a transformer on the CPU would depend
+on which kernel a shape happens to select (the math fallback, taken when q and v differ in
+head_dim, is counted), so a pruned model could count more FLOPs than the dense one.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,31 @@ from typing import Any
 
 import torch
 from torch.fx import GraphModule, Interpreter, Node
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from otofx.passes.shapes import evaluation
 
 
+
+def _sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_EXTRA = {op: _sdpa for op in [getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)]
+          if op is not None}
+
+
+def counter() -> FlopCounterMode:
+    """A ``FlopCounterMode`` (no display) that also counts CPU's fused attention."""
+    return FlopCounterMode(display=False, custom_mapping=_EXTRA)
+
+
 def count_flops(module: torch.nn.Module, example_inputs: Sequence[Any]) -> int:
     """Total FLOPs of one forward pass on ``example_inputs`` (eval mode, no buffer updates)."""
-    counter = FlopCounterMode(display=False)
-    with evaluation(module), counter:
+    mode = counter()
+    with evaluation(module), mode:
         module(*example_inputs)
-    return int(counter.get_total_flops())
+    return int(mode.get_total_flops())
 
 
 def flops_by_node(gm: GraphModule, example_inputs: Sequence[Any]) -> dict[str, int]:
@@ -37,10 +58,10 @@ class _NodeFlops(Interpreter):
     def run_node(self, n: Node) -> Any:
         if n.op not in ("call_module", "call_function", "call_method"):
             return super().run_node(n)
-        counter = FlopCounterMode(display=False)
-        with counter:
+        mode = counter()
+        with mode:
             out = super().run_node(n)
-        total = int(counter.get_total_flops())
+        total = int(mode.get_total_flops())
         if total:
             self.flops[n.name] = total
         return out
