@@ -28,14 +28,19 @@ def analysis_report(analysis: Analysis, max_rows: int = 60) -> str:
         f"channels: {s['prunable_channels']} prunable, {s['pinned_channels']} pinned",
         f"prunable share: {100 * removable / max(total, 1):.1f}% of {total:,} parameters, "
         f"{100 * flops_share:.1f}% of FLOPs",
+        "params/ch, FLOPs/ch: what one more channel of the group costs (otofx.cost, the "
+        "derivative at full width)",
         "",
     ]
     rows = []
+    marginal = analysis.cost.marginals()
     for g in analysis.groups[:max_rows]:
         members = ", ".join(sorted({m.param.rsplit(".", 1)[0] for m in g.members}))
         state = "prunable" if g.prunable else "pinned: " + "; ".join(g.why_pinned[:2])
-        rows.append([g.name, g.size, state, members[:70] + ("..." if len(members) > 70 else "")])
-    out.append(_table(rows, ["group", "channels", "state", "layers"]))
+        params, flops = (f"{c:,}" for c in marginal[g.name]) if g.prunable else ("-", "-")
+        rows.append([g.name, g.size, params, flops, state,
+                     members[:70] + ("..." if len(members) > 70 else "")])
+    out.append(_table(rows, ["group", "channels", "params/ch", "FLOPs/ch", "state", "layers"]))
     if len(analysis.groups) > max_rows:
         out.append(f"... and {len(analysis.groups) - max_rows} more groups")
     if analysis.structures:
