@@ -32,6 +32,10 @@ class HESSO(GroupSparsityOptimizer):
             count = goal - int(st["pruned"].sum())
             already = torch.bincount(v.group_of[st["pruned"]], minlength=len(v.sizes))
             importance = v.saliencies(directions).importance().cpu()
+            if self.budget is not None:     # this period's share of the budget's saving
+                count = self.budget.count(-importance, v.group_of, v.sizes, ~st["pruned"], already,
+                                          cfg.group_divisible, (period + 1) / cfg.pruning_periods)
+                self.target = int(st["pruned"].sum()) + count
             st["annealing"] = choose(-importance, count, v.group_of, v.sizes, ~st["pruned"],
                                      already, cfg.group_divisible)
         annealing = st["annealing"]

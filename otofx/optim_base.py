@@ -15,6 +15,7 @@ from otofx.analysis import Analysis
 from otofx.config import _BaseConfig
 from otofx.errors import AnalysisError, OtofxError
 from otofx.grouped import Direction, GroupedViews
+from otofx.budget import budget_for
 from otofx.partition import target_count
 from otofx.passes.table import AFFINE, PRODUCER
 
@@ -118,6 +119,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                   if not any(m.param in frozen for m in g.slices(PRODUCER, AFFINE))]
         self.views = GroupedViews(module, groups)
         self.target = target_count(self.views.num_channels, config.target_group_sparsity)
+        self.budget = budget_for(config, analysis, self.views)   # target_flops/_params, or None
         self.state[STATE] = {"step": 0,
                              "pruned": torch.zeros(self.views.num_channels, dtype=torch.bool)}
 

@@ -96,6 +96,18 @@ def structure_line(sp: dict, stats) -> str:
             f"erasable, erased {len(erased)}: {state}\nstructures deleted: {deleted}")
 
 
+def budget_line(opt, sp: dict, base: dict, params: int, flops: int) -> str:
+    """A budget's line: asked, reached (measured on the subnet), and the channels that got it."""
+    b = opt.budget
+    dense, reached = (base["flops"], flops) if b.field == "target_flops" else (base["params"], params)
+    state = "pruning phase not finished" if not sp["pruning_done"] else (
+        f"{100 * (reached / max(dense, 1) - b.fraction):+.2f} points")
+    return (f"{b.what} budget ({b.field}): asked {b.fraction:.3f} of the dense model, reached "
+            f"{reached / max(dense, 1):.3f} ({state}) by pruning the {sp['zero_channels']} "
+            f"least important of {sp['prunable_channels']} prunable channels (score order, the "
+            f"count set by the budget; widths below)")
+
+
 def compression_report(job, subnet) -> str:
     """What a compression job reached: sparsity target vs reached, params/FLOPs, widths."""
     opt = job.optimizer
@@ -111,6 +123,8 @@ def compression_report(job, subnet) -> str:
     elif not sp["prunable_channels"]:
         lines.append("no prunable group: the optimizer ran as plain "
                      f"{opt.config.variant}; see analysis.report() for why")
+    elif getattr(opt, "budget", None) is not None:
+        lines.append(budget_line(opt, sp, base, params, flops))
     else:
         in_erased = sp.get("zero_channels_in_erased", 0)
         state = "reached exactly" if sp["zero_channels"] - in_erased == sp["target_channels"] else (
