@@ -19,7 +19,6 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from otofx.passes.shapes import evaluation
 
 
-
 def _sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 

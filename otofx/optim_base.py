@@ -12,10 +12,10 @@ from torch import nn
 
 from otofx import fused
 from otofx.analysis import Analysis
+from otofx.budget import budget_for
 from otofx.config import _BaseConfig
 from otofx.errors import AnalysisError, OtofxError
 from otofx.grouped import Direction, GroupedViews
-from otofx.budget import budget_for
 from otofx.partition import target_count
 from otofx.passes.table import AFFINE, PRODUCER
 

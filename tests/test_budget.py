@@ -9,6 +9,8 @@ import re
 import pytest
 import torch
 import torchvision
+from otofx.passes.channels import tensor_named
+from otofx.passes.table import AFFINE, PRODUCER
 from strategies_transformer import BlockSpec, RandomTransformer, TransformerSpec
 from zoo.small import TinyCNN
 
@@ -18,8 +20,6 @@ from otofx.errors import ConfigError
 from otofx.flops import count_flops
 from otofx.grouped import GroupedViews
 from otofx.partition import choose
-from otofx.passes.channels import tensor_named
-from otofx.passes.table import AFFINE, PRODUCER
 
 
 def n_params(module: torch.nn.Module) -> int:
