@@ -29,7 +29,7 @@ from torch.fx import GraphModule
 from otofx.errors import AnalysisError
 from otofx.flops import flops_by_node
 from otofx.passes.groups import DIMS, PruningGroup
-from otofx.passes.rules.flops import FlopContext, formulas
+from otofx.passes.rules.flops import FlopContext, formula
 
 Widths = Mapping["str | PruningGroup", int]
 
@@ -167,10 +167,12 @@ def build_cost_model(gm: GraphModule, groups: list[PruningGroup], example_inputs
         measured = per_node.get(node.name)
         if not measured:
             continue
-        fits = [e for e in formulas(ctx, node) if int(e.xreplace(dense)) == measured]
-        if not fits and _touches(ctx, node, node_dims, pdims, free):
-            fixed[node.name] = measured
-        flops += fits[0] if fits else sympy.Integer(measured)
+        expr = formula(ctx, node)
+        if expr is None or int(expr.xreplace(dense)) != measured:
+            if _touches(ctx, node, node_dims, pdims, free):
+                fixed[node.name] = measured
+            expr = sympy.Integer(measured)
+        flops += expr
     return CostModel(CostPolynomial("params", sympy.expand(params), prunable),
                      CostPolynomial("FLOPs", sympy.expand(flops), prunable), fixed)
 

@@ -1,14 +1,17 @@
 """FLOPs from ``torch.utils.flop_counter.FlopCounterMode``, in total and per module.
 
-The counter is torch's, with one addition: attention through CPU's fused kernel
+The counter is torch's, with two additions: attention through CPU's fused kernel
 (``aten._scaled_dot_product_flash_attention_for_cpu``, which torch's registry leaves out) counts
-the same two products as on CUDA. Without it the FLOPs of a transformer on the CPU would depend
-on which kernel a shape happens to select (the math fallback, taken when q and v differ in
-head_dim, is counted), so a pruned model could count more FLOPs than the dense one.
+the same two products as on CUDA, and ``nn.MultiheadAttention``'s inference fast path
+(``aten._native_multi_head_attention``) what its other paths count. Without them the FLOPs of a
+transformer on the CPU would depend on which kernel a shape happens to select (the math
+fallback, taken when q and v differ in head_dim, is counted), so a pruned model could count more
+FLOPs than the dense one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,8 +26,21 @@ def _sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-_EXTRA = {op: _sdpa for op in [getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)]
-          if op is not None}
+def _native_mha(query_shape, key_shape, value_shape, embed_dim, num_head, qkv_weight_shape,
+                qkv_bias_shape, proj_weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """``nn.MultiheadAttention``'s inference fast path: the packed projection, the two products
+    over ``rows / 3`` inner features, the out projection."""
+    *batch, seq, width = query_shape
+    tokens = seq * math.prod(batch)
+    rows = qkv_weight_shape[0]
+    inner = rows // 3
+    return 2 * tokens * width * rows + 4 * tokens * key_shape[-2] * inner \
+        + 2 * tokens * inner * proj_weight_shape[0]
+
+
+_EXTRA = {op: f for name, f in [("_scaled_dot_product_flash_attention_for_cpu", _sdpa),
+                                ("_native_multi_head_attention", _native_mha)]
+          if (op := getattr(torch.ops.aten, name, None)) is not None}
 
 
 def counter() -> FlopCounterMode:

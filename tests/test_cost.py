@@ -11,6 +11,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from strategies import cnn_models
 from strategies_transformer import RandomTransformer, transformer_specs
+from zoo import hf_models as hf
 from zoo.small import SEBlock, Shuffle, TinyCNN
 
 import otofx
@@ -72,14 +73,20 @@ def test_cost_polynomials_equal_the_shrunk_transformer(spec, fraction, seed, uni
     lambda: (__import__("torchvision").models.resnet18(num_classes=10), torch.randn(1, 3, 32, 32)),
     lambda: (__import__("torchvision").models.mobilenet_v3_small(num_classes=10),
              torch.randn(1, 3, 32, 32)),
-], ids=["tiny_cnn", "shuffle", "se_block", "resnet18", "mobilenet_v3_small"])
+    lambda: (__import__("torchvision").models.VisionTransformer(       # nn.MultiheadAttention
+        image_size=16, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+        num_classes=10), torch.randn(2, 3, 16, 16)),
+    lambda: hf.build("llama:sdpa")[:2],                                  # export graph, GQA
+    lambda: hf.build("gpt2:eager")[:2],                                  # addmm (Conv1D)
+], ids=["tiny_cnn", "shuffle", "se_block", "resnet18", "mobilenet_v3_small", "vit", "llama", "gpt2"])
 def test_cost_polynomials_equal_the_shrunk_zoo_model(build):
     torch.manual_seed(0)
     model, x = build()
-    gm = otofx.trace(model.eval(), (x,))
-    analysis = otofx.analyze(gm, (x,))
+    inputs = x if isinstance(x, tuple) else (x,)
+    gm = otofx.trace(model.eval(), inputs)
+    analysis = otofx.analyze(gm, inputs)
     assert analysis.prunable
-    assert_cost_matches_shrunk(gm, analysis, (x,), 0.4, seed=1)
+    assert_cost_matches_shrunk(gm, analysis, inputs, 0.4, seed=1)
 
 
 def test_marginal_cost_is_the_derivative_and_one_channel_costs_it():

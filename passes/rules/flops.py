@@ -2,7 +2,7 @@
 
 Each formula gets a :class:`FlopContext` (the node's argument shapes as tuples of sympy sizes in
 the groups' widths, its parameters' shapes likewise) and returns the node's FLOPs as a sympy
-expression (or a tuple of alternatives): the same count ``torch.utils.flop_counter`` makes (multiplies and adds of the
+expression: the same count ``torch.utils.flop_counter`` makes (multiplies and adds of the
 matrix products and convolutions, 2 per multiply-accumulate, biases not counted), so that the
 expression evaluated at the dense widths equals the node's measured FLOPs. ``otofx.cost`` checks
 exactly that and holds a node's FLOPs constant (and says so) when no formula fits.
@@ -126,9 +126,8 @@ FLOPS.register(F.scaled_dot_product_attention, *aten("scaled_dot_product_attenti
 
 
 def multihead_attention(ctx: FlopContext, node: Node) -> sympy.Expr:
-    """Self-attention through ``nn.MultiheadAttention``: the packed projection and the out
-    projection, plus the two products over ``rows / 3`` inner features when they go through
-    ``bmm`` (``need_weights=True``); the counter sees no FLOPs in CPU's fused attention kernels."""
+    """Self-attention through ``nn.MultiheadAttention``: the packed projection, the two
+    products over ``rows / 3`` inner features, the out projection."""
     m = ctx.module()
     x = ctx.dims(node.args[0])
     rows, width = ctx.param("in_proj_weight")
@@ -136,23 +135,19 @@ def multihead_attention(ctx: FlopContext, node: Node) -> sympy.Expr:
     seq = x[0] if len(x) == 2 or not m.batch_first else x[1]
     tokens = _prod(x[:-1])
     inner = rows / 3
-    projections = 2 * tokens * width * rows + 2 * tokens * inner * out_rows
-    return projections, projections + 4 * tokens * seq * inner
+    return 2 * tokens * width * rows + 4 * tokens * seq * inner + 2 * tokens * inner * out_rows
 
 
 FLOPS.register(nn.MultiheadAttention, name="multihead_attention")(multihead_attention)
 
 
-def formulas(ctx: FlopContext, node: Node) -> tuple[sympy.Expr, ...]:
-    """The FLOPs of ``node`` in its symbolic shapes: the alternatives its rule gives (which of a
-    module's inner products the counter sees can depend on the path it takes), none when no
-    rule applies."""
+def formula(ctx: FlopContext, node: Node) -> sympy.Expr | None:
+    """The FLOPs of ``node`` in its symbolic shapes, or None when no formula applies."""
     rule = FLOPS.lookup(ctx.gm, node)
     if rule is None:
-        return ()
+        return None
     ctx.node = node
     try:
-        found = rule.propagate(ctx, node)
+        return sympy.expand(rule.propagate(ctx, node))
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-        return ()
-    return tuple(sympy.expand(e) for e in (found if isinstance(found, tuple) else (found,)))
+        return None
