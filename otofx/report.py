@@ -41,6 +41,9 @@ def analysis_report(analysis: Analysis, max_rows: int = 60) -> str:
         rows.append([g.name, g.size, params, flops, state,
                      members[:70] + ("..." if len(members) > 70 else "")])
     out.append(_table(rows, ["group", "channels", "params/ch", "FLOPs/ch", "state", "layers"]))
+    if analysis.cost.fixed:
+        out.append(f"FLOPs held at their dense count in the cost model (no FLOP formula for the op): "
+                   f"{', '.join(analysis.cost.fixed)}")
     if len(analysis.groups) > max_rows:
         out.append(f"... and {len(analysis.groups) - max_rows} more groups")
     if analysis.structures:

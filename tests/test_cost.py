@@ -4,6 +4,8 @@ CNN and transformer grammars and a few zoo models; the marginal cost is the deri
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import sympy
 import torch
@@ -15,6 +17,7 @@ from zoo import hf_models as hf
 from zoo.small import SEBlock, Shuffle, TinyCNN
 
 import otofx
+from otofx.cost import build_cost_model
 from otofx.errors import AnalysisError
 from otofx.flops import count_flops
 from otofx.testing import zero_groups
@@ -140,3 +143,21 @@ def test_report_shows_marginal_costs():
     params, flops = analysis.cost.marginals()[g.name]
     row = next(line for line in text.splitlines() if line.startswith(g.name + " "))
     assert f"{flops:,}" in row and f"{params:,}" in row
+
+
+def test_a_node_without_a_formula_is_held_at_its_dense_flops_and_named():
+    from otofx.passes.rules import flops as rules
+    model, x = TinyCNN(), torch.randn(2, 3, 8, 8)
+    analysis = otofx.analyze(otofx.trace(model), (x,))
+    without_conv = {k: r for k, r in rules.FLOPS._rules.items() if r.name != "conv"}
+    dense_model = analysis.cost
+    with mock.patch.object(rules.FLOPS, "_rules", without_conv):
+        cost = build_cost_model(analysis.gm, analysis.groups, analysis.example_inputs)
+        analysis._cost = cost
+    assert set(cost.fixed) == {"c1", "c2", "c3"}
+    assert cost.flops.dense == count_flops(analysis.gm, (x,))
+    # c1's channels only reach the convs: the model claims no saving for them (c3 still feeds
+    # the linear head, which has its formula)
+    assert cost.flops.marginal("c1") == 0 < dense_model.flops.marginal("c1")
+    assert cost.flops.marginal("c3") > 0
+    assert "held at their dense count" in analysis.report() and "c2" in analysis.report()
