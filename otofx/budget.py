@@ -1,10 +1,11 @@
-"""Budgets: prune the channels that land the subnet on a FLOPs or parameter target.
+"""Budgets: prune the channels that land the subnet on a FLOPs, parameter or latency target.
 
 ``target_flops`` / ``target_params`` (fractions of the dense model's cost, in place of
 ``target_group_sparsity``) say what the subnet may cost, not how many channels go. The channels
 are still taken in score order, exactly as :func:`otofx.partition.choose` takes them (per-group
 caps, ``group_divisible`` rounding); the budget only sets *how many*: the count whose subnet,
-evaluated on the cost polynomial of ``otofx.cost``, lands nearest the budget. The cost never rises
+evaluated on the cost polynomial of ``otofx.cost`` (for ``target_latency``, on the measured
+latency table of ``otofx.latency``), lands nearest the budget. The cost never rises
 as the count grows, so a binary search over counts finds it in a few dozen evaluations of the
 polynomial. Within 1% of the budget, or as near as the width rounding allows.
 """
@@ -21,6 +22,7 @@ from otofx.errors import ConfigError
 from otofx.partition import choose
 
 CostOfWidths = Callable[[torch.Tensor], torch.Tensor]
+BUDGETS = ("target_flops", "target_params", "target_latency")
 
 
 def _widths(chosen: torch.Tensor, group_of: torch.Tensor, sizes: torch.Tensor,
@@ -41,9 +43,9 @@ def count_for_budget(score: torch.Tensor, group_of: torch.Tensor, sizes: torch.T
     if already is None:
         already = torch.zeros(len(sizes), dtype=torch.long)
 
-    def cost_of(count: int) -> int:
+    def cost_of(count: int) -> float:
         chosen = choose(score, count, group_of, sizes, available, already, divisible)
-        return int(cost(_widths(chosen, group_of, sizes, already)))
+        return float(cost(_widths(chosen, group_of, sizes, already)))
 
     lo, hi = 0, int(available.sum())
     if cost_of(hi) > budget:
@@ -78,21 +80,21 @@ class Budget:
     """A config's ``target_flops`` or ``target_params`` over an optimizer's grouped views:
     ``cost`` evaluates widths of ``views.groups`` (other groups at full size)."""
 
-    field: str               # "target_flops" or "target_params"
+    field: str               # "target_flops", "target_params" or "target_latency"
     fraction: float
-    dense: int
+    dense: float
     cost: CostOfWidths
     sizes: torch.Tensor
 
     @property
     def what(self) -> str:
-        return "FLOPs" if self.field == "target_flops" else "parameters"
+        return {"target_flops": "FLOPs", "target_params": "parameters"}.get(self.field, "latency")
 
-    def floor(self, divisible: int) -> int:
+    def floor(self, divisible: int) -> float:
         """The cost with every group at the fewest channels it may keep."""
         keep = max(1, divisible)
-        return int(self.cost(torch.where(self.sizes > keep, torch.full_like(self.sizes, keep),
-                                         self.sizes)))
+        return float(self.cost(torch.where(self.sizes > keep, torch.full_like(self.sizes, keep),
+                                           self.sizes)))
 
     def count(self, score: torch.Tensor, group_of: torch.Tensor, sizes: torch.Tensor,
               available: torch.Tensor, already: torch.Tensor, divisible: int,
@@ -107,19 +109,24 @@ class Budget:
 def budget_for(config, analysis, views) -> Budget | None:
     """The budget ``config`` asks for (None without ``target_flops``/``target_params``),
     checked against what pruning the prunable groups can reach."""
-    field = next((f for f in ("target_flops", "target_params") if getattr(config, f, None) is not None),
-                 None)
+    field = next((f for f in BUDGETS if getattr(config, f, None) is not None), None)
     if field is None:
         return None
-    poly = analysis.cost.flops if field == "target_flops" else analysis.cost.params
-    budget = Budget(field, getattr(config, field), poly.dense, poly.evaluator(views.groups),
-                    views.sizes)
+    if field == "target_latency":
+        from otofx.latency import LatencyModel, latency_table
+        cost = LatencyModel(latency_table(analysis), analysis, views.groups)
+        budget = Budget(field, config.target_latency, float(cost(views.sizes)), cost, views.sizes)
+    else:
+        poly = analysis.cost.flops if field == "target_flops" else analysis.cost.params
+        budget = Budget(field, getattr(config, field), poly.dense, poly.evaluator(views.groups),
+                        views.sizes)
     floor = budget.floor(config.group_divisible)
     if budget.fraction * budget.dense < floor:
         smallest = math.ceil(floor / budget.dense * 1e4) / 1e4
         raise ConfigError(
             f"{type(config).__name__}.{field} = {budget.fraction!r}: below the smallest reachable "
-            f"{budget.what} budget, {smallest} of the dense model ({floor:,} of {budget.dense:,}): "
+            f"{budget.what} budget, {smallest} of the dense model ({floor:,.6g} of {budget.dense:,.6g}"
+            f"{' s, predicted from the latency table' if field == 'target_latency' else ''}): "
             f"with every prunable group at its minimum of {max(1, config.group_divisible)} "
             f"channel(s), pinned groups and layers outside any group still cost that much. Set "
             f"{field} >= {smallest}.")

@@ -88,41 +88,51 @@ class CostPolynomial:
 
     def evaluator(self, groups: list[PruningGroup]) -> PolynomialEvaluator:
         """A vectorised evaluator over the widths of ``groups`` (others at their size)."""
-        return PolynomialEvaluator(self, groups)
+        return PolynomialEvaluator([self.expr], self.groups, groups)
 
 
 class PolynomialEvaluator:
-    """``cost(widths)`` for a tensor of widths (``(..., len(groups))``, int64), exact in int64:
-    the polynomial's terms as an exponent matrix and integer coefficients, built once."""
+    """Polynomials in group widths, evaluated exactly in int64 for a tensor of widths
+    (``(..., len(groups))``): all terms in one exponent matrix with integer coefficients, built
+    once. Groups of ``all_groups`` not in ``groups`` stay at their size. Returns ``(...)`` for
+    one polynomial, ``(..., len(exprs))`` for several."""
 
-    def __init__(self, poly: CostPolynomial, groups: list[PruningGroup]) -> None:
-        fixed = {g.symbol: g.size for g in poly.groups if g not in groups}
-        self.groups = groups
+    def __init__(self, exprs: list[sympy.Expr], all_groups: list[PruningGroup],
+                 groups: list[PruningGroup]) -> None:
+        fixed = {g.symbol: g.size for g in all_groups if g not in groups}
+        self.groups, self.count = groups, len(exprs)
         symbols = [g.symbol for g in groups]
-        expr = sympy.expand(poly.expr.xreplace(fixed))
-        if not symbols:
-            self.exps = torch.zeros(1, 0, dtype=torch.long)
-            self.coefs = torch.tensor([int(expr)], dtype=torch.long)
-            return
-        terms = sympy.Poly(expr, *symbols).terms()
-        self.exps = torch.tensor([list(e) for e, _ in terms], dtype=torch.long).view(len(terms), -1)
-        self.coefs = torch.tensor([int(c) for _, c in terms], dtype=torch.long)
+        exps, coefs, owner = [], [], []
+        for i, expr in enumerate(exprs):
+            expr = sympy.expand(sympy.sympify(expr).xreplace(fixed))
+            for e, c in sympy.Poly(expr, *symbols).terms() if symbols else [((), expr)]:
+                exps.append(list(e))
+                coefs.append(int(c))
+                owner.append(i)
+        self.exps = torch.tensor(exps, dtype=torch.long).view(len(coefs), len(symbols))
+        self.coefs = torch.tensor(coefs, dtype=torch.long)
+        self.owner = torch.tensor(owner, dtype=torch.long)
 
     def __call__(self, widths: torch.Tensor) -> torch.Tensor:
         w = widths.to(torch.long).unsqueeze(-2)                   # (..., 1, G)
-        monomials = (w ** self.exps).prod(-1)                      # (..., T)
-        return (monomials * self.coefs).sum(-1)
+        terms = (w ** self.exps).prod(-1) * self.coefs             # (..., T)
+        out = torch.zeros(*terms.shape[:-1], self.count, dtype=torch.long)
+        out.index_add_(-1, self.owner, terms)
+        return out[..., 0] if self.count == 1 else out
 
 
 @dataclass
 class CostModel:
     """``params`` and ``flops`` of the analysed model as :class:`CostPolynomial`s; ``fixed``
     maps nodes whose FLOPs depend on widths the model has no formula for to their dense FLOPs
-    (held constant: the polynomial is then exact only for widths that leave them alone)."""
+    (held constant: the polynomial is then exact only for widths that leave them alone).
+    ``node_work`` gives each call node's work in the widths: its FLOPs where the counter counts
+    any, else the elements of its output (what ``otofx.latency`` times against)."""
 
     params: CostPolynomial
     flops: CostPolynomial
     fixed: dict[str, int] = field(default_factory=dict)
+    node_work: dict[str, sympy.Expr] = field(default_factory=dict, repr=False)
 
     def marginals(self, widths: Widths | None = None) -> dict[str, tuple[int, int]]:
         """Per prunable group: (params, FLOPs) of one more channel at ``widths`` (default dense)."""
@@ -162,7 +172,7 @@ def build_cost_model(gm: GraphModule, groups: list[PruningGroup], example_inputs
     ctx = FlopContext(gm, node_dims, pdims)
     per_node = flops_by_node(gm, example_inputs)
     dense = {g.symbol: g.size for g in prunable}
-    flops, fixed = sympy.Integer(0), {}
+    flops, fixed, work = sympy.Integer(0), {}, {}
     for node in gm.graph.nodes:
         measured = per_node.get(node.name)
         if not measured:
@@ -173,8 +183,12 @@ def build_cost_model(gm: GraphModule, groups: list[PruningGroup], example_inputs
                 fixed[node.name] = measured
             expr = sympy.Integer(measured)
         flops += expr
+        work[node.name] = expr
+    for node in gm.graph.nodes:
+        if node.op.startswith("call") and node.name not in work and node.name in node_dims:
+            work[node.name] = sympy.expand(sympy.Mul(*node_dims[node.name]))
     return CostModel(CostPolynomial("params", sympy.expand(params), prunable),
-                     CostPolynomial("FLOPs", sympy.expand(flops), prunable), fixed)
+                     CostPolynomial("FLOPs", sympy.expand(flops), prunable), fixed, work)
 
 
 def _touches(ctx: FlopContext, node, node_dims, pdims, free: set) -> bool:

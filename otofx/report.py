@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from otofx.flops import count_flops, flops_by_node
 from otofx.passes.table import PRODUCER
 
@@ -99,14 +101,20 @@ def structure_line(sp: dict, stats) -> str:
             f"erasable, erased {len(erased)}: {state}\nstructures deleted: {deleted}")
 
 
-def budget_line(opt, sp: dict, base: dict, params: int, flops: int) -> str:
-    """A budget's line: asked, reached (measured on the subnet), and the channels that got it."""
+def budget_line(opt, sp: dict, base: dict, params: int, flops: int, removed: dict) -> str:
+    """A budget's line: asked, reached (measured on the subnet; latency as the table predicts
+    it), and the channels that got it."""
     b = opt.budget
-    dense, reached = (base["flops"], flops) if b.field == "target_flops" else (base["params"], params)
+    how = ""
+    if b.field == "target_latency":
+        widths = torch.tensor([g.size - removed.get(g.name, 0) for g in opt.views.groups])
+        dense, reached, how = b.dense, float(b.cost(widths)), ", predicted by the latency table"
+    else:
+        dense, reached = (base["flops"], flops) if b.field == "target_flops" else (base["params"], params)
     state = "pruning phase not finished" if not sp["pruning_done"] else (
-        f"{100 * (reached / max(dense, 1) - b.fraction):+.2f} points")
+        f"{100 * (reached / max(dense, 1e-30) - b.fraction):+.2f} points")
     return (f"{b.what} budget ({b.field}): asked {b.fraction:.3f} of the dense model, reached "
-            f"{reached / max(dense, 1):.3f} ({state}) by pruning the {sp['zero_channels']} "
+            f"{reached / max(dense, 1e-30):.3f} ({state}{how}) by pruning the {sp['zero_channels']} "
             f"least important of {sp['prunable_channels']} prunable channels (score order, the "
             f"count set by the budget; widths below)")
 
@@ -127,7 +135,7 @@ def compression_report(job, subnet) -> str:
         lines.append("no prunable group: the optimizer ran as plain "
                      f"{opt.config.variant}; see analysis.report() for why")
     elif getattr(opt, "budget", None) is not None:
-        lines.append(budget_line(opt, sp, base, params, flops))
+        lines.append(budget_line(opt, sp, base, params, flops, stats.removed if stats else {}))
     else:
         in_erased = sp.get("zero_channels_in_erased", 0)
         state = "reached exactly" if sp["zero_channels"] - in_erased == sp["target_channels"] else (
