@@ -39,7 +39,7 @@ class DHSPG(GroupSparsityOptimizer):
         if available is None:
             available = torch.ones(v.num_channels, dtype=torch.bool)
         already = torch.zeros(len(v.sizes), dtype=torch.long)
-        if self.budget is not None:     # target_flops / target_params: the budget sets the count
+        if self.budget is not None:     # target_flops/_params/_latency: the budget sets the count
             self.target = self.budget.count(score, v.group_of, v.sizes, available, already,
                                             self.config.group_divisible)
         return choose(score, self.target, v.group_of, v.sizes, available, already,

@@ -119,7 +119,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                   if not any(m.param in frozen for m in g.slices(PRODUCER, AFFINE))]
         self.views = GroupedViews(module, groups)
         self.target = target_count(self.views.num_channels, config.target_group_sparsity)
-        self.budget = budget_for(config, analysis, self.views)   # target_flops/_params, or None
+        self.budget = budget_for(config, analysis, self.views)   # target_flops/_params/_latency
         self.state[STATE] = {"step": 0,
                              "pruned": torch.zeros(self.views.num_channels, dtype=torch.bool)}
 
