@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.fx import GraphModule
@@ -11,6 +11,9 @@ from torch.fx import GraphModule
 from otofx.passes.erasable import STRUCTURES, ErasableStructure, erasable_pass
 from otofx.passes.groups import PruningGroup
 from otofx.passes.table import AFFINE, PRODUCER
+
+if TYPE_CHECKING:
+    from otofx.cost import CostModel
 
 
 @dataclass
@@ -24,6 +27,16 @@ class Analysis:
     groups: list[PruningGroup]
     example_inputs: tuple
     _structures: list[ErasableStructure] | None = field(default=None, repr=False)
+    _cost: CostModel | None = field(default=None, repr=False)
+
+    @property
+    def cost(self) -> CostModel:
+        """Parameters and FLOPs as polynomials in the prunable groups' widths
+        (``otofx.cost``; built on first use)."""
+        if self._cost is None:
+            from otofx.cost import build_cost_model
+            self._cost = build_cost_model(self.gm, self.groups, self.example_inputs)
+        return self._cost
 
     @property
     def structures(self) -> list[ErasableStructure]:

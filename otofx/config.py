@@ -26,6 +26,9 @@ class _BaseConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     target_group_sparsity: float = 0.5
+    target_flops: float | None = None     # a budget in place of target_group_sparsity: the
+    target_params: float | None = None    # subnet's cost as a fraction of the dense model's
+    target_latency: float | None = None   # (latency: measured on the model's device, cached)
     start_pruning_step: int = 0
     pruning_steps: int = 1
     group_divisible: int = 1
@@ -46,6 +49,15 @@ class _BaseConfig:
         _check(self, "eps", self.eps > 0, "must be positive")
         _check(self, "target_group_sparsity", 0 <= self.target_group_sparsity < 1,
                "is the fraction of prunable channels to remove, in [0, 1)")
+        budgets = [n for n in ("target_flops", "target_params", "target_latency")
+                   if getattr(self, n) is not None]
+        for name in budgets:
+            value = getattr(self, name)
+            _check(self, name, isinstance(value, (int, float)) and not isinstance(value, bool)
+                   and 0 < value <= 1, "is the subnet's cost as a fraction of the dense model's, "
+                   "in (0, 1] (pruning cannot make a model cost more than dense), or None")
+        if len(budgets) > 1:
+            _check(self, budgets[-1], False, f"set one budget, not {' and '.join(budgets)}")
         _check(self, "start_pruning_step", self.start_pruning_step >= 0, "must be >= 0")
         _check(self, "pruning_steps", self.pruning_steps >= 1, "must be >= 1")
         _check(self, "group_divisible", self.group_divisible >= 1, "must be >= 1")
@@ -169,6 +181,11 @@ class H2SPGConfig(DHSPGConfig):
 
     def validate(self) -> None:
         super().validate()
+        for budget in ("target_flops", "target_params", "target_latency"):
+            _check(self, budget, getattr(self, budget) is None, "H2SPG takes no FLOPs, parameter "
+                   "or latency budget yet (the cost model does not price erased structures): use "
+                   "DHSPGConfig or HESSOConfig for a budget, or target_structure_sparsity and "
+                   "target_group_sparsity")
         _check(self, "target_structure_sparsity", 0 <= self.target_structure_sparsity <= 1,
                "is the fraction of erasable structures to erase, in [0, 1]")
         if self.target_structures is not None:

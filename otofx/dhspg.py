@@ -94,6 +94,9 @@ class DHSPG(GroupSparsityOptimizer):
             available = torch.ones(v.num_channels, dtype=torch.bool)
         score = self._scores(v, directions, available)
         already = torch.zeros(len(v.sizes), dtype=torch.long)
+        if self.budget is not None:     # target_flops/_params/_latency: the budget sets the count
+            self.target = self.budget.count(score, v.group_of, v.sizes, available, already,
+                                            cfg.group_divisible, allocation=cfg.allocation)
         chosen = choose_within(score, self.target, v.group_of, v.sizes, available, already,
                                cfg.allocation, cfg.group_divisible)
         per_group = torch.bincount(v.group_of[chosen], minlength=len(v.sizes))

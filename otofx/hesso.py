@@ -36,6 +36,11 @@ class HESSO(GroupSparsityOptimizer):
             already = torch.bincount(v.group_of[st["pruned"]], minlength=len(v.sizes))
             alive = ~st["pruned"]
             importance = v.saliencies(directions).importance(alive).cpu()
+            if self.budget is not None:     # this period's share of the budget's saving
+                count = self.budget.count(-importance, v.group_of, v.sizes, alive, already,
+                                          cfg.group_divisible, (period + 1) / cfg.pruning_periods,
+                                          allocation=cfg.allocation)
+                self.target = int(st["pruned"].sum()) + count
             st["annealing"] = choose_within(-importance, count, v.group_of, v.sizes, alive,
                                             already, cfg.allocation, cfg.group_divisible)
         annealing = st["annealing"]

@@ -12,6 +12,7 @@ from torch import nn
 
 from otofx import fused
 from otofx.analysis import Analysis
+from otofx.budget import budget_for
 from otofx.config import _BaseConfig
 from otofx.errors import AnalysisError, OtofxError
 from otofx.grouped import Direction, GroupedViews
@@ -117,9 +118,20 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         groups = [g for g in analysis.prunable    # a frozen consumer (next layer) may stay frozen
                   if not any(m.param in frozen for m in g.slices(PRODUCER, AFFINE))]
         self.views = GroupedViews(module, groups)
-        self.target = target_count(self.views.num_channels, config.target_group_sparsity)
         self.state[STATE] = {"step": 0,
                              "pruned": torch.zeros(self.views.num_channels, dtype=torch.bool)}
+        self.target = target_count(self.views.num_channels, config.target_group_sparsity)
+        self.budget = budget_for(config, analysis, self.views)   # target_flops/_params/_latency
+
+    @property
+    def target(self) -> int:
+        """Channels to prune: from ``target_group_sparsity``, or set by a budget at the
+        partition; kept in the state, so it travels with ``state_dict()``."""
+        return int(self.otofx_state["target"])
+
+    @target.setter
+    def target(self, count: int) -> None:
+        self.otofx_state["target"] = int(count)
 
     # ---- what a user reads -------------------------------------------------------------------
     @property

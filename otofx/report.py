@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from otofx.flops import count_flops, flops_by_node
 from otofx.passes.table import PRODUCER
 
@@ -28,14 +30,22 @@ def analysis_report(analysis: Analysis, max_rows: int = 60) -> str:
         f"channels: {s['prunable_channels']} prunable, {s['pinned_channels']} pinned",
         f"prunable share: {100 * removable / max(total, 1):.1f}% of {total:,} parameters, "
         f"{100 * flops_share:.1f}% of FLOPs",
+        "params/ch, FLOPs/ch: what one more channel of the group costs (otofx.cost, the "
+        "derivative at full width)",
         "",
     ]
     rows = []
+    marginal = analysis.cost.marginals()
     for g in analysis.groups[:max_rows]:
         members = ", ".join(sorted({m.param.rsplit(".", 1)[0] for m in g.members}))
         state = "prunable" if g.prunable else "pinned: " + "; ".join(g.why_pinned[:2])
-        rows.append([g.name, g.size, state, members[:70] + ("..." if len(members) > 70 else "")])
-    out.append(_table(rows, ["group", "channels", "state", "layers"]))
+        params, flops = (f"{c:,}" for c in marginal[g.name]) if g.prunable else ("-", "-")
+        rows.append([g.name, g.size, params, flops, state,
+                     members[:70] + ("..." if len(members) > 70 else "")])
+    out.append(_table(rows, ["group", "channels", "params/ch", "FLOPs/ch", "state", "layers"]))
+    if analysis.cost.fixed:
+        out.append(f"FLOPs held at their dense count in the cost model (no FLOP formula for the op): "
+                   f"{', '.join(analysis.cost.fixed)}")
     if len(analysis.groups) > max_rows:
         out.append(f"... and {len(analysis.groups) - max_rows} more groups")
     if analysis.structures:
@@ -102,6 +112,24 @@ def mechanism_lines(sp: dict, prefix: str = "", what: str = "channels") -> list[
     return lines
 
 
+def budget_line(opt, sp: dict, base: dict, params: int, flops: int, removed: dict) -> str:
+    """A budget's line: asked, reached (measured on the subnet; latency as the table predicts
+    it), and the channels that got it."""
+    b = opt.budget
+    how = ""
+    if b.field == "target_latency":
+        widths = torch.tensor([g.size - removed.get(g.name, 0) for g in opt.views.groups])
+        dense, reached, how = b.dense, float(b.cost(widths)), ", predicted by the latency table"
+    else:
+        dense, reached = (base["flops"], flops) if b.field == "target_flops" else (base["params"], params)
+    state = "pruning phase not finished" if not sp["pruning_done"] else (
+        f"{100 * (reached / max(dense, 1e-30) - b.fraction):+.2f} points")
+    return (f"{b.what} budget ({b.field}): asked {b.fraction:.3f} of the dense model, reached "
+            f"{reached / max(dense, 1e-30):.3f} ({state}{how}) by pruning the {sp['zero_channels']} "
+            f"least important of {sp['prunable_channels']} prunable channels (score order, the "
+            f"count set by the budget; widths below)")
+
+
 def compression_report(job, subnet) -> str:
     """What a compression job reached: sparsity target vs reached, params/FLOPs, widths."""
     opt = job.optimizer
@@ -117,6 +145,8 @@ def compression_report(job, subnet) -> str:
     elif not sp["prunable_channels"]:
         lines.append("no prunable group: the optimizer ran as plain "
                      f"{opt.config.variant}; see analysis.report() for why")
+    elif getattr(opt, "budget", None) is not None:
+        lines.append(budget_line(opt, sp, base, params, flops, stats.removed if stats else {}))
     else:
         in_erased = sp.get("zero_channels_in_erased", 0)
         state = "reached exactly" if sp["zero_channels"] - in_erased == sp["target_channels"] else (

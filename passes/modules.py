@@ -42,6 +42,10 @@ class HeadPrunedAttention(nn.Module):
         q, k, v = (t.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         mask = _merged_mask(attn_mask, key_padding_mask, B, self.num_heads, T, q.dtype, unbatched)
         p = self.dropout if self.training else 0.0
+        if not need_weights:      # the fused kernel, as nn.MultiheadAttention takes it here
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                                 is_causal=is_causal and mask is None)
+            return self._project(out, B, T, unbatched), None
         scores = (q @ k.transpose(-2, -1)) / (self.head_dim ** 0.5)
         if mask is not None:
             scores = scores + mask
@@ -49,15 +53,17 @@ class HeadPrunedAttention(nn.Module):
             scores = scores + torch.triu(torch.full((T, T), float("-inf"), dtype=q.dtype,
                                                     device=q.device), 1)
         weights = F.dropout(torch.softmax(scores, dim=-1), p)
-        out = (weights @ v).transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
-        out = self.out_proj(out)
+        out = self._project(weights @ v, B, T, unbatched)
         if unbatched:
-            out, weights = out.squeeze(0), weights.squeeze(0)
-        elif not self.batch_first:
-            out = out.transpose(0, 1)
-        if not need_weights:
-            return out, None
+            weights = weights.squeeze(0)
         return out, (weights.mean(dim=-3) if average_attn_weights else weights)
+
+    def _project(self, heads: torch.Tensor, B: int, T: int, unbatched: bool) -> torch.Tensor:
+        """(B, heads, T, head_dim) to the out projection, in the caller's layout."""
+        out = self.out_proj(heads.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+        if unbatched:
+            return out.squeeze(0)
+        return out if self.batch_first else out.transpose(0, 1)
 
 
 def _merged_mask(attn_mask, key_padding_mask, B, H, T, dtype, unbatched):

@@ -1,0 +1,208 @@
+"""Latency tables: how a model's measured latency varies with its groups' widths, per device.
+
+A latency budget (``target_latency``) needs to know what a subnet will take before it exists.
+Measured once per model and device (as ZipLM does for its structures), then cached: the model is
+shrunk to a few uniform widths (every prunable group at 100%, 75%, 50%, 25% of its channels and
+at one channel), and at each every node's eager time is measured (median of repeats). Each node
+then has a small table of (work, seconds), its work being its FLOPs polynomial in the widths
+(``CostModel.node_work``; its output's size for nodes without FLOPs). A subnet's latency is
+predicted as the sum over nodes of their time interpolated at the subnet's work: exact in the
+shapes, measured in the speed, so a conv shrunk on both sides is priced by its real work rather
+than by one group's table.
+
+Tables are JSON files under ``$OTOFX_CACHE_DIR`` (default ``~/.cache/otofx``)``/latency``,
+keyed by the graph's code, parameter and input shapes, the device, the torch version and the
+thread count.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.fx import GraphModule, Interpreter, Node
+
+from otofx.cost import PolynomialEvaluator
+from otofx.passes.channels import tensor_named
+from otofx.passes.shapes import evaluation
+from otofx.passes.table import AFFINE, PRODUCER
+
+LEVELS = (1.0, 0.75, 0.5, 0.25, 0.0)      # 0.0: every group at one channel
+
+
+@dataclass
+class LatencyTable:
+    """Per node, (work, seconds) at the measured width levels: work ascending, one point per
+    work, seconds non-decreasing."""
+
+    key: str
+    device: str
+    nodes: dict[str, list[tuple[int, float]]]
+
+    @property
+    def dense(self) -> float:
+        return sum(points[-1][1] for points in self.nodes.values() if points)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type}:{platform.processor() or platform.machine()}:{os.cpu_count()}"
+
+
+def table_key(gm: GraphModule, example_inputs: tuple) -> str:
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    shapes = [(n, tuple(p.shape)) for n, p in gm.named_parameters()]
+    inputs = [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)]
+    text = json.dumps([gm.code, shapes, inputs, _device_name(device), torch.__version__,
+                       torch.get_num_threads()])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("OTOFX_CACHE_DIR", Path.home() / ".cache" / "otofx")) / "latency"
+
+
+class _NodeTimer(Interpreter):
+    """Runs a graph, timing every call node (seconds, summed over runs)."""
+
+    def __init__(self, gm: GraphModule, sync: bool) -> None:
+        super().__init__(gm)
+        self.sync = sync
+        self.times: dict[str, list[float]] = {}
+
+    def run_node(self, n: Node) -> Any:
+        if not n.op.startswith("call"):
+            return super().run_node(n)
+        if self.sync:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = super().run_node(n)
+        if self.sync:
+            torch.cuda.synchronize()
+        self.times.setdefault(n.name, []).append(time.perf_counter() - t)
+        return out
+
+
+def node_times(gm: GraphModule, example_inputs: tuple, repeats: int = 5) -> dict[str, float]:
+    """Median eager time of every call node of ``gm`` over ``repeats`` runs (after one warm-up)."""
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    timer = _NodeTimer(gm, device.type == "cuda")
+    with evaluation(gm), torch.no_grad():
+        timer.run(*example_inputs)
+        timer.times.clear()
+        for _ in range(repeats):
+            timer.run(*example_inputs)
+    return {name: statistics.median(ts) for name, ts in timer.times.items()}
+
+
+@torch.no_grad()
+def _zero_beyond(gm: GraphModule, groups, widths: dict[str, int]) -> None:
+    for g in groups:
+        for m in g.slices(PRODUCER, AFFINE):
+            t = tensor_named(gm, m.param)
+            t.index_fill_(m.dim, m.index[widths[g.name]:].reshape(-1).to(t.device), 0.0)
+
+
+def measure_latency_table(analysis, repeats: int = 5) -> LatencyTable:
+    """Shrink a copy of the analysed graph to each of ``LEVELS`` and time its nodes."""
+    from otofx.api import analyze, shrink
+    gm, inputs = analysis.gm, analysis.example_inputs
+    cost = analysis.cost
+    names = [n for n in cost.node_work]
+    works = PolynomialEvaluator([cost.node_work[n] for n in names], analysis.prunable,
+                                analysis.prunable)
+    work_copy = copy.deepcopy(gm)
+    copy_analysis = analyze(work_copy, inputs)
+    state = {k: v.clone() for k, v in work_copy.state_dict().items()}
+    nodes: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
+    for level in LEVELS:
+        widths = {g.name: max(1, round(level * g.size)) for g in analysis.prunable}
+        work_copy.load_state_dict(state)
+        _zero_beyond(work_copy, copy_analysis.prunable, widths)
+        small = shrink(work_copy, copy_analysis, verify=False)
+        times = node_times(small, inputs, repeats)
+        work = works(torch.tensor([widths[g.name] for g in analysis.prunable])).reshape(-1)
+        for name, w in zip(names, work.tolist()):
+            nodes[name].append((int(w), times.get(name, 0.0)))
+    for name, points in nodes.items():
+        nodes[name] = _monotone(points)
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    return LatencyTable(table_key(gm, inputs), _device_name(device), nodes)
+
+
+def _monotone(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """One point per work (the median time of the levels that share it), times made
+    non-decreasing in work (more work never takes less time: what a drop shows is noise)."""
+    by_work: dict[int, list[float]] = {}
+    for w, t in points:
+        by_work.setdefault(w, []).append(t)
+    out, top = [], 0.0
+    for w in sorted(by_work):
+        top = max(top, statistics.median(by_work[w]))
+        out.append((w, top))
+    return out
+
+
+def latency_table(analysis, repeats: int = 5, cache: bool = True) -> LatencyTable:
+    """The analysed model's latency table on its device: from the cache when measured before."""
+    key = table_key(analysis.gm, analysis.example_inputs)
+    path = cache_dir() / f"{key}.json"
+    if cache and path.exists():
+        data = json.loads(path.read_text())
+        return LatencyTable(data["key"], data["device"],
+                            {n: [tuple(p) for p in ps] for n, ps in data["nodes"].items()})
+    table = measure_latency_table(analysis, repeats)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(table)))
+    return table
+
+
+class LatencyModel:
+    """Predicted seconds for a tensor of widths of ``groups`` (others at full width): each node's
+    time interpolated (piecewise linear, clamped at the measured ends) at its work."""
+
+    def __init__(self, table: LatencyTable, analysis, groups) -> None:
+        cost = analysis.cost
+        self.names = [n for n in table.nodes if n in cost.node_work]
+        self.works = PolynomialEvaluator([cost.node_work[n] for n in self.names], analysis.prunable,
+                                         groups)
+        width = max(len(table.nodes[n]) for n in self.names) if self.names else 1
+        self.x = torch.full((len(self.names), width), float("inf"), dtype=torch.float64)
+        self.y = torch.zeros((len(self.names), width), dtype=torch.float64)
+        for i, n in enumerate(self.names):
+            pts = table.nodes[n]
+            ys = torch.tensor([p[1] for p in pts], dtype=torch.float64)
+            self.x[i, :len(pts)] = torch.tensor([float(p[0]) for p in pts], dtype=torch.float64)
+            self.y[i, :len(pts)] = ys
+            self.y[i, len(pts):] = ys[-1]
+        self.count = torch.tensor([len(table.nodes[n]) for n in self.names])
+
+    def __call__(self, widths: torch.Tensor) -> torch.Tensor:
+        w = self.works(widths).to(torch.float64)
+        if len(self.names) == 1:
+            w = w.unsqueeze(-1)                                # (..., N)
+        if w.dim() == 1:
+            w = w.unsqueeze(0)
+        j = torch.searchsorted(self.x.expand(w.shape[0], -1, -1).contiguous(),
+                               w.unsqueeze(-1)).squeeze(-1)   # first point >= work
+        last = (self.count - 1).expand_as(j)
+        hi = torch.minimum(j, last)
+        lo = (hi - 1).clamp(min=0)
+        xs, ys = self.x.expand(w.shape[0], -1, -1), self.y.expand(w.shape[0], -1, -1)
+        x0, x1 = xs.gather(-1, lo[..., None])[..., 0], xs.gather(-1, hi[..., None])[..., 0]
+        y0, y1 = ys.gather(-1, lo[..., None])[..., 0], ys.gather(-1, hi[..., None])[..., 0]
+        t = torch.where(x1 > x0, ((w - x0) / (x1 - x0).clamp(min=1e-30)).clamp(0, 1),
+                        torch.ones_like(w))
+        total = (y0 + t * (y1 - y0)).sum(-1)
+        return total if widths.dim() > 1 else total[0]

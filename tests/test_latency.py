@@ -1,0 +1,85 @@
+"""Latency tables and ``target_latency`` (``otofx.latency``): measured once per model and device,
+cached, interpolated per node at the subnet's work; the budget lands on the table's prediction."""
+
+from __future__ import annotations
+
+import re
+from unittest import mock
+
+import pytest
+import torch
+from zoo.small import TinyCNN
+
+import otofx
+from otofx import latency
+from otofx.errors import ConfigError
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OTOFX_CACHE_DIR", str(tmp_path))
+    return tmp_path / "latency"
+
+
+def _analysis():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    return otofx.analyze(otofx.trace(TinyCNN()), (x,))
+
+
+def test_table_is_measured_once_then_read_from_the_cache(cache):
+    analysis = _analysis()
+    table = latency.latency_table(analysis, repeats=2)
+    assert [p.name for p in cache.iterdir()] == [f"{table.key}.json"]
+    assert set(table.nodes) == set(analysis.cost.node_work)
+    for points in table.nodes.values():
+        assert 1 <= len(points) <= len(latency.LEVELS)
+        assert [w for w, _ in points] == sorted({w for w, _ in points})
+        assert [t for _, t in points] == sorted(t for _, t in points)
+    assert any(len(points) == len(latency.LEVELS) for points in table.nodes.values())
+    with mock.patch.object(latency, "measure_latency_table", side_effect=AssertionError("measured")):
+        again = latency.latency_table(_analysis())
+    assert again == table
+
+
+def test_prediction_interpolates_the_table_and_falls_with_width(cache):
+    analysis = _analysis()
+    table = latency.latency_table(analysis, repeats=2)
+    groups = analysis.prunable
+    model = latency.LatencyModel(table, analysis, groups)
+    sizes = torch.tensor([g.size for g in groups])
+    assert float(model(sizes)) == pytest.approx(table.dense)
+    uniform = torch.stack([(sizes * r).round().clamp(min=1).long() for r in (1.0, 0.6, 0.3, 0.0)])
+    predicted = model(uniform)
+    assert predicted.shape == (4,)
+    assert bool((predicted[1:] <= predicted[:-1]).all()), predicted
+    assert float(predicted[-1]) < float(predicted[0])
+
+
+def test_compress_lands_on_a_latency_budget(cache):
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    cfg = otofx.DHSPGConfig(lr=0.05, start_pruning_step=1, pruning_steps=4, target_latency=0.8,
+                            total_steps=6)
+    job = otofx.compress(TinyCNN(), cfg, (x[:4],))
+    for _ in range(6):
+        torch.nn.functional.cross_entropy(job.module(x), y).backward()
+        job.optimizer.step()
+        job.optimizer.zero_grad()
+    text = job.report()
+    found = re.search(r"latency budget \(target_latency\): asked 0\.800 of the dense model, "
+                      r"reached ([0-9.]+)", text)
+    assert found, text
+    b = job.optimizer.budget
+    floor = b.floor(1) / b.dense
+    # TinyCNN has 24 prunable channels: as near as one channel more or less allows, or the floor
+    assert abs(float(found.group(1)) - 0.8) <= 0.1 or float(found.group(1)) == pytest.approx(floor, abs=1e-3)
+
+
+def test_latency_budget_out_of_range_or_beside_another_is_a_config_error():
+    with pytest.raises(ConfigError, match="target_latency"):
+        otofx.DHSPGConfig(target_latency=1.2)
+    with pytest.raises(ConfigError, match="set one budget"):
+        otofx.HESSOConfig(target_latency=0.5, target_flops=0.5)
+    with pytest.raises(ConfigError, match="H2SPG takes no"):
+        otofx.H2SPGConfig(target_latency=0.5)
