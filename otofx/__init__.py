@@ -13,6 +13,7 @@ from otofx import passes
 from otofx.analysis import Analysis
 from otofx.api import analyze, shrink, trace
 from otofx.backend import backend
+from otofx.calibrate import recalibrate_batchnorm
 from otofx.compress import CompressionJob, compress
 from otofx.config import DHSPGConfig, H2SPGConfig, HESSOConfig
 from otofx.dhspg import DHSPG
@@ -30,4 +31,4 @@ __all__ = ["DHSPG", "H2SPG", "HESSO", "Analysis", "AnalysisError", "ChannelSlice
            "ConfigError", "DHSPGConfig", "ErasableStructure", "H2SPGConfig", "HESSOConfig",
            "NonFiniteGradientError", "OtofxError",
            "PruningGroup", "ShapeError", "ShrinkError", "TraceError", "analyze", "backend", "compress",
-           "load", "passes", "save", "shrink", "trace"]
+           "load", "passes", "recalibrate_batchnorm", "save", "shrink", "trace"]

@@ -323,3 +323,28 @@ def test_h2spg_erased_set_is_what_shrink_deletes():
     assert report["erased_structures"]
     assert set(small.meta["otofx.shrink"].erased) == set(report["erased_structures"])
     assert report["structures_zeroed_by_projection"] + report["structures_zeroed_by_fallback"] > 0
+
+
+# ---- batch-norm statistics ----------------------------------------------------------------------
+
+def test_recalibrated_statistics_are_the_average_over_the_batches():
+    """After recalibration every BatchNorm holds the plain mean and (unbiased) variance of its
+    inputs over the batches, dropout stayed off, and modes and momentum are restored."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Dropout(0.5),
+                                torch.nn.BatchNorm2d(4))
+    model.train()
+    batches = [torch.randn(8, 1, 6, 6) for _ in range(3)]
+    assert otofx.recalibrate_batchnorm(model, batches) == 3
+    with torch.no_grad():
+        feats = [model[0](b) for b in batches]         # dropout off: the conv output itself
+    bn = model[2]
+    means = torch.stack([f.mean((0, 2, 3)) for f in feats])
+    variances = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats])
+    torch.testing.assert_close(bn.running_mean, means.mean(0))
+    torch.testing.assert_close(bn.running_var, variances.mean(0))
+    assert model.training and model[1].training and bn.momentum == 0.1
+    before = bn.running_mean.clone()
+    with pytest.raises(otofx.ConfigError, match="no batch"):
+        otofx.recalibrate_batchnorm(model, [])
+    assert torch.equal(bn.running_mean, before)
