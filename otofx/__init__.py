@@ -16,8 +16,16 @@ from otofx.backend import backend
 from otofx.compress import CompressionJob, compress
 from otofx.config import DHSPGConfig, H2SPGConfig, HESSOConfig
 from otofx.dhspg import DHSPG
-from otofx.errors import (AnalysisError, ConfigError, ExportError, MissingDependencyError, OtofxError,
-                          ShapeError, ShrinkError, TraceError)
+from otofx.errors import (
+                          AnalysisError,
+                          ConfigError,
+                          ExportError,
+                          MissingDependencyError,
+                          OtofxError,
+                          ShapeError,
+                          ShrinkError,
+                          TraceError,
+)
 from otofx.h2spg import H2SPG
 from otofx.hesso import HESSO
 from otofx.io import load, save
