@@ -17,14 +17,14 @@ from otofx.compress import CompressionJob, compress
 from otofx.config import DHSPGConfig, H2SPGConfig, HESSOConfig
 from otofx.dhspg import DHSPG
 from otofx.errors import (
-                          AnalysisError,
-                          ConfigError,
-                          ExportError,
-                          MissingDependencyError,
-                          OtofxError,
-                          ShapeError,
-                          ShrinkError,
-                          TraceError,
+    AnalysisError,
+    ConfigError,
+    ExportError,
+    MissingDependencyError,
+    OtofxError,
+    ShapeError,
+    ShrinkError,
+    TraceError,
 )
 from otofx.h2spg import H2SPG
 from otofx.hesso import HESSO
