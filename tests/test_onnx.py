@@ -72,8 +72,8 @@ def test_transformer_subnet_with_pruned_heads_exports_and_runs_the_same(tmp_path
 
 
 def test_yolo_detector_subnet_exports_and_runs_the_same(tmp_path):
+    os.environ.setdefault("YOLO_OFFLINE", "1")             # before ultralytics is imported: no network
     pytest.importorskip("ultralytics")
-    os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics.nn.tasks import DetectionModel
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
