@@ -62,3 +62,10 @@ def test_the_whole_detector_is_refused_in_a_few_lines_that_point_to_the_backbone
         raise AssertionError("a whole Faster R-CNN traced")
     assert "could trace FasterRCNN" in message and "leaf_modules" in message
     assert len(message) < 1200 and "aten." not in message          # torch's graph dump stays out
+
+
+def test_recipe_script_runs_and_reports_the_same_detections(capsys):
+    assert recipe.main(["--steps", "3", "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "the compressed detector's are the trained one's: True" in out
+    assert "backbone parameters: 13,774,016 -> " in out

@@ -40,11 +40,32 @@ def test_int8_subnet_keeps_accuracy_within_a_point_with_a_third_of_the_bytes():
     assert agree >= 0.95
 
 
-def test_quantize_refuses_no_calibration_and_names_a_missing_torchao(monkeypatch):
+class Branchy(torch.nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+def test_quantize_refuses_no_calibration_an_unexportable_model_and_names_a_missing_torchao(monkeypatch):
     small = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     x = torch.randn(3, 4)
     with pytest.raises(otofx.ConfigError, match="no calibration batch"):
         quantize_int8(small, (x,), [])
+    with pytest.raises(otofx.ExportError, match="could not export Branchy for quantization") as info:
+        quantize_int8(Branchy(), (x,), [x])
+    assert len(str(info.value)) < 800
     monkeypatch.setitem(sys.modules, "torchao.quantization.pt2e.quantize_pt2e", None)
     with pytest.raises(otofx.MissingDependencyError, match="pip install torchao"):
         quantize_int8(small, (x,), [x])
+
+
+def test_quantize_example_prints_the_three_models(capsys):
+    from examples import quantize_digits
+    threads = torch.get_num_threads()
+    try:
+        assert quantize_digits.main(["--epochs", "2", "--width", "8", "--repeats", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = {line.split()[0] + (" int8" if "int8" in line else ""): line.split()
+            for line in capsys.readouterr().out.splitlines() if line.startswith(("trained", "subnet"))}
+    kb = {name: float(row[2 if name == "subnet int8" else 1].rstrip("KB")) for name, row in rows.items()}
+    assert kb["subnet int8"] < kb["subnet"] < kb["trained"]
