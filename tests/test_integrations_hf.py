@@ -37,12 +37,12 @@ class Parity(torch.utils.data.Dataset):
                 "labels": self.labels[i]}
 
 
-def tiny_bert_job(steps: int) -> otofx.CompressionJob:
+def tiny_bert_job(steps: int, attention: str = "eager", train_mode: bool = True) -> otofx.CompressionJob:
     cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=32, num_labels=2,
-                                  attn_implementation="eager")
+                                  attn_implementation=attention)
     torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(cfg)
+    model = transformers.BertForSequenceClassification(cfg).train(train_mode)
     batch = torch.utils.data.default_collate([Parity(BATCH, seed=9)[i] for i in range(BATCH)])
     config = otofx.HESSOConfig(lr=1e-3, variant="adamw", target_group_sparsity=0.5, start_pruning_step=2,
                                pruning_steps=steps // 2, pruning_periods=2)
@@ -92,3 +92,15 @@ def test_trainer_refuses_another_optimizer_and_batches_the_graph_cannot_take(tmp
         OtofxTrainer(job, arguments(tmp_path, per_device_train_batch_size=8))
     with pytest.raises(otofx.ConfigError, match="not job.module"):
         OtofxTrainer(job, arguments(tmp_path), model=torch.nn.Linear(2, 2))
+
+
+def test_trainer_refuses_attention_dropout_fixed_by_the_export_and_takes_the_model_traced_in_eval(tmp_path):
+    with pytest.raises(otofx.ConfigError, match="attention call .* fixed dropout.*model.eval"):
+        OtofxTrainer(tiny_bert_job(steps=10, attention="sdpa"), arguments(tmp_path))
+    job = tiny_bert_job(steps=10, attention="sdpa", train_mode=False)
+    trainer = OtofxTrainer(job, arguments(tmp_path, max_steps=2), train_dataset=Parity(16))
+    trainer.train()
+    batch = torch.utils.data.default_collate([Parity(BATCH, seed=3)[i] for i in range(BATCH)])
+    with torch.no_grad():
+        first = job.module.eval()(**batch)["logits"]
+        assert torch.equal(first, job.module(**batch)["logits"])          # eval is deterministic
