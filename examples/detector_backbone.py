@@ -12,6 +12,10 @@ the heads, so their 256 channels stay (the report says so); everything inside sh
     ... loss = sum(detector(images, targets).values()); loss.backward(); job.optimizer.step(); heads.step()
     detector.backbone = job.subnet()                                      # same detections, fewer params
 
+Or one optimizer over both: ``add_heads(job.optimizer, detector, lr=0.01)`` adds the heads as a
+param group of otofx's optimizer (a plain torch.optim.Optimizer API): they take its base step
+(SGD with momentum, or Adam/AdamW with ``variant=``) and are never pruned.
+
 Run it on synthetic shapes (``examples/shapes_data.py``):
 
     python examples/detector_backbone.py [--backbone resnet18|resnet50] [--steps 60] [--size 128]
@@ -70,6 +74,13 @@ def heads_optimizer(detector: FasterRCNN, lr: float, momentum: float = 0.9) -> t
     return torch.optim.SGD(rest, lr=lr, momentum=momentum)
 
 
+def add_heads(optimizer: torch.optim.Optimizer, detector: FasterRCNN, lr: float) -> None:
+    """Every trainable parameter outside the backbone as one more param group of ``optimizer``."""
+    backbone = {id(p) for p in detector.backbone.parameters()}
+    optimizer.add_param_group({"params": [p for p in detector.parameters()
+                                          if p.requires_grad and id(p) not in backbone], "lr": lr})
+
+
 def batches(data: list[Sample], batch: int, steps: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
@@ -124,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target", type=float, default=0.5, help="target group sparsity")
     parser.add_argument("--lr", type=float, default=0.005)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--one-optimizer", action="store_true",
+                        help="the heads as a param group of otofx's optimizer instead of their own SGD")
     parser.add_argument("--torchvision-heads", action="store_true",
                         help="torchvision's default box head and proposal counts (slower on CPU)")
     return parser.parse_args(argv)
@@ -139,9 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     config = otofx.DHSPGConfig(lr=args.lr, momentum=0.9, target_group_sparsity=args.target,
                                start_pruning_step=args.steps // 4, pruning_steps=max(1, args.steps // 2))
     job = compress_backbone(detector, config, args.size)
-    heads = heads_optimizer(detector, args.lr)
-    losses = train(detector, [job.optimizer, heads], train_set, args.steps, args.batch,
-                   log_every=max(1, args.steps // 8))
+    optimizers: list[torch.optim.Optimizer] = [job.optimizer]
+    if args.one_optimizer:
+        add_heads(job.optimizer, detector, args.lr)
+    else:
+        optimizers.append(heads_optimizer(detector, args.lr))
+    losses = train(detector, optimizers, train_set, args.steps, args.batch, log_every=max(1, args.steps // 8))
     trained = detections(detector, [s.image for s in val_set])
     dense_detector = params(detector)
     detector.backbone = job.subnet()                      # the trained backbone, shrunk

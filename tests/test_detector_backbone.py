@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import otofx
@@ -52,6 +53,21 @@ def test_trained_backbone_shrinks_inside_the_detector_with_the_same_detections()
     assert recipe.same_detections(trained, shrunk)
 
 
+def test_one_optimizer_trains_the_heads_as_a_param_group():
+    torch.manual_seed(0)
+    detector = recipe.build_detector("resnet18", classes=3, size=64, light=True)
+    config = otofx.DHSPGConfig(lr=0.01, momentum=0.9, target_group_sparsity=0.5, start_pruning_step=0,
+                               pruning_steps=1)
+    job = recipe.compress_backbone(detector, config, 64)
+    recipe.add_heads(job.optimizer, detector, lr=0.005)
+    assert [g["lr"] for g in job.optimizer.param_groups] == [0.01, 0.005]
+    head = detector.rpn.head.conv[0][0].weight.detach().clone()
+    recipe.train(detector, [job.optimizer], shapes(8, 64), steps=2, batch=2)
+    assert not torch.equal(head, detector.rpn.head.conv[0][0].weight)
+    report = job.optimizer.sparsity_report()
+    assert report["zero_channels"] == report["target_channels"] > 0
+
+
 def test_the_whole_detector_is_refused_in_a_few_lines_that_point_to_the_backbone():
     detector = recipe.build_detector("resnet18", classes=3, size=64, light=True).eval()
     try:
@@ -64,8 +80,9 @@ def test_the_whole_detector_is_refused_in_a_few_lines_that_point_to_the_backbone
     assert len(message) < 1200 and "aten." not in message          # torch's graph dump stays out
 
 
-def test_recipe_script_runs_and_reports_the_same_detections(capsys):
-    assert recipe.main(["--steps", "3", "--size", "64"]) == 0
+@pytest.mark.parametrize("optimizers", [[], ["--one-optimizer"]], ids=["two optimizers", "one optimizer"])
+def test_recipe_script_runs_and_reports_the_same_detections(capsys, optimizers):
+    assert recipe.main(["--steps", "3", "--size", "64", *optimizers]) == 0
     out = capsys.readouterr().out
     assert "the compressed detector's are the trained one's: True" in out
     assert "backbone parameters: 13,774,016 -> " in out
