@@ -9,6 +9,9 @@ training. Writes, under ``--out`` (default ``out/``):
 - ``digits_subnet.pt2``: the subnet as a ``torch.export`` program, which loads in a fresh process
   without otofx or this code: ``torch.export.load("out/digits_subnet.pt2").module()(x)``; the job
   checks that by loading it in a subprocess and comparing outputs;
+- ``digits_subnet.onnx``: the subnet as an ONNX file (torch.onnx's dynamo exporter, dynamic
+  batch), checked with onnxruntime against the subnet; the report gives its size next to the
+  dense model's ONNX file;
 - ``digits_compress.png``: test accuracy per epoch (dense vs otofx), zero channels per step, and
   the width of every group before and after.
 
@@ -36,6 +39,7 @@ import otofx  # noqa: E402
 from examples.digits_data import accuracy, digits, steps_per_epoch, train  # noqa: E402
 from examples.digits_resnet import DigitsResNet  # noqa: E402
 from otofx.dhspg import FALLBACK  # noqa: E402
+from otofx.integrations.onnx_export import export_onnx  # noqa: E402
 
 LOAD_CHECK = """
 import sys, torch
@@ -248,6 +252,12 @@ def job_and_report(args: argparse.Namespace) -> int:
           f"difference {diff:.2e}")
     print(f"load it anywhere with torch: torch.export.load('{path}').module()(x)  "
           "# x: [N, 1, 8, 8] in [0, 1]")
+    onnx = export_onnx(small, (X[:2],), args.out / "digits_subnet.onnx", dynamic_batch=True)
+    dense_onnx = export_onnx(job.module, (X[:2],), args.out / "digits_dense.onnx", check=False)
+    dense_onnx.path.unlink()
+    print(f"ONNX saved: {onnx.path} ({onnx.bytes / 1024:.0f} KiB, {onnx.bytes / dense_onnx.bytes:.2f}x "
+          f"the trained model's {dense_onnx.bytes / 1024:.0f} KiB); onnxruntime vs subnet, largest "
+          f"output difference {onnx.max_difference:.2e}")
     png = args.out / "digits_compress.png"
     plot(dense_curve, curve, job, small, job.optimizer.sparsity_report()["target_channels"], png)
     print(f"plot saved: {png}")

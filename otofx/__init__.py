@@ -17,7 +17,16 @@ from otofx.calibrate import recalibrate_batchnorm
 from otofx.compress import CompressionJob, compress
 from otofx.config import DHSPGConfig, H2SPGConfig, HESSOConfig
 from otofx.dhspg import DHSPG
-from otofx.errors import AnalysisError, ConfigError, OtofxError, ShapeError, ShrinkError, TraceError
+from otofx.errors import (
+    AnalysisError,
+    ConfigError,
+    ExportError,
+    MissingDependencyError,
+    OtofxError,
+    ShapeError,
+    ShrinkError,
+    TraceError,
+)
 from otofx.h2spg import H2SPG
 from otofx.hesso import HESSO
 from otofx.io import load, save
@@ -28,7 +37,7 @@ from otofx.passes.erasable import ErasableStructure
 __version__ = "0.1.0"
 
 __all__ = ["DHSPG", "H2SPG", "HESSO", "Analysis", "AnalysisError", "ChannelSlice", "CompressionJob",
-           "ConfigError", "DHSPGConfig", "ErasableStructure", "H2SPGConfig", "HESSOConfig",
-           "NonFiniteGradientError", "OtofxError",
+           "ConfigError", "DHSPGConfig", "ErasableStructure", "ExportError", "H2SPGConfig", "HESSOConfig",
+           "MissingDependencyError", "NonFiniteGradientError", "OtofxError",
            "PruningGroup", "ShapeError", "ShrinkError", "TraceError", "analyze", "backend", "compress",
            "load", "passes", "recalibrate_batchnorm", "save", "shrink", "trace"]

@@ -24,3 +24,12 @@ class ShrinkError(OtofxError):
 
 class ConfigError(OtofxError):
     """An optimizer or job configuration has a field out of range (names the field)."""
+
+
+class ExportError(OtofxError):
+    """An exporter (ONNX) could not take the model, or the exported file computes something else
+    (names the node or the output)."""
+
+
+class MissingDependencyError(OtofxError, ImportError):
+    """An optional package an integration needs is not installed (names it and the pip command)."""

@@ -4,6 +4,7 @@ its message naming what was wrong, where, and what to do."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,40 @@ def test_non_finite_gradient_error_names_the_parameter_and_changes_nothing():
         assert torch.equal(v, before[k]), k
     assert job.optimizer.state_dict()["state"].keys() == state["state"].keys()
     assert job.optimizer.steps_taken == 1
+
+
+@torch.library.custom_op("otofx_errors::twist", mutates_args=())
+def twist(x: torch.Tensor) -> torch.Tensor:
+    """An op with no ONNX translation."""
+    return x.flip(1)
+
+
+@twist.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class Twisted(MLP):
+    def forward(self, x):
+        return self.head(torch.ops.otofx_errors.twist(self.a(x)))
+
+
+def test_export_error_names_the_node_and_the_exporters_cause(tmp_path):
+    pytest.importorskip("onnxscript")
+    from otofx.integrations.onnx_export import export_onnx
+    gm = otofx.trace(Twisted())
+    message = raised(otofx.ExportError, export_onnx, gm, (X,), tmp_path / "twisted.onnx")
+    assert "could not export" in message and "at node 'twist'" in message
+    assert "otofx_errors.twist" in message and "No ONNX function found" in message
+    assert "custom_translation_table" in message and "otofx.save" in message    # what to do
+    assert len(message) < 1000
+
+
+def test_missing_dependency_error_names_the_package_and_the_pip_command(monkeypatch, tmp_path):
+    from otofx.integrations.onnx_export import export_onnx
+    monkeypatch.setitem(sys.modules, "onnxscript", None)           # as if not installed
+    message = raised(otofx.MissingDependencyError, export_onnx, MLP(), (X,), tmp_path / "m.onnx")
+    assert "needs the package 'onnxscript'" in message and "pip install onnxscript" in message
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(ImportError):                               # also an ImportError
+        export_onnx(MLP(), (X,), tmp_path / "m.onnx")

@@ -41,8 +41,26 @@ def test_main_job_reports_and_saves_a_subnet_that_loads_without_otofx(tmp_path, 
     n_small = sum(p.numel() for p in program.state_dict.values())
     assert n_small < sum(p.numel() for p in DigitsResNet().parameters())
 
+    # the ONNX file: onnxruntime on the whole test set gives the printed subnet accuracy
+    onnx = re.search(r"ONNX saved: \S+ \((\d+) KiB, ([\d.]+)x the trained model's (\d+) KiB\); .*difference (\S+)",
+                     out)
+    assert float(onnx.group(2)) < 1.0 and float(onnx.group(4)) <= 1e-4
+    assert accuracy_of(OnnxModel(tmp_path / "digits_subnet.onnx"), digits()[1]) == pytest.approx(printed, abs=1e-4)
+    assert not (tmp_path / "digits_dense.onnx").exists()
+
     png = tmp_path / "digits_compress.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+class OnnxModel:
+    """An ONNX file run by onnxruntime, called like a module."""
+
+    def __init__(self, path):
+        import onnxruntime
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def __call__(self, x):
+        return torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0])
 
 
 @torch.no_grad()
