@@ -2,8 +2,7 @@
 
 BatchNorm and InstanceNorm work per channel: their affine parameters and running stats are sliced
 with the channel. GroupNorm normalises over groups of channels, so a whole group is one channel
-unit (``num_groups`` stays valid). LayerNorm and RMSNorm over a channel dim mix every channel into
-the statistics: removing one changes the others, so those channels are pinned.
+unit (``num_groups`` stays valid). LayerNorm and RMSNorm: ``rules/layer_norm.py``.
 """
 
 from __future__ import annotations
@@ -106,23 +105,6 @@ def group_norm_rewrite(ctx, node):
 
 RULES.register(*module_classes("GroupNorm"), F.group_norm, torch.group_norm, *aten("group_norm"),
                rewrite=group_norm_rewrite, name="group_norm")(group_norm)
-
-
-@RULES.register(*module_classes("LayerNorm", "RMSNorm"), F.layer_norm, torch.layer_norm, *aten("layer_norm"),
-                *aten("rms_norm"),
-                getattr(F, "rms_norm", None), name="layer_norm")
-def layer_norm(ctx, node):
-    x = node.args[0]
-    L, shape = ctx.labels(x), ctx.shape(x)
-    if node.op == "call_module":
-        m = ctx.module(node)
-        k = len(m.normalized_shape)
-    else:
-        normalized = ctx.arg(1, "normalized_shape")
-        k = 1 if isinstance(normalized, int) else len(normalized)
-    if any(L.size(d) > 1 for d in range(len(shape) - k, len(shape))):
-        ctx.pin(L, "a layer norm computes statistics across these channels")
-    return L.clone()
 
 
 def norm_act(ctx, node):
