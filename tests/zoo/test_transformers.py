@@ -118,8 +118,8 @@ def test_hidden_size_shrinks_exactly(name):
     assert group.size == hf.HIDDEN
     removed = len(run.small.meta["otofx.shrink"].removed_channels[group.name])
     assert removed > 0
-    before = dict(run.gm.named_parameters(remove_duplicate=False))
-    after = dict(run.small.named_parameters(remove_duplicate=False))
+    before, after = ({**dict(m.named_parameters(remove_duplicate=False)),
+                      **dict(m.named_buffers(remove_duplicate=False))} for m in (run.gm, run.small))
     for m in group.members:        # embeddings, every projection, norm, layer scale, the output layer
         want = before[m.param].shape[m.dim] - removed * m.index.shape[1]
         assert after[m.param].shape[m.dim] == want, (m, tuple(after[m.param].shape))
