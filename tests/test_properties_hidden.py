@@ -31,7 +31,7 @@ def _stream(analysis, spec):
 def _norm_widths(model: nn.Module) -> set[int]:
     """The width every norm over the stream normalises (module shape, or a hand-written weight)."""
     widths = set()
-    for name, m in model.named_modules():
+    for m in model.modules():
         if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
             widths.add(m.normalized_shape[-1])
         elif type(m).__name__ == "RMSNorm":
