@@ -458,8 +458,11 @@ def verdicts(results: Results, targets: list[float]) -> list[str]:
             m = statistics.fmean(diffs)
             se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("inf")
             word = "beats" if m > 2 * se else "loses to" if -m > 2 * se else "ties"
+            f_mine, f_theirs = (statistics.fmean(r.flops for r in runs) for runs in (mine, theirs))
+            unequal = (f" — NOT at equal FLOPs: {f_mine:.3f} vs {f_theirs:.3f} kept"
+                       if abs(f_mine - f_theirs) > 0.05 else "")
             lines.append(f"  - {word} {peer} (perplexity {pm([r.ppl for r in theirs])}, paired "
-                         f"difference {m:+.3f} ± {se:.3f} SE, n={len(diffs)})")
+                         f"difference {m:+.3f} ± {se:.3f} SE, n={len(diffs)}){unequal}")
     return lines
 
 
