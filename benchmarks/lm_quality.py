@@ -17,7 +17,7 @@ the dense model's forward FLOPs) and seed, with the same AdamW and the same numb
 Each otofx method's group sparsity is calibrated once per target by bisection over short pilot
 runs (its optimizer chooses channels across groups, so FLOPs do not follow the sparsity
 uniformly), then corrected by at most two secant steps on the first seed's full runs;
-torch-pruning's per-layer ratio, which does, on the untrained model; only-train-once takes otofx
+torch-pruning's ratio on the untrained model (a grid: its FLOPs are not monotonic in it); only-train-once takes otofx
 HESSO's sparsity. The table reports the FLOPs the final models really keep (one
 counter, ``otofx.flops.count_flops``). Exactness: the largest output difference, relative to the
 output's magnitude, between the small model and the model it came from with the removed channels
@@ -204,11 +204,15 @@ def pilot_sparsity(method: Method, s: Setting, target: float) -> float:
 
 
 def tp_ratio(tp: Any, s: Setting, target: float) -> float:
+    """torch-pruning's ratio whose pruned (untrained) model keeps the FLOPs closest to ``target``:
+    a grid, since its FLOPs do not fall monotonically with the ratio (at some ratios it keeps
+    the hidden size or every head)."""
     model = s.model().eval()
     x = s.example()
     base = count_flops(model, (x,))
-    return bisect(lambda r: count_flops(tp_prune(tp, copy.deepcopy(model), x, r)[0], (x,)) / base,
-                  target, hi=0.9)
+    grid = [i / 40 for i in range(2, 37)]
+    kept = [count_flops(tp_prune(tp, copy.deepcopy(model), x, r)[0], (x,)) / base for r in grid]
+    return min(zip(grid, kept), key=lambda rk: abs(rk[1] - target))[0]
 
 
 # ---- the contestants ------------------------------------------------------------------------
