@@ -13,6 +13,9 @@ zero channels and keeps the divisor ``d`` (``dense``). With ``S1 = sum_kept x`` 
   variance, so ``var = (sum_kept (x - mean)^2 + (d - d') * mean^2) / d`` (the centred form,
   stable where ``S2 / d - mean^2`` would cancel). ``y_i = (x_i - mean) / sqrt(var + eps) * w_i + b_i``.
   No stock module divides by another width than its own: :class:`DenseLayerNorm` does.
+* **GroupNorm with one group**: a LayerNorm over (C, H, W) with a per-channel affine, the dense
+  count ``C * H * W`` taken from the dense channel count and the input's spatial size
+  (:func:`dense_group_norm`).
 * **mean** over a channel dim (hand-written RMSNorm, ``x.pow(2).mean(-1, keepdim=True)``):
   ``S / d``, :func:`dense_mean`.
 
@@ -94,6 +97,23 @@ def dense_rms_norm(x: torch.Tensor, normalized_shape: int | Sequence[int],
     return y.to(x.dtype)
 
 
+def dense_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None, eps: float = 1e-5,
+                     dense_channels: int | None = None) -> torch.Tensor:
+    """``F.group_norm`` with one group whose statistics divide by ``dense_channels`` times the
+    spatial size (the channel count before zero channels were removed)."""
+    if num_groups != 1 or dense_channels is None or dense_channels == x.shape[1]:
+        return F.group_norm(x, num_groups, weight, bias, eps)
+    y = _layer_norm_stats(x, tuple(x.shape[1:]), None, None, eps,
+                          dense_channels * math.prod(x.shape[2:]))[0]
+    affine = (-1,) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.view(affine)
+    if bias is not None:
+        y = y + bias.view(affine)
+    return y
+
+
 def dense_mean(x: torch.Tensor, dim: int | Sequence[int], keepdim: bool = False, dense: int = 1,
                dtype: torch.dtype | None = None) -> torch.Tensor:
     """``x.mean(dim, keepdim)`` as ``x.sum(dim, keepdim) / dense``: the mean over the dense
@@ -146,3 +166,19 @@ class DenseRMSNorm(nn.RMSNorm):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dense={self.dense}"
+
+
+class DenseGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` with one group whose statistics count ``dense_channels`` channels
+    (:func:`dense_group_norm`)."""
+
+    def __init__(self, num_channels: int, dense_channels: int, eps: float = 1e-5, affine: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(1, num_channels, eps, affine, device, dtype)
+        self.dense_channels = dense_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dense_group_norm(x, 1, self.weight, self.bias, self.eps, self.dense_channels)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dense_channels={self.dense_channels}"

@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from helpers import roundtrip
 from otofx.passes.dense_norm import (
+    DenseGroupNorm,
     DenseLayerNorm,
     DenseRMSNorm,
+    dense_group_norm,
     dense_layer_norm,
     dense_mean,
     dense_native_layer_norm,
@@ -253,3 +255,45 @@ def test_prune_hidden_false_keeps_the_old_pins():
                                                     (x,)).analysis.prunable}
     with pytest.raises(AnalysisError, match="prune_hidden must be True or False"):
         otofx.analyze(gm, (x,), prune_hidden="no")
+
+
+class OneGroupNorm(nn.Module):
+    """conv -> GroupNorm(1, C) (a LayerNorm over (C, H, W), as in PoolFormer) -> conv."""
+
+    def __init__(self, functional: bool, affine: bool = True):
+        super().__init__()
+        self.functional = functional
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+        self.norm = nn.GroupNorm(1, 8, affine=affine)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.functional:
+            h = F.group_norm(h, 1, self.norm.weight, self.norm.bias)
+        else:
+            h = self.norm(h)
+        return self.b(F.gelu(h))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_one_group_norm_shrinks_exactly_with_the_dense_channel_count(functional):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5)
+    gm, analysis, small = roundtrip(OneGroupNorm(functional), x)
+    assert "a" in {g.name for g in analysis.prunable}
+    assert small.a.out_channels == small.b.in_channels < 8
+    if functional:
+        assert dense_group_norm in {n.target for n in small.graph.nodes}
+    else:
+        assert type(small.norm) is DenseGroupNorm and small.norm.dense_channels == 8
+    with torch.no_grad():       # the spatial size comes from the input: other sizes stay exact
+        big = torch.randn(1, 3, 9, 7)
+        torch.testing.assert_close(small(big), gm(big), rtol=1e-4, atol=1e-5)
+
+
+def test_one_group_norm_without_affine_stays_one_unit():
+    x = torch.randn(2, 3, 5, 5)
+    analysis = otofx.analyze(otofx.trace(OneGroupNorm(False, affine=False)), (x,))
+    assert "a" not in {g.name for g in analysis.prunable}
+    assert "a" not in {g.name for g in otofx.analyze(otofx.trace(OneGroupNorm(False)), (x,),
+                                                     prune_hidden=False).prunable}

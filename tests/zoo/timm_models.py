@@ -95,10 +95,11 @@ PINNED_HEADS: dict[str, str] = {
 }
 
 # Models whose last stage's width (the residual stream of the transformers, through every LayerNorm
-# over it) must shrink at 30%: the group the classifier's input columns consume is prunable.
+# over it, or PoolFormer's one-group GroupNorms) must shrink at 30%: the group the classifier's
+# input columns consume is prunable.
 HIDDEN = {"vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "cait_xxs24_224",
           "pit_ti_224", "pvt_v2_b0", "mobilevit_xxs", "efficientformer_l1", "efficientformerv2_s0",
-          "convnext_atto"}
+          "convnext_atto", "poolformer_s12", "poolformerv2_s12"}
 
 
 def classifier_weights(model: nn.Module) -> set[str]:
