@@ -204,15 +204,18 @@ def pilot_sparsity(method: Method, s: Setting, target: float) -> float:
 
 
 def tp_ratio(tp: Any, s: Setting, target: float) -> float:
-    """torch-pruning's ratio whose pruned (untrained) model keeps the FLOPs closest to ``target``:
-    a grid, since its FLOPs do not fall monotonically with the ratio (at some ratios it keeps
-    the hidden size or every head)."""
+    """torch-pruning's ratio whose pruned (untrained) model keeps the FLOPs closest to ``target``
+    among those where it prunes the hidden size (its LLM recipe does): a grid, since its FLOPs do
+    not fall monotonically with the ratio (at some ratios it keeps the hidden size or every head)."""
     model = s.model().eval()
     x = s.example()
     base = count_flops(model, (x,))
-    grid = [i / 40 for i in range(2, 37)]
-    kept = [count_flops(tp_prune(tp, copy.deepcopy(model), x, r)[0], (x,)) / base for r in grid]
-    return min(zip(grid, kept), key=lambda rk: abs(rk[1] - target))[0]
+    tried = []
+    for r in [i / 40 for i in range(2, 37)]:
+        small = tp_prune(tp, copy.deepcopy(model), x, r)[0]
+        tried.append((r, count_flops(small, (x,)) / base, small.tok.weight.shape[1] < s.size.width))
+    hidden = [t for t in tried if t[2]] or tried      # the recipe prunes the hidden size too
+    return min(hidden, key=lambda t: abs(t[1] - target))[0]
 
 
 # ---- the contestants ------------------------------------------------------------------------
