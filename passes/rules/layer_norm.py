@@ -47,14 +47,13 @@ _NATIVE = (*aten("native_layer_norm"), dense_native_layer_norm)
 @dataclass
 class NormCall:
     """One call of a norm: its kind, how many trailing dims it normalises, its affine
-    parameters (canonical names, None when absent), what an absent one means and its divisor."""
+    parameters (canonical names, None when absent) and whether they can be sliced."""
 
     kind: str
     k: int
     weight: str | None
     bias: str | None
     computed: bool         # an affine argument that is not a parameter
-    dense: int | None      # the divisor a dense-norm call already carries
     shared: bool           # the module or a weight is used elsewhere too
 
 
@@ -80,15 +79,13 @@ def norm_call(ctx, node) -> NormCall:
         m = ctx.module(node)
         weight, bias = ctx.module_param("weight"), ctx.module_param("bias")
         shared = ctx.uses(node.target) > 1 or any(ctx.uses(n) > 0 for n in (weight, bias) if n)
-        return NormCall(_kind(node, m), len(m.normalized_shape), weight, bias, False,
-                        getattr(m, "dense", None), shared)
+        return NormCall(_kind(node, m), len(m.normalized_shape), weight, bias, False, shared)
     kind = _kind(node)
     args = [ctx.arg(2, "weight")] + ([ctx.arg(3, "bias")] if kind == LAYER else [None])
     names = [ctx.param_of(a) for a in args]
     computed = any(a is not None and n is None for a, n in zip(args, names))
     shared = any(n is not None and ctx.uses(n) > 1 for n in names)
-    return NormCall(kind, _normalized_dims(node), names[0], names[1], computed,
-                    node.kwargs.get("dense"), shared)
+    return NormCall(kind, _normalized_dims(node), names[0], names[1], computed, shared)
 
 
 def _why_pinned(ctx, call: NormCall, channel_dims: list[int]) -> str | None:
