@@ -92,12 +92,16 @@ def trace(model: nn.Module, example_inputs: Any = None,
 
 
 @_without_gc
-def analyze(gm: nn.Module, example_inputs: Any, attention_unit: str = "head") -> Analysis:
+def analyze(gm: nn.Module, example_inputs: Any, attention_unit: str = "head",
+            prune_hidden: bool = True) -> Analysis:
     """Run shapes, channels and groups on a copy of ``gm``'s graph (sharing its parameters).
 
     ``gm`` may be an ``nn.Module``; it is traced first. Neither it nor its parameters change.
     ``attention_unit``: the pruning unit of attention, whole ``"head"``s (default) or
     ``"head_dim"`` (the same head_dim channels removed from every head).
+    ``prune_hidden``: channels that a LayerNorm, RMSNorm or ``mean`` computes statistics over stay
+    prunable (a transformer's hidden size shrinks; shrink gives those norms the dense divisor, so
+    the result stays exact); ``False`` pins them, as otofx did before.
     ``example_inputs``: a tensor, a tuple of positional inputs, a dict of inputs by name, or an
     ``(args, kwargs)`` pair (inputs left out take their defaults).
     """
@@ -111,7 +115,9 @@ def analyze(gm: nn.Module, example_inputs: Any, attention_unit: str = "head") ->
     inputs = bind_inputs(gm, example_inputs)
     work = analysis_module(gm, copy_graph(gm), type(gm).__name__)
     shapes_pass(work, inputs, keep_values=True)
-    channels_pass(work, attention_unit)
+    if not isinstance(prune_hidden, bool):
+        raise AnalysisError(f"prune_hidden must be True or False, got {prune_hidden!r}.")
+    channels_pass(work, attention_unit, prune_hidden)
     groups_pass(work)
     reference_pass(work, gm, inputs)
     return Analysis(work, work.meta[GROUPS], inputs)

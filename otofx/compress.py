@@ -61,13 +61,13 @@ class CompressionJob:
 
 
 def compress(gm: nn.Module, optimizer_cfg: _BaseConfig, example_inputs: Any,
-             attention_unit: str = "head") -> CompressionJob:
+             attention_unit: str = "head", prune_hidden: bool = True) -> CompressionJob:
     """Analyse ``gm`` and build the optimizer that trains it to the configured group sparsity.
 
     A GraphModule is trained in place (``job.module is gm``); an ``nn.Module`` is traced from a
     deepcopy first, so the original stays untouched. A model with no prunable group still gets a
-    working optimizer (the base variant) and the report says so. ``attention_unit``: see
-    :func:`otofx.analyze`.
+    working optimizer (the base variant) and the report says so. ``attention_unit`` and
+    ``prune_hidden`` (``False`` keeps a transformer's hidden size): see :func:`otofx.analyze`.
     """
     if not isinstance(optimizer_cfg, _BaseConfig):
         raise ConfigError(f"optimizer_cfg must be otofx.DHSPGConfig, otofx.H2SPGConfig or "
@@ -75,7 +75,7 @@ def compress(gm: nn.Module, optimizer_cfg: _BaseConfig, example_inputs: Any,
                           f"{type(optimizer_cfg).__name__}.")
     if not isinstance(gm, GraphModule):
         gm = trace(gm, example_inputs)
-    analysis = analyze(gm, example_inputs, attention_unit)
+    analysis = analyze(gm, example_inputs, attention_unit, prune_hidden)
     optimizer = make_optimizer(gm, analysis, optimizer_cfg)
     job = CompressionJob(gm, optimizer, analysis, analysis.example_inputs)
     job.baseline()

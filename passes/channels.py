@@ -61,7 +61,9 @@ class ChannelContext:
         self.gm = gm
         self.table = table
         self.attention_unit = "head"
+        self.prune_hidden = True
         self.node: Node | None = None
+        self._uses: dict[str, int] | None = None
         self._alias: dict[str, str] = {}
         canonical: dict[int, str] = {}
         for name, t in list(gm.named_parameters(remove_duplicate=False)) + list(
@@ -117,6 +119,23 @@ class ChannelContext:
         """Canonical name of the parameter or buffer ``name`` (a shared tensor has one), or None
         when there is no such tensor (e.g. a module's ``bias=None``)."""
         return self._alias.get(name)
+
+    def uses(self, target: str) -> int:
+        """How many nodes call the module ``target`` or read the tensor ``target`` (canonical
+        name) through ``get_attr``, plus the other names the tensor has (a weight tied to
+        another module's): more than one means it is shared."""
+        if self._uses is None:
+            self._uses = {}
+            for name, canonical in self._alias.items():
+                if name != canonical:
+                    self._uses[canonical] = self._uses.get(canonical, 0) + 1
+            for n in self.gm.graph.nodes:
+                if n.op == "call_module":
+                    self._uses[n.target] = self._uses.get(n.target, 0) + 1
+                elif n.op == "get_attr":
+                    name = self._alias.get(n.target, n.target)
+                    self._uses[name] = self._uses.get(name, 0) + 1
+        return self._uses.get(target, 0)
 
     # ---- effects -----------------------------------------------------------------------------
     def pin(self, L: Any, reason: str) -> None:
@@ -325,12 +344,16 @@ def propagate_node(ctx: ChannelContext, node: Node) -> Any:
 ATTENTION_UNITS = ("head", "head_dim")
 
 
-def channels_pass(gm: GraphModule, attention_unit: str = "head") -> PassResult:
+def channels_pass(gm: GraphModule, attention_unit: str = "head", prune_hidden: bool = True
+                  ) -> PassResult:
     """Label every node (``node.meta["otofx.labels"]``) and build ``gm.meta["otofx.table"]``.
 
     Needs ``node.meta["otofx.shape"]`` from the shapes pass. ``attention_unit``: what a head split
     (``view(B, T, heads, head_dim)``) makes prunable: whole ``"head"``s (default), or
-    ``"head_dim"`` channels removed uniformly from every head.
+    ``"head_dim"`` channels removed uniformly from every head. ``prune_hidden``: LayerNorm,
+    RMSNorm and ``mean`` over a channel dim keep their channels prunable (shrink gives them the
+    dense divisor, ``passes.dense_norm``), so a transformer's residual stream can shrink; False
+    pins the channels they compute statistics over.
     """
     from . import rules  # noqa: F401  (registers the op rules)
 
@@ -339,6 +362,7 @@ def channels_pass(gm: GraphModule, attention_unit: str = "head") -> PassResult:
     table = ChannelTable()
     ctx = ChannelContext(gm, table)
     ctx.attention_unit = attention_unit
+    ctx.prune_hidden = prune_hidden
     for node in gm.graph.nodes:
         node.meta[LABELS] = propagate_node(ctx, node)
     gm.meta[TABLE] = table

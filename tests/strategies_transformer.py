@@ -5,8 +5,11 @@ an attention spelling (separate q/k/v linears with view/transpose/matmul/softmax
 linear split by ``chunk`` or ``split``, ``F.scaled_dot_product_attention``, grouped-query heads
 by expand+reshape or ``enable_gqa``, ``nn.MultiheadAttention``), a mask (none, additive causal,
 ``masked_fill``, ``is_causal``), rotary embeddings, a norm (LayerNorm, RMSNorm written with a free
-``nn.Parameter``, none), pre- or post-norm, an MLP (GELU, SwiGLU gate, none) and a layer scale.
-A falsifying example prints its spec; ``RandomTransformer(spec)`` rebuilds the model.
+``nn.Parameter``, torch's ``nn.RMSNorm``, none), pre- or post-norm, an MLP (GELU, SwiGLU gate,
+none) and a layer scale. The model reads features through a linear layer and classifies their
+mean, or is a language model: token embeddings, a final norm and an output layer tied to the
+embedding (``tied``). A falsifying example prints its spec; ``RandomTransformer(spec)`` rebuilds
+the model and ``example_input(spec, seed)`` its input.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import nn
 
 ATTENTIONS = ("manual", "chunk", "split", "sdpa", "gqa", "gqa_sdpa", "mha")
 MASKS = ("none", "additive", "masked_fill", "is_causal")
-NORMS = ("layernorm", "rmsnorm", "none")
+NORMS = ("layernorm", "rmsnorm", "rmsnorm_stock", "none")
 MLPS = ("gelu", "swiglu", "none")
 
 
@@ -49,6 +52,8 @@ class TransformerSpec:
     blocks: tuple[BlockSpec, ...]
     classes: int
     seed: int
+    tied: bool = False          # token ids in, vocabulary (``features`` tokens) out, tied weights
+    final_norm: str = "none"    # a norm of NORMS before the output layer
 
 
 class RMSNorm(nn.Module):
@@ -68,6 +73,11 @@ def _rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
+def make_norm(kind: str, d: int) -> nn.Module:
+    return {"layernorm": lambda: nn.LayerNorm(d), "rmsnorm": lambda: RMSNorm(d),
+            "rmsnorm_stock": lambda: nn.RMSNorm(d, eps=1e-6), "none": lambda: nn.Identity()}[kind]()
+
+
 class Block(nn.Module):
     def __init__(self, d: int, s: BlockSpec):
         super().__init__()
@@ -84,9 +94,7 @@ class Block(nn.Module):
             self.v = nn.Linear(d, kv * dh)
         if s.attention != "mha":
             self.o = nn.Linear(inner, d)
-        norm = {"layernorm": lambda: nn.LayerNorm(d), "rmsnorm": lambda: RMSNorm(d),
-                "none": lambda: nn.Identity()}[s.norm]
-        self.n1, self.n2 = norm(), norm()
+        self.n1, self.n2 = make_norm(s.norm, d), make_norm(s.norm, d)
         if s.mlp != "none":
             self.up = nn.Linear(d, s.hidden)
             self.down = nn.Linear(s.hidden, d)
@@ -163,16 +171,32 @@ class Block(nn.Module):
 class RandomTransformer(nn.Module):
     def __init__(self, spec: TransformerSpec):
         super().__init__()
-        self.embed = nn.Linear(spec.features, spec.width)
+        self.tied = spec.tied
+        if spec.tied:
+            self.embed = nn.Embedding(spec.features, spec.width)
+        else:
+            self.embed = nn.Linear(spec.features, spec.width)
+            self.head = nn.Linear(spec.width, spec.classes)
         self.blocks = nn.Sequential(*[Block(spec.width, b) for b in spec.blocks])
-        self.head = nn.Linear(spec.width, spec.classes)
+        self.final = make_norm(spec.final_norm, spec.width)
         g = torch.Generator().manual_seed(spec.seed)
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(max(1, p.shape[-1])))
 
     def forward(self, x):
-        return self.head(self.blocks(self.embed(x)).mean(1))
+        h = self.final(self.blocks(self.embed(x)))
+        if self.tied:
+            return F.linear(h, self.embed.weight)
+        return self.head(h.mean(1))
+
+
+def example_input(spec: TransformerSpec, seed: int, batch: int = 2) -> torch.Tensor:
+    """Token ids (a tied language model) or features for ``RandomTransformer(spec)``."""
+    g = torch.Generator().manual_seed(seed)
+    if spec.tied:
+        return torch.randint(0, spec.features, (batch, spec.seq), generator=g)
+    return torch.randn(batch, spec.seq, spec.features, generator=g)
 
 
 @st.composite
@@ -200,6 +224,8 @@ def block_specs(draw, width: int) -> BlockSpec:
 def transformer_specs(draw, max_blocks: int = 3) -> TransformerSpec:
     width = draw(st.sampled_from([8, 16, 24]))
     blocks = tuple(draw(block_specs(width)) for _ in range(draw(st.integers(1, max_blocks))))
-    return TransformerSpec(features=draw(st.sampled_from([3, 6])), width=width,
+    tied = draw(st.booleans())
+    return TransformerSpec(features=draw(st.sampled_from([7, 11] if tied else [3, 6])), width=width,
                            seq=draw(st.integers(2, 6)), blocks=blocks,
-                           classes=draw(st.sampled_from([2, 5])), seed=draw(st.integers(0, 2**16)))
+                           classes=draw(st.sampled_from([2, 5])), seed=draw(st.integers(0, 2**16)),
+                           tied=tied, final_norm=draw(st.sampled_from(NORMS)))

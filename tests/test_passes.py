@@ -174,9 +174,14 @@ class _LayerNormOverChannels(nn.Module):
         return self.fc2(self.ln(self.fc1(x)))
 
 
-def test_layer_norm_over_channels_pins_them_and_says_why():
-    why = pinned_group(_LayerNormOverChannels(), torch.randn(2, 6), "fc1")
-    assert any("layer norm" in w for w in why)
+def test_layer_norm_over_channels_keeps_them_prunable_unless_opted_out():
+    x = torch.randn(2, 6)
+    gm, analysis, small = roundtrip(_LayerNormOverChannels(), x)
+    assert "fc1" in {g.name for g in analysis.prunable}
+    assert small.fc1.out_features == small.ln.normalized_shape[0] == small.fc2.in_features < 8
+    analysis = otofx.analyze(otofx.trace(_LayerNormOverChannels()), (x,), prune_hidden=False)
+    group = next(g for g in analysis.groups if g.name == "fc1")
+    assert not group.prunable and any("layer norm" in w for w in group.why_pinned)
 
 
 class _Unknown(nn.Module):

@@ -16,7 +16,7 @@ import os
 import torch
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
-from strategies_transformer import RandomTransformer, transformer_specs
+from strategies_transformer import RandomTransformer, example_input, transformer_specs
 
 import otofx
 from otofx.testing import zero_groups
@@ -42,7 +42,7 @@ def test_random_transformers_shrink_exactly(spec, fraction, seed, unit):
     note(f"RandomTransformer({spec!r}), attention_unit={unit!r}")
     model = RandomTransformer(spec).eval()
     before = _state(model)
-    x = torch.randn(2, spec.seq, spec.features, generator=torch.Generator().manual_seed(seed))
+    x = example_input(spec, seed)
     gm = otofx.trace(model)
     analysis = otofx.analyze(gm, (x,), attention_unit=unit)
     crashed = [w for g in analysis.groups for w in g.why_pinned if "cannot handle" in w]
@@ -72,7 +72,7 @@ def test_attention_heads_are_prunable_and_removed_whole(spec, seed):
     assume(kv > 1)    # one key/value head: the unit is its head_dim channels, or nothing to prune
     note(f"RandomTransformer({spec!r})")
     model = RandomTransformer(spec).eval()
-    x = torch.randn(2, spec.seq, spec.features, generator=torch.Generator().manual_seed(seed))
+    x = example_input(spec, seed)
     gm = otofx.trace(model)
     analysis = otofx.analyze(gm, (x,))
     if block.attention == "mha":

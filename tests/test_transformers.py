@@ -61,11 +61,15 @@ class RMSNormFree(nn.Module):
         return self.fc(h)
 
 
-def test_rmsnorm_with_a_free_parameter_pins_its_channels_and_stays_exact():
+def test_rmsnorm_with_a_free_parameter_shrinks_exactly_with_the_dense_mean():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 4)
-    _, analysis, _ = roundtrip(RMSNormFree(), x)
+    _, analysis, small = roundtrip(RMSNormFree(), x)
     group = _group_of(analysis, "inp.weight")
+    assert group.prunable and {"w", "fc.weight"} <= {s.param for s in group.members}
+    assert small.w.shape[0] == small.inp.out_features == small.fc.in_features < 8
+    opted_out = otofx.analyze(otofx.trace(RMSNormFree()), (x,), prune_hidden=False)
+    group = _group_of(opted_out, "inp.weight")
     assert not group.prunable and any("mean() across channels" in w for w in group.why_pinned)
 
 
@@ -88,13 +92,25 @@ class ConvNeXtBlock(nn.Module):
         return self.head(x + y.permute(0, 3, 1, 2))
 
 
-def test_layernorm_after_permute_pins_the_stream_but_the_mlp_shrinks():
+def test_channels_last_layernorm_shrinks_the_stream_and_the_mlp():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 6, 6)
     _, analysis, small = roundtrip(ConvNeXtBlock(), x)
-    assert not _group_of(analysis, "stem.weight").prunable
+    stream = _group_of(analysis, "stem.weight")
+    assert stream.prunable and {"norm.weight", "norm.bias", "gamma", "dw.weight"} <= {
+        s.param for s in stream.members}
     assert _group_of(analysis, "up.weight").prunable
     assert small.up.out_features < 32
+    assert small.stem.out_channels == small.norm.weight.shape[0] == small.head.in_channels < 8
+    assert small.norm.dense == 8
+
+
+def test_prune_hidden_false_pins_the_stream_at_the_layernorm():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    analysis = otofx.analyze(otofx.trace(ConvNeXtBlock()), (x,), prune_hidden=False)
+    assert not _group_of(analysis, "stem.weight").prunable
+    assert _group_of(analysis, "up.weight").prunable
 
 
 class Recurrent(nn.Module):

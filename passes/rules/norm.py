@@ -2,8 +2,9 @@
 
 BatchNorm and InstanceNorm work per channel: their affine parameters and running stats are sliced
 with the channel. GroupNorm normalises over groups of channels, so a whole group is one channel
-unit (``num_groups`` stays valid). LayerNorm and RMSNorm over a channel dim mix every channel into
-the statistics: removing one changes the others, so those channels are pinned.
+unit (``num_groups`` stays valid); with one group it is a LayerNorm over (C, H, W), whose channels
+stay prunable with the dense divisor (``passes.dense_norm.dense_group_norm``) unless
+``prune_hidden=False`` or it has no weight. LayerNorm and RMSNorm: ``rules/layer_norm.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from .. import labels as lb
 from ..channels import tensor_named
+from ..dense_norm import DenseGroupNorm, dense_group_norm
 from ..registry import RULES, aten, module_classes
 from ..table import AFFINE, BUFFER
 
@@ -78,14 +80,20 @@ def group_norm(ctx, node):
     if node.op == "call_module":
         m = ctx.module(node)
         groups = m.num_groups
-        params = {ctx.module_param("weight"): AFFINE, ctx.module_param("bias"): AFFINE}
+        weight_name = ctx.module_param("weight")
+        params = {weight_name: AFFINE, ctx.module_param("bias"): AFFINE}
     else:
         groups = ctx.arg(1, "num_groups")
         weight, bias = ctx.arg(2, "weight"), ctx.arg(3, "bias")
         if any(a is not None and ctx.param_of(a) is None for a in (weight, bias)):
             return ctx.unknown("a group norm whose affine is computed")
-        params = {ctx.param_of(weight): AFFINE, ctx.param_of(bias): AFFINE}
+        weight_name = ctx.param_of(weight)
+        params = {weight_name: AFFINE, ctx.param_of(bias): AFFINE}
     L, ids = _channel_ids(ctx, x, 1)
+    if groups == 1 and ctx.prune_hidden and ids.numel() > 1 and weight_name is not None:
+        ctx.table.consume(node.name, 0, 1, ids, "zero", out_dim=1)     # exact with the dense count
+        _slice_params(ctx, ids, params)
+        return L.clone()
     grid = ids.view(groups, -1)
     ctx.couple_along(grid, 1, "a group norm normalises these channels with data that has no "
                      "channel")
@@ -95,6 +103,10 @@ def group_norm(ctx, node):
 
 def group_norm_rewrite(ctx, node):
     old, new = ctx.old_shape(node.args[0])[1], ctx.new_shape(node.args[0])[1]
+    groups = ctx.module(node).num_groups if node.op == "call_module" else ctx.arg_of(node, 1, "num_groups")
+    if groups == 1 and old != new:
+        _one_group_rewrite(ctx, node, new, old)
+        return
     if node.op == "call_module":
         m = ctx.module(node)
         m.num_groups = new // (old // m.num_groups)
@@ -104,25 +116,29 @@ def group_norm_rewrite(ctx, node):
         ctx.set_arg(node, 1, "num_groups", new // (old // groups))
 
 
-RULES.register(*module_classes("GroupNorm"), F.group_norm, torch.group_norm, *aten("group_norm"),
-               rewrite=group_norm_rewrite, name="group_norm")(group_norm)
-
-
-@RULES.register(*module_classes("LayerNorm", "RMSNorm"), F.layer_norm, torch.layer_norm, *aten("layer_norm"),
-                *aten("rms_norm"),
-                getattr(F, "rms_norm", None), name="layer_norm")
-def layer_norm(ctx, node):
-    x = node.args[0]
-    L, shape = ctx.labels(x), ctx.shape(x)
+def _one_group_rewrite(ctx, node, new: int, old: int) -> None:
+    """A one-group norm that lost (zero) channels keeps the dense channel count as divisor."""
     if node.op == "call_module":
         m = ctx.module(node)
-        k = len(m.normalized_shape)
-    else:
-        normalized = ctx.arg(1, "normalized_shape")
-        k = 1 if isinstance(normalized, int) else len(normalized)
-    if any(L.size(d) > 1 for d in range(len(shape) - k, len(shape))):
-        ctx.pin(L, "a layer norm computes statistics across these channels")
-    return L.clone()
+        if isinstance(m, DenseGroupNorm):
+            m.num_channels = new
+            return
+        dense = DenseGroupNorm(new, old, m.eps, m.affine)
+        dense.weight, dense.bias = m.weight, m.bias
+        dense.train(m.training)
+        path, _, attr = node.target.rpartition(".")
+        setattr(ctx.gm.get_submodule(path), attr, dense)
+        return
+    dense = node.kwargs.get("dense_channels") or old
+    node.target = dense_group_norm
+    node.args = (node.args[0], 1, ctx.arg_of(node, 2, "weight"), ctx.arg_of(node, 3, "bias"),
+                 ctx.arg_of(node, 4, "eps", 1e-5))
+    node.kwargs = {"dense_channels": dense}
+
+
+RULES.register(*module_classes("GroupNorm"), F.group_norm, torch.group_norm, *aten("group_norm"),
+               DenseGroupNorm, dense_group_norm, rewrite=group_norm_rewrite, reads_channels=True,
+               name="group_norm")(group_norm)
 
 
 def norm_act(ctx, node):

@@ -1,15 +1,21 @@
 """Reductions: sum, mean, max, ... over some dims.
 
 Over dims that carry no channel they keep the channel labels (global pooling as ``x.mean((2, 3))``).
-A ``sum`` across channels consumes them: a removed channel must be exactly zero there. Other
-reductions across channels (mean divides by the count, max may pick a zero) pin them.
+A ``sum`` across channels consumes them: a removed channel must be exactly zero there. So does a
+``mean`` (a hand-written RMSNorm's ``x.pow(2).mean(-1, keepdim=True)``): shrink turns it into the
+sum over the kept channels divided by the dense count (``passes.dense_norm.dense_mean``), unless
+``prune_hidden=False``. Other reductions across channels (max may pick a zero, var centres on the
+mean) pin them.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import labels as lb
+from ..dense_norm import dense_mean
 from ..registry import RULES, aten, functions
 
 REDUCTIONS = ("sum", "nansum", "mean", "nanmean", "amax", "amin", "max", "min", "prod", "std",
@@ -28,8 +34,12 @@ def _dims(ctx, node, ndim: int) -> list[int]:
     return [d % ndim for d in dim]
 
 
-@RULES.register(*functions(*REDUCTIONS), *[k for n in REDUCTIONS for k in aten(n)], reads_channels=True,
-                name="reduce")
+def _name(node) -> str:
+    if node.target is dense_mean:
+        return "mean"
+    return getattr(getattr(node.target, "overloadpacket", node.target), "__name__", node.target)
+
+
 def reduce(ctx, node):
     x = node.args[0]
     L, shape = ctx.labels(x), ctx.shape(x)
@@ -44,9 +54,10 @@ def reduce(ctx, node):
         return ctx.combine([x, ctx.arg(1, "other")])
     dims = _dims(ctx, node, len(shape))
     across = [d for d in dims if L.size(d) > 1]
-    name = getattr(getattr(node.target, "overloadpacket", node.target), "__name__", node.target)
+    name = _name(node)
+    zero_invariant = ("sum", "nansum", "mean") if ctx.prune_hidden else ("sum", "nansum")
     if across:
-        if name in ("sum", "nansum") and len(across) == 1 and all(
+        if name in zero_invariant and len(across) == 1 and all(
                 L.size(d) == 1 for d in range(L.dim()) if d not in across):
             ids = lb.along(L, across[0])
             ctx.table.consume(node.name, 0, across[0], ids, "zero", out_dim=-1)
@@ -60,3 +71,31 @@ def reduce(ctx, node):
     if values_shape is not out:
         return (result, ctx.untracked(out[1]))
     return result
+
+
+def reduce_rewrite(ctx, node):
+    """A ``mean`` whose reduced dims lost (zero) channels: the sum over the kept ones divided by
+    the dense count of elements it reduced."""
+    if _name(node) != "mean":
+        return
+    x = node.args[0]
+    old, new = ctx.old_shape(x), ctx.new_shape(x)
+    dims = sorted({d % len(old) for d in _mean_dims(ctx, node, len(old))})
+    if all(old[d] == new[d] for d in dims):
+        return
+    keepdim = ctx.arg_of(node, 2, "keepdim", False)
+    dense = node.kwargs.get("dense") if node.target is dense_mean else math.prod(old[d] for d in dims)
+    dtype = ctx.arg_of(node, 3, "dtype") if node.target is dense_mean else node.kwargs.get("dtype")
+    node.op, node.target = "call_function", dense_mean
+    node.args, node.kwargs = (x, dims, keepdim), {"dense": dense, "dtype": dtype}
+
+
+def _mean_dims(ctx, node, ndim: int) -> list[int]:
+    dim = ctx.arg_of(node, 1, "dim")
+    if dim is None:
+        return list(range(ndim))
+    return [dim] if isinstance(dim, int) else list(dim)
+
+
+RULES.register(*functions(*REDUCTIONS), *[k for n in REDUCTIONS for k in aten(n)], dense_mean,
+               rewrite=reduce_rewrite, reads_channels=True, name="reduce")(reduce)

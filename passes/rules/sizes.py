@@ -19,6 +19,10 @@ from .elementwise import elementwise
 
 
 def _dim_dep(L: torch.Tensor, shape: torch.Size, dim: int) -> SizeDep:
+    """The channels ``shape[dim]`` counts: those along ``dim`` (none when every position along
+    it has the same labels: that dim never shrinks, whatever the channels along the others)."""
+    if L.size(dim) == 1:
+        return SizeDep(torch.empty(0, dtype=torch.long))
     full = lb.materialize(L, shape, [dim])
     ids = full.movedim(dim, 0).reshape(full.size(dim), -1)
     ids = ids[ids >= 0]

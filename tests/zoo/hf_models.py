@@ -199,3 +199,51 @@ def build(name: str) -> tuple[nn.Module, tuple, Heads]:
 PINNED_HEADS: dict[str, str] = {
     "swin:eager": "joined with data that carries no channel",
 }
+
+
+class Headed(nn.Module):
+    """A base model with a linear head on its last hidden state: the hidden size then reaches no
+    graph output, so it can shrink (a base model's own output is its hidden states)."""
+
+    def __init__(self, model: nn.Module, classes: int = 3):
+        super().__init__()
+        self.model = model
+        self.head = nn.Linear(HIDDEN, classes)
+
+    def forward(self, *inputs):
+        return self.head(self.model(*inputs).last_hidden_state)
+
+
+def _lm(cls_name: str, build: Callable[[str], nn.Module]) -> Callable[[str], nn.Module]:
+    """The language model of a family, its output layer tied to the token embedding."""
+    def make(attn: str) -> nn.Module:
+        import transformers as T
+        cfg = build(attn).config
+        cfg.tie_word_embeddings = True
+        return getattr(T, cls_name)(cfg)
+    return make
+
+
+LMS: dict[str, Callable[[str], nn.Module]] = {
+    "gpt2_lm": _lm("GPT2LMHeadModel", _gpt2),
+    "llama_lm": _lm("LlamaForCausalLM", _decoder("LlamaModel", "LlamaConfig", kv_heads=2)),
+    "opt_lm": _lm("OPTForCausalLM", _opt),
+}
+
+
+def build_hidden(name: str) -> tuple[nn.Module, tuple]:
+    """``name`` (``family:attn``) with a head on its hidden states, or one of ``LMS``."""
+    family, attn = name.split(":")
+    torch.manual_seed(0)
+    if family in LMS:
+        return LMS[family](attn).eval(), _ids()
+    spec = SPECS[family]
+    return Headed(spec.build(attn)).eval(), spec.inputs()
+
+
+# Residual streams otofx keeps, and why: Whisper adds frozen sinusoidal position embeddings (training
+# cannot zero their columns); Swin's windows pad the stream.
+PINNED_HIDDEN: dict[str, str] = {
+    "whisper_encoder:eager": "is frozen",
+    "swin:eager": "pad",
+}

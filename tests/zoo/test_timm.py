@@ -1,6 +1,7 @@
 """timm zoo: 31 models (vision transformers, MLP mixers, metaformers, convnets) traced with timm's own
 no-trace module list, 30% of every prunable group zeroed, shrunk: same outputs, the predicted
-parameter count, and whole heads gone from the attention layers of the transformers."""
+parameter count, whole heads gone from the attention layers of the transformers, and the last
+stage's width (the residual stream) gone from every parameter that holds it."""
 
 import math
 
@@ -52,6 +53,22 @@ def assert_heads_shrink(model: nn.Module, small: nn.Module) -> None:
     assert any(lost), f"no attention layer lost a head ({len(layers)} layers)"
 
 
+def assert_hidden_shrinks(model: nn.Module, run) -> None:
+    """The group the classifier reads (the last stage's width: a transformer's residual stream, with
+    its embeddings, class tokens, layer scales and every norm over it) is prunable and shrank in
+    every one of its parameters by the channels removed."""
+    heads = tm.classifier_weights(model)
+    group = next(g for g in run.analysis.groups if any(s.param in heads and s.dim == 1 for s in g.members))
+    assert group.prunable, group.why_pinned
+    removed = len(run.small.meta["otofx.shrink"].removed_channels.get(group.name, []))
+    assert removed > 0, f"{group.name}: nothing removed"
+    before, after = ({**dict(m.named_parameters(remove_duplicate=False)),
+                      **dict(m.named_buffers(remove_duplicate=False))} for m in (run.gm, run.small))
+    for m in group.members:
+        want = before[m.param].shape[m.dim] - removed * m.index.shape[1]
+        assert after[m.param].shape[m.dim] == want, (m, tuple(after[m.param].shape))
+
+
 CASES = tm.names()
 
 
@@ -59,6 +76,8 @@ CASES = tm.names()
 def test_timm_model_shrinks_exactly(name):
     model, x = tm.build(name)
     run = roundtrip(model, (x,), leaf_modules=tm.leaf_modules())
+    if name in tm.HIDDEN:
+        assert_hidden_shrinks(model, run)
     if name in tm.PINNED_HEADS:
         assert_heads_pinned(run.analysis)
     elif name in tm.HEADS:

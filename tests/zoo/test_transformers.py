@@ -86,3 +86,41 @@ def test_transformer_head_dim_unit_shrinks_exactly(name):
     model, inputs, heads = hf.build(name)
     run = roundtrip(model, inputs, attention_unit="head_dim")
     assert_head_dim_shrinks(model, run.small, heads)
+
+
+HIDDEN_CASES = [f"{f}:eager" for f in hf.SPECS if f != "convnext"] + [
+    "bert:sdpa", "llama:sdpa", "gpt2_lm:eager", "llama_lm:sdpa", "opt_lm:eager"]
+
+
+def _hidden_group(analysis, model):
+    """The residual stream's group: the one the head's input columns consume, or (a language model)
+    the one the token embedding's columns produce."""
+    if isinstance(model, hf.Headed):
+        names = {"head.weight"}
+    else:
+        table = model.get_input_embeddings().weight
+        names = {n for n, p in model.named_parameters(remove_duplicate=False) if p is table}
+    return next(g for g in analysis.groups if any(s.param in names and s.dim == 1 for s in g.members))
+
+
+@pytest.mark.parametrize("name", HIDDEN_CASES)
+def test_hidden_size_shrinks_exactly(name):
+    """With a head on the hidden states (or as a language model with tied embeddings) the residual
+    stream is one prunable group: every norm over it gets the dense divisor, the hidden size shrinks
+    in the embeddings, every projection and the output layer, and the subnet is exact."""
+    model, inputs = hf.build_hidden(name)
+    run = roundtrip(model, inputs)
+    group = _hidden_group(run.analysis, model)
+    if name in hf.PINNED_HIDDEN:
+        assert not group.prunable and any(hf.PINNED_HIDDEN[name] in w for w in group.why_pinned), group
+        return
+    assert group.prunable, group.why_pinned
+    assert group.size == hf.HIDDEN
+    removed = len(run.small.meta["otofx.shrink"].removed_channels[group.name])
+    assert removed > 0
+    before, after = ({**dict(m.named_parameters(remove_duplicate=False)),
+                      **dict(m.named_buffers(remove_duplicate=False))} for m in (run.gm, run.small))
+    for m in group.members:        # embeddings, every projection, norm, layer scale, the output layer
+        want = before[m.param].shape[m.dim] - removed * m.index.shape[1]
+        assert after[m.param].shape[m.dim] == want, (m, tuple(after[m.param].shape))
+    assert {"weight"} <= {m.param.rsplit(".", 1)[-1] for m in group.members if m.role == "affine"}

@@ -93,3 +93,18 @@ PINNED_HEADS: dict[str, str] = {
     "efficientformer_l1": "Attention heads pinned: the per-head attention_biases[:, attention_bias_idxs] added to the "
                           "scores is 'joined with data that carries no channel' (add_28)",
 }
+
+# Models whose last stage's width (the residual stream of the transformers, through every LayerNorm
+# over it, or PoolFormer's one-group GroupNorms) must shrink at 30%: the group the classifier's
+# input columns consume is prunable.
+HIDDEN = {"vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "cait_xxs24_224",
+          "pit_ti_224", "pvt_v2_b0", "mobilevit_xxs", "efficientformer_l1", "efficientformerv2_s0",
+          "convnext_atto", "poolformer_s12", "poolformerv2_s12"}
+
+
+def classifier_weights(model: nn.Module) -> set[str]:
+    """Names of the classifier weights (a distilled model has two heads)."""
+    found = model.get_classifier()
+    heads = found if isinstance(found, tuple) else (found,)
+    heads = [getattr(h, "fc", h) for h in heads]
+    return {n for n, p in model.named_parameters() if any(p is getattr(h, "weight", None) for h in heads)}

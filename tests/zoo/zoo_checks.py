@@ -80,11 +80,27 @@ def roundtrip(model: nn.Module, inputs: tuple, leaf_modules=(), attention_unit: 
 
 
 def kept_indices(before: torch.Tensor, after: torch.Tensor, dim: int) -> list[int]:
-    """Which slices along ``dim`` of the original weight ``before`` the shrunk ``after`` kept, in order
-    (each slice of ``after`` is found bit for bit in ``before``)."""
-    rows = {before.select(dim, i).detach().numpy().tobytes(): i for i in range(before.shape[dim])}
-    found = [rows.get(after.select(dim, i).detach().numpy().tobytes()) for i in range(after.shape[dim])]
-    assert None not in found, f"a kept slice along dim {dim} is not a slice of the original weight"
+    """Which slices along ``dim`` of the original weight ``before`` the shrunk ``after`` kept, in order.
+    The other dims may have shrunk too (a hidden size): every element of ``after`` whose value occurs
+    once in ``before`` (random weights: nearly all) is found there, and those of one slice of
+    ``after`` all come from one slice of ``before``, at increasing positions."""
+    flat = before.detach().reshape(-1)
+    values, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+    where = torch.full((values.numel(),), -1, dtype=torch.long)
+    where[inverse] = torch.arange(flat.numel())
+    found = []
+    for i in range(after.shape[dim]):
+        part = after.detach().select(dim, i).reshape(-1).contiguous()
+        pos = torch.searchsorted(values, part).clamp(max=values.numel() - 1)
+        hit = (values[pos] == part) & (counts[pos] == 1)
+        assert bool(hit.any()), f"slice {i} along dim {dim} shares no value with the original weight"
+        origin = torch.stack(torch.unravel_index(where[pos[hit]], before.shape))
+        rows = origin[dim].unique()
+        assert rows.numel() == 1, f"slice {i} along dim {dim} mixes slices {rows.tolist()} of the original"
+        order = torch.tensor(before.stride())[[d for d in range(before.dim()) if d != dim]]
+        offsets = (origin[[d for d in range(before.dim()) if d != dim]] * order[:, None]).sum(0)
+        assert bool((offsets.diff() > 0).all()), f"slice {i} along dim {dim} is reordered"
+        found.append(int(rows[0]))
     return found
 
 

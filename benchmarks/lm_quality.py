@@ -1,0 +1,525 @@
+"""Language-model quality: validation perplexity vs FLOPs kept, hidden size pruned, on real text.
+
+A small character-level GPT (written here: token and position embeddings, pre-norm blocks with
+LayerNorm, causal SDPA attention, a GELU MLP, a final norm and an output layer tied to the token
+embedding) trained on the documentation that ships with every Python (``pydoc_data.topics``,
+about 465 KB; the first 90% train, the rest validation, fixed). For each FLOPs target (share of
+the dense model's forward FLOPs) and seed, with the same AdamW and the same number of steps:
+
+- dense: the reference perplexity;
+- otofx DHSPG and otofx HESSO, each with the hidden size (``prune_hidden=True``, the default) and
+  without it: ``otofx.compress``; warm-up for the first sixth of the steps, pruning over the next
+  third, then the rest; measured on ``job.subnet()``;
+- torch-pruning, its LLM recipe: heads, MLP and hidden size by L2 magnitude (norms sliced, the
+  output layer's vocabulary left alone), after half the steps, then fine-tuning for the other half;
+- only-train-once HESSO where it runs (a row says why where it does not).
+
+Each otofx method's group sparsity is calibrated once per target by bisection over short pilot
+runs (its optimizer chooses channels across groups, so FLOPs do not follow the sparsity
+uniformly), then corrected by at most two secant steps on the first seed's full runs;
+torch-pruning's ratio on the untrained model (a grid: its FLOPs are not monotonic in it); only-train-once takes otofx
+HESSO's sparsity. The table reports the FLOPs the final models really keep (one
+counter, ``otofx.flops.count_flops``). Exactness: the largest output difference, relative to the
+output's magnitude, between the small model and the model it came from with the removed channels
+masked to zero (otofx: ``job.module`` at the end; torch-pruning: the model at pruning time, its
+pruned producer slices zeroed).
+
+Run from the repository root: ``python -m benchmarks.lm_quality [--quick] [--seeds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import otofx
+from benchmarks import peers
+from otofx.flops import count_flops
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DENSE = "dense (AdamW)"
+TP_NAME, OTO_NAME = "torch-pruning LLM recipe", "only-train-once HESSO"
+
+
+# ---- data and model -------------------------------------------------------------------------
+
+def load_text() -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(train ids, validation ids, vocabulary size) of pydoc_data.topics, characters as tokens."""
+    from pydoc_data.topics import topics
+    text = "\n".join(topics[k] for k in sorted(topics))
+    codes = torch.tensor([ord(c) for c in text])
+    vocab = torch.unique(codes)
+    ids = torch.searchsorted(vocab, codes)
+    split = int(0.9 * ids.numel())
+    return ids[:split], ids[split:], vocab.numel()
+
+
+@dataclass(frozen=True)
+class Size:
+    width: int
+    layers: int
+    heads: int
+    block: int
+    batch: int
+    steps: int
+    lr: float = 3e-3
+
+
+# default: the issue's model (hours for all contestants and seeds on 2 cores); quick: minutes
+SIZES = {"default": Size(128, 4, 4, 64, 16, 600), "quick": Size(64, 2, 4, 32, 16, 300)}
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.head_dim = d // heads
+        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        h = self.n1(x)
+        q, k, v = (p(h).view(B, T, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(B, T, -1))
+        return x + self.down(F.gelu(self.up(self.n2(x))))
+
+
+class CharGPT(nn.Module):
+    """Token + position embeddings, pre-norm blocks, a final norm, an output layer tied to the
+    token embedding."""
+
+    def __init__(self, vocab: int, size: Size):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, size.width)
+        self.pos = nn.Parameter(torch.randn(1, size.block, size.width) * 0.02)
+        self.blocks = nn.Sequential(*[Block(size.width, size.heads) for _ in range(size.layers)])
+        self.final = nn.LayerNorm(size.width)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        h = self.final(self.blocks(self.tok(idx) + self.pos))
+        return F.linear(h, self.tok.weight)
+
+
+@dataclass
+class Setting:
+    size: Size
+    train_ids: torch.Tensor
+    val_ids: torch.Tensor
+    vocab: int
+    seed: int
+
+    def model(self) -> CharGPT:
+        torch.manual_seed(self.seed)
+        return CharGPT(self.vocab, self.size)
+
+    def batch(self, step: int, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self.train_ids if ids is None else ids
+        g = torch.Generator().manual_seed(100_000 * self.seed + step)
+        start = torch.randint(0, ids.numel() - self.size.block - 1, (self.size.batch,), generator=g)
+        rows = start[:, None] + torch.arange(self.size.block + 1)
+        chunk = ids[rows]
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def example(self) -> torch.Tensor:
+        return self.batch(-1, self.val_ids)[0][:2]
+
+    def fit(self, module: nn.Module, optimizer: Any, first: int, last: int) -> None:
+        module.train()
+        for step in range(first, last):
+            x, y = self.batch(step)
+            loss = F.cross_entropy(module(x).flatten(0, 1), y.flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    @torch.no_grad()
+    def perplexity(self, module: nn.Module, batches: int = 20) -> float:
+        module.eval()
+        losses = []
+        for i in range(batches):
+            x, y = self.batch(10_000_000 + i, self.val_ids)
+            losses.append(F.cross_entropy(module(x).flatten(0, 1), y.flatten()).item())
+        return math.exp(statistics.fmean(losses))
+
+
+def adamw(module: nn.Module, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
+
+
+@torch.no_grad()
+def relative_difference(small: nn.Module, reference: nn.Module, x: torch.Tensor) -> float:
+    """max |small(x) - reference(x)| / max |reference(x)|, both in eval mode."""
+    small.eval()
+    reference.eval()
+    want = reference(x)
+    return ((small(x) - want).abs().max() / want.abs().max().clamp(min=1e-12)).item()
+
+
+# ---- FLOPs calibration ----------------------------------------------------------------------
+
+def bisect(kept: Callable[[float], float], target: float, hi: float = 0.95, rounds: int = 9) -> float:
+    """The sparsity s in [0, hi] at which ``kept(s)`` (decreasing) is ``target``."""
+    lo_s, hi_s = 0.0, hi
+    for _ in range(rounds):
+        mid = (lo_s + hi_s) / 2
+        if kept(mid) > target:
+            lo_s = mid
+        else:
+            hi_s = mid
+    return (lo_s + hi_s) / 2
+
+
+def pilot_sparsity(method: Method, s: Setting, target: float) -> float:
+    """The group sparsity at which ``method`` (an otofx optimizer, which picks channels by saliency
+    across groups, so FLOPs do not follow the sparsity uniformly) keeps ``target`` of the FLOPs:
+    bisection over short pilot runs (a fifth of the steps, the same schedule proportions)."""
+    pilot = Setting(Size(**{**asdict(s.size), "steps": max(30, s.size.steps // 5)}), s.train_ids,
+                    s.val_ids, s.vocab, s.seed)
+    x = pilot.example()
+    base = count_flops(pilot.model(), (x,))
+    return bisect(lambda sp: count_flops(method(pilot, target, sp).model, (x,)) / base, target, rounds=5)
+
+
+def tp_ratio(tp: Any, s: Setting, target: float) -> float:
+    """torch-pruning's ratio whose pruned (untrained) model keeps the FLOPs closest to ``target``
+    among those where it prunes the hidden size (its LLM recipe does): a grid, since its FLOPs do
+    not fall monotonically with the ratio (at some ratios it keeps the hidden size or every head)."""
+    model = s.model().eval()
+    x = s.example()
+    base = count_flops(model, (x,))
+    tried = []
+    for r in [i / 40 for i in range(2, 37)]:
+        small = tp_prune(tp, copy.deepcopy(model), x, r)[0]
+        tried.append((r, count_flops(small, (x,)) / base, small.tok.weight.shape[1] < s.size.width))
+    hidden = [t for t in tried if t[2]] or tried      # the recipe prunes the hidden size too
+    return min(hidden, key=lambda t: abs(t[1] - target))[0]
+
+
+# ---- the contestants ------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    model: nn.Module
+    exactness: float | None     # relative max difference to its masked model; None: not measured
+    note: str = ""
+
+
+Method = Callable[[Setting, float, float], Outcome]   # (setting, FLOPs target, sparsity or ratio)
+
+
+def dense(s: Setting, target: float, knob: float) -> Outcome:
+    model = s.model()
+    s.fit(model, adamw(model, s.size.lr), 0, s.size.steps)
+    return Outcome(model, 0.0)
+
+
+def schedule(s: Setting) -> dict:
+    return dict(start_pruning_step=s.size.steps // 6, pruning_steps=max(1, s.size.steps // 3))
+
+
+def otofx_method(kind: str, prune_hidden: bool) -> Method:
+    def run(s: Setting, target: float, sparsity: float) -> Outcome:
+        common = dict(lr=s.size.lr, variant="adamw", target_group_sparsity=sparsity, **schedule(s))
+        config = otofx.DHSPGConfig(**common) if kind == "DHSPG" else otofx.HESSOConfig(
+            pruning_periods=4, **common)
+        job = otofx.compress(s.model(), config, (s.example(),), prune_hidden=prune_hidden)
+        s.fit(job.module, job.optimizer, 0, s.size.steps)
+        small = job.subnet()
+        report = job.optimizer.sparsity_report()
+        note = f"{report['zero_channels']}/{report['target_channels']} of {report['prunable_channels']}"
+        return Outcome(small, relative_difference(small, job.module, s.example()), note)
+    return run
+
+
+def tp_prune(tp: Any, model: CharGPT, x: torch.Tensor, ratio: float) -> tuple[CharGPT, nn.Module]:
+    """torch-pruning's LLM recipe (heads, MLP, hidden size by L2 group magnitude; the vocabulary
+    kept) on ``model``, in place; returns it and the model before pruning with every pruned
+    producer slice zeroed (its masked model)."""
+    masked = copy.deepcopy(model)
+    names = {m: n for n, m in model.named_modules()}
+    params = {p: n for n, p in model.named_parameters()}
+    heads = {}
+    for block in model.blocks:
+        for p in (block.q, block.k, block.v):
+            heads[p] = p.out_features // block.head_dim
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.BasePruner(
+            model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
+            num_heads=heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio,
+            unwrapped_parameters=[(model.pos, 2)], ignored_layers=[])
+        for group in pruner.step(interactive=True):
+            with torch.no_grad():
+                for dep, idxs in group:
+                    if "out_channels" not in getattr(dep.handler, "__name__", ""):
+                        continue
+                    target = dep.target.module
+                    idx = torch.as_tensor(list(idxs), dtype=torch.long)
+                    if isinstance(target, nn.Parameter):
+                        masked.get_parameter(params[target]).index_fill_(2, idx, 0.0)
+                        continue
+                    if target not in names:
+                        continue                  # an op torch-pruning tracks, no tensor of its own
+                    m = masked.get_submodule(names[target])
+                    if isinstance(m, nn.Embedding):
+                        m.weight.index_fill_(1, idx, 0.0)
+                    else:
+                        for p in (m.weight, getattr(m, "bias", None)):
+                            if p is not None:
+                                p.index_fill_(0, idx, 0.0)
+            group.prune()
+    return model, masked
+
+
+def tp_method(tp: Any) -> Method:
+    def run(s: Setting, target: float, ratio: float) -> Outcome:
+        model = s.model()
+        half = s.size.steps // 2
+        s.fit(model, adamw(model, s.size.lr), 0, half)
+        model.eval()
+        model, masked = tp_prune(tp, model, s.example(), ratio)
+        exact = relative_difference(model, masked, s.example())
+        s.fit(model, adamw(model, s.size.lr), half, s.size.steps)
+        return Outcome(model, exact, f"ratio {ratio:.3f}, width {model.tok.weight.shape[1]}")
+    return run
+
+
+def oto_method(oto_cls: Any) -> Method:
+    def run(s: Setting, target: float, sparsity: float) -> Outcome:
+        model = s.model()
+        graph = peers.oto_graph(oto_cls, model, s.example())
+        with contextlib.redirect_stdout(io.StringIO()):
+            optimizer = peers.oto_on_cpu(graph.hesso(
+                variant="adamw", lr=s.size.lr, target_group_sparsity=sparsity, pruning_periods=4,
+                **schedule(s)))
+        s.fit(model, optimizer, 0, s.size.steps)
+        with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph.construct_subnet(out_dir=out)
+            small = torch.load(graph.compressed_model_path, weights_only=False)
+        return Outcome(small, relative_difference(small, model, s.example()),
+                       f"{optimizer.curr_num_zero_groups}/{optimizer.total_num_groups} groups")
+    return run
+
+
+def contestants(include: tuple[str, ...] | None) -> tuple[dict[str, tuple[Method, str]], dict[str, str]]:
+    """name -> (method, calibration key), and a reason for each peer that cannot run here."""
+    out: dict[str, tuple[Method, str]] = {DENSE: (dense, "")}
+    for kind in ("DHSPG", "HESSO"):
+        out[f"otofx {kind}"] = (otofx_method(kind, True), f"otofx {kind}")
+        out[f"otofx {kind} (prune_hidden=False)"] = (otofx_method(kind, False),
+                                                     f"otofx {kind} (prune_hidden=False)")
+    skipped = {}
+    tp, why = peers.load_torch_pruning()
+    if tp is None:
+        skipped[TP_NAME] = f"not available: {why}"
+    else:
+        out[TP_NAME] = (tp_method(tp), "tp")
+    oto_cls, why = peers.load_oto()
+    if oto_cls is None:
+        skipped[OTO_NAME] = f"not available: {why}"
+    else:
+        out[OTO_NAME] = (oto_method(oto_cls), "otofx HESSO")
+    if include:
+        out = {k: v for k, v in out.items() if k == DENSE or any(i in k for i in include)}
+    return out, skipped
+
+
+# ---- running and the report -----------------------------------------------------------------
+
+@dataclass
+class Run:
+    ppl: float
+    flops: float
+    params: float
+    exactness: float | None
+    wall: float
+    note: str
+
+
+@dataclass
+class Results:
+    runs: dict[str, list[Run]] = field(default_factory=dict)        # "method @ target" -> runs
+    failures: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    knobs: dict[str, float] = field(default_factory=dict)
+
+
+def key(name: str, target: float) -> str:
+    return name if name == DENSE else f"{name} @ {target:g}"
+
+
+def refine(method: Method, s: Setting, target: float, knobs: dict[str, float], knob_key: str,
+           out: Outcome, base: dict[str, float], wall: float, rounds: int = 2) -> tuple[Outcome, float]:
+    """Correct a pilot-calibrated sparsity on the first seed's full run (the pilot's channel
+    choice is made earlier in training): secant steps on FLOPs kept, at most ``rounds`` more
+    runs, the last one kept; later seeds use the corrected sparsity."""
+    x = s.example()
+    points = [(knobs[knob_key], count_flops(out.model, (x,)) / base["flops"])]
+    for _ in range(rounds):
+        sp, f = points[-1]
+        if abs(f - target) <= 0.03:
+            break
+        if len(points) > 1 and points[-2][1] != f:
+            slope = (f - points[-2][1]) / (sp - points[-2][0])
+        else:
+            slope = -1.5
+        knobs[knob_key] = min(0.95, max(0.02, sp + (target - f) / slope))
+        start = time.perf_counter()
+        out = method(s, target, knobs[knob_key])
+        wall = time.perf_counter() - start
+        points.append((knobs[knob_key], count_flops(out.model, (x,)) / base["flops"]))
+    return out, wall
+
+
+def run_all(args: argparse.Namespace, results: Results) -> None:
+    size = SIZES["quick" if args.quick else "default"]
+    if args.steps:
+        size = Size(**{**asdict(size), "steps": args.steps})
+    train_ids, val_ids, vocab = load_text()
+    methods, results.skipped = contestants(args.methods)
+    tp, _ = peers.load_torch_pruning()
+    for seed in range(args.seeds):
+        s = Setting(size, train_ids, val_ids, vocab, seed)
+        ref = s.model().eval()
+        base = {"flops": count_flops(ref, (s.example(),)), "params": sum(p.numel() for p in ref.parameters())}
+        for name, (method, calibration) in methods.items():
+            for target in ([1.0] if name == DENSE else args.flops):
+                k = key(name, target)
+                if k in results.failures:
+                    continue
+                knob_key = f"{calibration} @ {target:g}"
+                try:
+                    if calibration and knob_key not in results.knobs:
+                        results.knobs[knob_key] = (tp_ratio(tp, s, target) if calibration == "tp" else
+                                                   pilot_sparsity(methods[calibration][0], s, target))
+                    start = time.perf_counter()
+                    out = method(s, target, results.knobs.get(knob_key, 0.0))
+                    wall = time.perf_counter() - start
+                    if calibration and calibration != "tp" and calibration == name and seed == 0:
+                        out, wall = refine(method, s, target, results.knobs, knob_key, out, base, wall)
+                except Exception as exc:  # noqa: BLE001 - a failing contestant is a table cell
+                    results.failures[k] = f"failed: {peers.one_line(exc)}"
+                    print(f"  seed {seed} {k}: {results.failures[k]}", file=sys.stderr, flush=True)
+                    continue
+                x = s.example()
+                run = Run(s.perplexity(out.model), count_flops(out.model, (x,)) / base["flops"],
+                          sum(p.numel() for p in out.model.parameters()) / base["params"], out.exactness,
+                          wall, out.note)
+                results.runs.setdefault(k, []).append(run)
+                print(f"  seed {seed} {k}: ppl {run.ppl:.3f}, FLOPs {run.flops:.3f}, exact "
+                      f"{run.exactness}, {wall:.1f} s", file=sys.stderr, flush=True)
+
+
+def pm(values: list[float], digits: int = 3) -> str:
+    m = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+
+def verdicts(results: Results, targets: list[float]) -> list[str]:
+    """otofx's best hidden-size method against each peer at each FLOPs target: paired by seed,
+    "beats" only when its perplexity is lower by more than twice the standard error."""
+    lines = []
+    for target in targets:
+        ours = [n for n in ("otofx DHSPG", "otofx HESSO") if key(n, target) in results.runs]
+        if not ours:
+            continue
+        best = min(ours, key=lambda n: statistics.fmean(r.ppl for r in results.runs[key(n, target)]))
+        mine = results.runs[key(best, target)]
+        worst = max(r.exactness for r in mine)
+        lines.append(f"- FLOPs {target:g}: {best}, perplexity {pm([r.ppl for r in mine])}, subnet vs "
+                     f"trained model max relative difference {worst:.1e} "
+                     f"({'≤' if worst <= 1e-5 else '>'} 1e-5)")
+        for peer in (TP_NAME, OTO_NAME, f"{best} (prune_hidden=False)"):
+            theirs = results.runs.get(key(peer, target))
+            if not theirs:
+                why = results.failures.get(key(peer, target)) or results.skipped.get(peer, "not run")
+                lines.append(f"  - vs {peer}: no result ({why})")
+                continue
+            diffs = [b.ppl - a.ppl for a, b in zip(mine, theirs)]
+            m = statistics.fmean(diffs)
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("inf")
+            word = "beats" if m > 2 * se else "loses to" if -m > 2 * se else "ties"
+            f_mine, f_theirs = (statistics.fmean(r.flops for r in runs) for runs in (mine, theirs))
+            unequal = (f" — NOT at equal FLOPs: {f_mine:.3f} vs {f_theirs:.3f} kept"
+                       if abs(f_mine - f_theirs) > 0.05 else "")
+            lines.append(f"  - {word} {peer} (perplexity {pm([r.ppl for r in theirs])}, paired "
+                         f"difference {m:+.3f} ± {se:.3f} SE, n={len(diffs)}){unequal}")
+    return lines
+
+
+def report(results: Results, args: argparse.Namespace) -> str:
+    size = SIZES["quick" if args.quick else "default"]
+    steps = args.steps or size.steps
+    rows = ["| method | FLOPs target | validation perplexity | FLOPs kept | params kept | "
+            "exactness (max rel. diff) | note | n |", "|---|---|---|---|---|---|---|---|"]
+    for k, runs in results.runs.items():
+        name, _, target = k.partition(" @ ")
+        exact = [r.exactness for r in runs if r.exactness is not None]
+        rows.append(f"| {name} | {target or '1'} | {pm([r.ppl for r in runs])} | "
+                    f"{pm([r.flops for r in runs])} | {pm([r.params for r in runs])} | "
+                    f"{max(exact):.1e} | {runs[-1].note} | {len(runs)} |")
+    for k, why in results.failures.items():
+        name, _, target = k.partition(" @ ")
+        rows.append(f"| {name} | {target} | {why} | | | | | 0 |")
+    for name, why in results.skipped.items():
+        rows.append(f"| {name} | all | skipped: {why} | | | | | 0 |")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    head = (f"CharGPT width {size.width}, {size.layers} layers, {size.heads} heads, block {size.block}, "
+            f"batch {size.batch}, {steps} AdamW steps (lr {size.lr}), {args.seeds} seeds; "
+            f"pydoc_data.topics, 90/10 split; commit {commit}, {time.strftime('%Y-%m-%d %H:%M')}, "
+            f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads.")
+    return "\n".join([head, "", *rows, "", *verdicts(results, args.flops)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a narrower, shorter model (minutes)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=0, help="training steps (default: the size's)")
+    p.add_argument("--flops", type=lambda v: [float(t) for t in v.split(",")], default=[0.5, 0.3])
+    p.add_argument("--methods", type=lambda v: tuple(v.split(",")), default=None,
+                   help="substrings of the method names to run (dense always runs)")
+    p.add_argument("--out", type=Path, default=RESULTS / "lm_quality.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    results = Results()
+    run_all(args, results)
+    text = report(results, args)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {k: [asdict(r) for r in v] for k, v in results.runs.items()} | {"failures": results.failures,
+                                                                          "knobs": results.knobs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
