@@ -31,7 +31,8 @@ from otofx.integrations.quantize import quantize_int8, state_bytes  # noqa: E402
 
 def train_subnet(epochs: int, width: int, target: float = 0.5, seed: int = 0
                  ) -> tuple[otofx.CompressionJob, nn.Module]:
-    """DHSPG on load_digits for ``epochs``; returns the job and its subnet (eval mode)."""
+    """DHSPG on load_digits for ``epochs``, batch-norm statistics recomputed over a few
+    training batches; returns the job and its subnet (eval mode)."""
     train_set, _ = digits()
     steps = epochs * steps_per_epoch(train_set)
     torch.manual_seed(seed)
@@ -39,6 +40,7 @@ def train_subnet(epochs: int, width: int, target: float = 0.5, seed: int = 0
                                start_pruning_step=steps // 6, pruning_steps=max(1, steps // 3))
     job = otofx.compress(DigitsResNet(width), config, (train_set[0][:2],))
     train(job.module, job.optimizer, train_set, epochs, seed=seed)
+    otofx.recalibrate_batchnorm(job.module, calibration_batches(train_set[0]))
     return job, job.subnet().eval()
 
 

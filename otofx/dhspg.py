@@ -223,8 +223,8 @@ class DHSPG(GroupSparsityOptimizer):
 
     def _fallback_due(self, phase: int) -> bool:
         cfg = self.config
-        return cfg.fallback_start is not None and phase >= math.ceil(
-            cfg.fallback_start * cfg.pruning_steps) - (cfg.fallback_start >= 1)
+        return cfg.fallback_start is not None and phase >= min(
+            math.ceil(cfg.fallback_start * cfg.pruning_steps), cfg.pruning_steps - 1)
 
     def _start_fallback(self, v: GroupedViews, st: dict, directions) -> None:
         """Take the fewest candidates still needed, the smallest relative to ``rho``, and

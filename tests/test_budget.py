@@ -71,8 +71,6 @@ def test_budget_lands_within_one_percent_or_the_nearest_width(build, what, divis
         reached = count_flops(small, (x,)) if what == "flops" else n_params(small)
         kept = views.sizes - torch.bincount(views.group_of[chosen], minlength=len(views.sizes))
         assert reached == int(cost(kept))             # the polynomial is what the subnet costs
-        if divisible == 1:
-            assert abs(reached / poly.dense - fraction) <= 0.01, (reached / poly.dense, fraction)
         # no other count of the same score order lands nearer (the cost falls as it grows)
         count = count_for_budget(score, views.group_of, views.sizes, cost, budget, divisible)
         assert torch.equal(chosen, choose(score, count, views.group_of, views.sizes,
@@ -86,6 +84,10 @@ def test_budget_lands_within_one_percent_or_the_nearest_width(build, what, divis
             near.append(int(cost(kept)))
             assert abs(near[-1] - budget) >= abs(reached - budget)
         assert near[0] >= reached >= near[1]
+        if divisible == 1:      # within 1%, or one channel's cost (a hidden-size channel of a
+            step = max(near[0] - reached, reached - near[1]) / poly.dense    # transformer: ~3%)
+            assert abs(reached / poly.dense - fraction) <= max(0.01, step), (reached / poly.dense,
+                                                                           fraction, step)
 
 
 def _train(job, x, y, steps: int) -> None:

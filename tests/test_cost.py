@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from strategies import cnn_models
-from strategies_transformer import RandomTransformer, transformer_specs
+from strategies_transformer import RandomTransformer, example_input, transformer_specs
 from zoo import hf_models as hf
 from zoo.small import SEBlock, Shuffle, TinyCNN
 
@@ -63,7 +63,7 @@ def test_cost_polynomials_equal_the_shrunk_cnn(case, fraction, seed):
        unit=st.sampled_from(["head", "head_dim"]))
 def test_cost_polynomials_equal_the_shrunk_transformer(spec, fraction, seed, unit):
     note(f"RandomTransformer({spec!r}), attention_unit={unit!r}")
-    x = torch.randn(2, spec.seq, spec.features, generator=torch.Generator().manual_seed(seed))
+    x = example_input(spec, seed)
     gm = otofx.trace(RandomTransformer(spec).eval())
     analysis = otofx.analyze(gm, (x,), attention_unit=unit)
     assert_cost_matches_shrunk(gm, analysis, (x,), fraction, seed)

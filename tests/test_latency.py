@@ -59,21 +59,28 @@ def test_prediction_interpolates_the_table_and_falls_with_width(cache):
 def test_compress_lands_on_a_latency_budget(cache):
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    cfg = otofx.DHSPGConfig(lr=0.05, start_pruning_step=1, pruning_steps=4, target_latency=0.8,
+    # where the floor lies depends on this machine's timings (a loaded CI machine's too): aim
+    # half way between it and the dense latency (the table is measured once, then cached)
+    probe = otofx.compress(TinyCNN(), otofx.DHSPGConfig(target_latency=1.0), (x[:4],))
+    target = round((1 + probe.optimizer.budget.floor(1) / probe.optimizer.budget.dense) / 2, 3)
+    cfg = otofx.DHSPGConfig(lr=0.05, start_pruning_step=1, pruning_steps=4, target_latency=target,
                             total_steps=6)
+    torch.manual_seed(0)
     job = otofx.compress(TinyCNN(), cfg, (x[:4],))
     for _ in range(6):
         torch.nn.functional.cross_entropy(job.module(x), y).backward()
         job.optimizer.step()
         job.optimizer.zero_grad()
     text = job.report()
-    found = re.search(r"latency budget \(target_latency\): asked 0\.800 of the dense model, "
+    found = re.search(r"latency budget \(target_latency\): asked ([0-9.]+) of the dense model, "
                       r"reached ([0-9.]+)", text)
     assert found, text
     b = job.optimizer.budget
     floor = b.floor(1) / b.dense
     # TinyCNN has 24 prunable channels: as near as one channel more or less allows, or the floor
-    assert abs(float(found.group(1)) - 0.8) <= 0.1 or float(found.group(1)) == pytest.approx(floor, abs=1e-3)
+    assert float(found.group(1)) == pytest.approx(target, abs=1e-3)
+    reached = float(found.group(2))
+    assert abs(reached - target) <= 0.1 or reached == pytest.approx(floor, abs=1e-3)
 
 
 def test_latency_budget_out_of_range_or_beside_another_is_a_config_error():
