@@ -82,16 +82,16 @@ class Spec:
 
 
 # ---- the methods: one line each; add a config option by editing its line ---------------------
+GLOBAL_GRID = (0.2, 0.38, 0.52, 0.63, 0.72, 0.82)
 METHODS: tuple[Spec, ...] = (
-    Spec("otofx DHSPG", "otofx", (0.2, 0.4, 0.55, 0.68, 0.78), "DHSPGConfig", {}, peer=False),
-    Spec("otofx HESSO", "otofx", (0.2, 0.4, 0.58, 0.72, 0.82), "HESSOConfig",
-         {"pruning_periods": 4}, peer=False),
-    Spec("only-train-once HESSO", "only-train-once", (0.2, 0.4, 0.55, 0.68, 0.78), "",
-         {"pruning_periods": 4}),
-    Spec("torch-pruning L2 global iterative", "torch-pruning", (0.2, 0.4, 0.55, 0.68, 0.78), "",
-         {"importance": "l2", "global_pruning": True, "iterative": True}),
-    Spec("torch-pruning Taylor global iterative", "torch-pruning", (0.2, 0.4, 0.55, 0.68, 0.78),
-         "", {"importance": "taylor", "global_pruning": True, "iterative": True}),
+    Spec("otofx DHSPG", "otofx", GLOBAL_GRID, "DHSPGConfig", {}, peer=False),
+    Spec("otofx HESSO", "otofx", GLOBAL_GRID, "HESSOConfig", {"pruning_periods": 4}, peer=False),
+    Spec("only-train-once HESSO", "only-train-once", GLOBAL_GRID, "", {"pruning_periods": 4}),
+    Spec("torch-pruning L2 global iterative", "torch-pruning", (0.2, 0.35, 0.48, 0.6, 0.7, 0.8),
+         "", {"importance": "l2", "global_pruning": True, "iterative": True}),
+    Spec("torch-pruning Taylor global iterative", "torch-pruning",
+         (0.3, 0.5, 0.62, 0.72, 0.8, 0.87), "",
+         {"importance": "taylor", "global_pruning": True, "iterative": True}),
     Spec("torch-pruning L2 uniform one-shot", "torch-pruning", (0.22, 0.4, 0.55, 0.68, 0.76), "",
          {"importance": "l2", "global_pruning": False, "iterative": False}),
 )
@@ -168,8 +168,10 @@ class Setting:
             train(module, optimizer, self.data[0], 1, seed=1000 * self.seed + epoch)
 
     def phase(self) -> tuple[int, int]:
-        """(warm-up epochs, pruning epochs): a sixth, then a third of the run."""
-        return self.epochs // 6, max(1, self.epochs // 3)
+        """(warm-up epochs, pruning epochs): about a sixth, then a third of the run, ending at
+        half of it, where otofx's pruning phase (``schedule``) ends."""
+        warm = max(1, round(self.epochs / 6))
+        return warm, max(1, round(self.epochs / 2) - warm)
 
 
 def sgd(module: nn.Module) -> torch.optim.Optimizer:
@@ -602,7 +604,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="2 seeds, 2 targets, 4 epochs (a minute or two)")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"of {', '.join(TASKS)}")
     parser.add_argument("--seeds", type=int, default=None, help="seeds (default 5, --quick 2)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 12, --quick 4)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 10, --quick 4)")
     parser.add_argument("--targets", default=None,
                         help="one grid for every method instead of each row's own")
     parser.add_argument("--methods", default=None,
@@ -624,7 +626,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     elif args.quick:
         args.targets = QUICK_TARGETS
     args.seeds = args.seeds or (2 if args.quick else 5)
-    args.epochs = args.epochs or (4 if args.quick else 12)
+    args.epochs = args.epochs or (4 if args.quick else 10)
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
     if args.plot is None:

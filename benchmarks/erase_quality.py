@@ -174,7 +174,8 @@ def rows_for(runs: list[dict], net: str, target: float) -> tuple[list[str], list
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--nets", default="darts,resnet,unet")
+    parser.add_argument("--nets", default=None,
+                        help="of darts, resnet, unet (default all; --quick resnet,unet)")
     parser.add_argument("--targets", default="0.5")
     parser.add_argument("--seeds", type=int, default=None, help="default 5 (--quick 2)")
     parser.add_argument("--epochs", type=int, default=None, help="default 10 (--quick 4)")
@@ -185,12 +186,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="write the markdown here and the .json beside it")
     args = parser.parse_args(argv)
-    args.nets = args.nets.split(",")
+    args.nets = (args.nets or ("resnet,unet" if args.quick else "darts,resnet,unet")).split(",")
     unknown = [n for n in args.nets if n not in SUPERNETS]
     if unknown:
         parser.error(f"unknown net(s) {unknown}: choose from {sorted(SUPERNETS)}")
-    if args.quick and "--nets" not in " ".join(argv or sys.argv):
-        args.nets = ["resnet", "unet"]
     args.targets = [float(t) for t in args.targets.split(",")]
     args.seeds = args.seeds or (2 if args.quick else 5)
     args.epochs = args.epochs or (4 if args.quick else 10)

@@ -69,3 +69,17 @@ def test_runner_report_says_which_benchmark_failed_and_fixes_links(tmp_path):
     assert "| [other](#other) | Other. | FAILED | default | 1 s |" in text
     assert "Reproduce: `python -m benchmarks.fake_bench`" in text
     assert "Versions: Python" in text and "torch " in text
+
+
+def test_runner_keeps_its_outcome_apart_from_the_benchmarks_own_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "RESULTS_DIR", tmp_path)
+    script = runner.Script("fake_bench", "A fake benchmark.", {"--out"})
+    (tmp_path / "fake_bench.json").write_text('{"runs": [1, 2]}')          # the benchmark's data
+    assert runner.Outcome.load(script) is None
+    runner.Outcome(script, ["python", "-m", "benchmarks.fake_bench"], 3.0, "body", True).save()
+    assert (tmp_path / "fake_bench.json").read_text() == '{"runs": [1, 2]}'
+    assert runner.Outcome.load(script).body == "body"
+    (tmp_path / "fake_bench.run.json").unlink()                               # an older results dir
+    (tmp_path / "fake_bench.json").write_text(
+        '{"argv": ["python"], "seconds": 1.0, "body": "old", "ok": true}')
+    assert runner.Outcome.load(script).body == "old"
