@@ -82,6 +82,14 @@ class Spec:
 
 
 # ---- the methods: one line each; add a config option by editing its line ---------------------
+# Calibration (digits, seed 0, 12 epochs, before the issue-14 optimizers), target -> FLOPs kept:
+#   otofx DHSPG  .15 .787, .25 .643, .35 .534, .45 .388, .55 .195, .65 .132, .72 .094, .8 .066
+#   otofx HESSO  .15 .787, .25 .648, .35 .522, .45 .381, .55 .293, .65 .227, .72 .077, .8 .022
+#   oto HESSO    .15 .787, .25 .651, .35 .547, .45 .408, .55 .284, .65 .103, .72 .068, .8 .037
+#   tp L2 glob.  .15 .694, .25 .553, .35 .412, .45 .289, .55 .199, .65 .118, .72 .075, .8 .045
+#   tp Taylor    .15 .782, .25 .654, .35 .547, .45 .458, .55 .294, .65 .227, .72 .126, .8 .076
+#   tp uniform   about (1 - t)^2 (.3 .474, .5 .251, .7 .086)
+# A level a grid stops bracketing shows as n/a with the method's FLOPs range: widen that row.
 GLOBAL_GRID = (0.2, 0.38, 0.52, 0.63, 0.72, 0.82)
 METHODS: tuple[Spec, ...] = (
     Spec("otofx DHSPG", "otofx", GLOBAL_GRID, "DHSPGConfig", {}, peer=False),
@@ -95,7 +103,7 @@ METHODS: tuple[Spec, ...] = (
     Spec("torch-pruning L2 uniform one-shot", "torch-pruning", (0.22, 0.4, 0.55, 0.68, 0.76), "",
          {"importance": "l2", "global_pruning": False, "iterative": False}),
 )
-QUICK_TARGETS = (0.4, 0.68)
+QUICK_TARGETS = (0.25, 0.65)
 DENSE = "dense (SGD)"
 TAYLOR_BATCHES = 4
 
@@ -350,15 +358,19 @@ def levels_of(records: list[dict], task: str, method: str, seeds: list[int]
     """Per FLOPs level: the method's interpolated accuracy by seed, and why a seed has none."""
     out = {}
     for level in LEVELS:
-        by_seed, whys = {}, []
+        by_seed, whys = {}, {}
         for seed in seeds:
             pts = [(r["flops"], r["accuracy"]) for r in records if r["task"] == task
                    and r["method"] == method and r["seed"] == seed and "error" not in r]
             value, why = paired.at_flops(pts, level)
             by_seed[seed] = value
             if why:
-                whys.append(f"seed {seed}: {why}")
-        out[level] = (by_seed, "; ".join(whys[:2]) + (" ..." if len(whys) > 2 else ""))
+                whys.setdefault(why.replace("outside its points (FLOPs ", "").rstrip(")"),
+                                []).append(seed)
+        out[level] = (by_seed, "; ".join(
+            f"seed{'s' * (len(s) > 1)} {', '.join(map(str, s))}: "
+            + (w if w == "no measured point" else f"points span FLOPs {w}")
+            for w, s in whys.items()))
     return out
 
 

@@ -75,10 +75,10 @@ def verdict(a: dict[int, float | None], b: dict[int, float | None], why_a: str =
     if missing:
         sides = []
         if any(a.get(s) is None for s in missing):
-            sides.append(f"method {why_a or 'has no value'}")
+            sides.append(f"method ({why_a or 'no value'})")
         if any(b.get(s) is None for s in missing):
-            sides.append(f"peer {why_b or 'has no value'}")
-        why = f"seeds {missing} left out: " + "; ".join(sides)
+            sides.append(f"peer ({why_b or 'no value'})")
+        why = f"seeds {missing} left out: no value for " + " and ".join(sides)
     if len(diffs) < 2:
         return Paired(diffs, len(seeds), "n/a", why or "fewer than 2 seeds")
     p = Paired(diffs, len(seeds), "ties", why)

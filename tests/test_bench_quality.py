@@ -78,7 +78,7 @@ def test_verdict_table_pairs_each_otofx_method_with_each_peer_at_each_level():
     vs_narrow = {r["level"]: r for r in table if r["peer"] == "narrow"}
     assert vs_narrow[0.5]["verdict"] == "loses"
     assert vs_narrow[0.15]["verdict"] == "n/a"
-    assert "outside its points (FLOPs 0.400-0.600)" in vs_narrow[0.15]["cell"]
+    assert "peer (seeds 0, 1, 2, 3: points span FLOPs 0.400-0.600)" in vs_narrow[0.15]["cell"]
     lines = cq.summary_lines(table, specs, ["digits"])
     assert lines[0].startswith("- **mine**: beats 4, ties 0, loses 1, n/a 3 of 8")
     assert "MISSED" in lines[0] and "loses to narrow on digits at 0.5" in lines[1]
