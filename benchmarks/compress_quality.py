@@ -417,7 +417,8 @@ def summary_lines(table: list[dict], specs: list[Spec], tasks: list[str]) -> lis
                      f"{count['loses']}, n/a {count['n/a']} of {len(rows)} comparisons "
                      f"(beats/ties/loses/n/a by peer: {'; '.join(per_peer)}). Target (tie or "
                      f"beat every peer at every FLOPs point on {', '.join(tasks)}): "
-                     f"{'met' if met else 'MISSED'}.")
+                     + ("met." if met else f"MISSED ({count['loses']} lost, {count['n/a']} not "
+                                           "comparable at equal FLOPs)."))
         for r in rows:
             if r["verdict"] == "loses":
                 lines.append(f"  - loses to {r['peer']} on {r['task']} at {r['level']:g} of "
