@@ -182,3 +182,13 @@ def test_erasing_baseline_drops_the_smallest_norm_structures_and_shrinks():
     small.eval()
     with torch.no_grad():
         torch.testing.assert_close(small(x), gm(x), rtol=1e-4, atol=1e-5)
+
+
+def test_within_two_points_of_the_full_network_is_claimed_only_beyond_twice_the_se():
+    from benchmarks.erase_quality import within_word
+    full = {s: 0.95 for s in range(5)}
+    assert within_word(paired.verdict({s: 0.945 + 0.001 * s for s in range(5)}, full)) == "within"
+    assert within_word(paired.verdict({s: 0.90 + 0.001 * s for s in range(5)}, full)) == \
+        "NOT within"
+    assert within_word(paired.verdict({s: 0.95 + 0.04 * (-1) ** s for s in range(5)}, full)
+                       ).startswith("undecided")
