@@ -250,7 +250,8 @@ def run_tp(spec: Spec, s: Setting, target: float) -> tuple[nn.Module, str]:
     importance, iterative = options.pop("importance"), options.pop("iterative")
     model = s.model()
     warm, steps = s.phase() if iterative else (s.epochs // 2, 1)
-    s.fit(model, sgd(model), warm)
+    optimizer = sgd(model)
+    s.fit(model, optimizer, warm)
     model.eval()
     global_pruning = options.pop("global_pruning")
     pruner = peers.tp_pruner(tp, model, s.data[0][0][:1], target, importance, global_pruning,
@@ -258,7 +259,7 @@ def run_tp(spec: Spec, s: Setting, target: float) -> tuple[nn.Module, str]:
     epoch = warm
     for _ in range(steps):
         if iterative:                      # train an epoch of the pruning phase, then prune
-            s.fit(model, sgd(model), 1, first=epoch)
+            s.fit(model, optimizer, 1, first=epoch)
             epoch += 1
         if importance == "taylor":
             taylor_gradients(model, s, epoch)
@@ -267,7 +268,8 @@ def run_tp(spec: Spec, s: Setting, target: float) -> tuple[nn.Module, str]:
             warnings.simplefilter("ignore")
             pruner.step()
         model.zero_grad(set_to_none=True)
-    s.fit(model, sgd(model), s.epochs - epoch, first=epoch)
+        optimizer = sgd(model)             # the pruned parameters are new tensors
+    s.fit(model, optimizer, s.epochs - epoch, first=epoch)
     return model, f"{target:g} of the channels, {steps} step{'s' * (steps > 1)}"
 
 
