@@ -81,17 +81,20 @@ class Outcome:
     when: str = ""           # UTC time it finished
 
     def save(self) -> None:
-        """Keep it as ``results/<name>.json``, so a later partial run still lists it."""
-        (RESULTS_DIR / f"{self.script.name}.json").write_text(json.dumps(
+        """Keep it as ``results/<name>.run.json``, so a later partial run still lists it (the
+        benchmark's own data may be ``results/<name>.json``)."""
+        (RESULTS_DIR / f"{self.script.name}.run.json").write_text(json.dumps(
             dict(argv=self.argv, seconds=self.seconds, body=self.body, ok=self.ok, when=self.when),
             indent=1))
 
     @classmethod
     def load(cls, script: Script) -> Outcome | None:
-        path = RESULTS_DIR / f"{script.name}.json"
-        if not path.exists():
+        for path in (RESULTS_DIR / f"{script.name}.run.json", RESULTS_DIR / f"{script.name}.json"):
+            d = json.loads(path.read_text()) if path.exists() else {}
+            if {"argv", "seconds", "body", "ok"} <= set(d):   # the older place held only this
+                break
+        else:
             return None
-        d = json.loads(path.read_text())
         return cls(script, d["argv"], d["seconds"], d["body"], d["ok"], d.get("when", ""))
 
 

@@ -1,34 +1,43 @@
-"""Compression quality: test accuracy vs FLOPs kept on load_digits, otofx beside the peers.
+"""Compression quality: accuracy at equal FLOPs, each otofx method against each peer, paired seeds.
 
-One model (``examples/digits_resnet.py``, a narrow ResNet), one data set per task (``digits``:
-scikit-learn's load_digits; ``noisy-digits``: the same images shifted by up to a pixel and buried
-in Gaussian noise, a harder generated task for when digits saturates), the same total epochs and
-the same SGD (lr 0.05, momentum 0.9, batch 64) for every contestant:
+One model (``examples/digits_resnet.py``, a narrow ResNet), two tasks (``digits``: scikit-learn's
+load_digits; ``noisy-digits``: the same images shifted by up to a pixel and buried in Gaussian
+noise), the same total epochs, SGD (lr 0.05, momentum 0.9, batch 64), initialisation and batch
+order for every method at a seed. The methods are the rows of ``METHODS`` below:
 
-- dense: plain SGD, the reference accuracy (FLOPs kept 1.0);
-- otofx DHSPG, otofx HESSO (4 periods), and otofx H2SPG where otofx has it (operator erasing:
-  its target is the share of erasable structures): ``otofx.compress``; warm-up for the first
-  sixth of the steps, pruning over the next third, then the rest; measured on ``job.subnet()``;
-- only-train-once HESSO (its package, through ``benchmarks/peers.py``'s torch-compat shims), the
-  same schedule, measured on the model its ``construct_subnet`` writes;
-- torch-pruning: dense training for half the epochs, ``MagnitudePruner`` (L2 magnitude, the
-  classifier left alone) at ``pruning_ratio = target``, then fine-tuning for the other half.
+- otofx DHSPG and otofx HESSO (``otofx.compress``): warm-up for the first sixth of the steps,
+  pruning over the next third, training on for the rest; measured on ``job.subnet()``;
+- only-train-once HESSO (its package, ``benchmarks/peers.py``'s torch-compat shims), the same
+  schedule, measured on the model its ``construct_subnet`` writes;
+- torch-pruning 1.6 at its strongest documented setting: global, iterative pruning
+  (``BasePruner(global_pruning=True, iterative_steps=k)``): dense warm-up for the first sixth of
+  the epochs, then one pruning step after each of the next third's epochs (momentum restarts
+  after each), then fine-tuning for the rest, once with L2-magnitude and once with Taylor
+  importance (gradients of the loss on 4 training batches before each step);
+- torch-pruning's uniform one-shot L2 prune (every layer by the same share, half the epochs
+  dense, then fine-tuning), kept as the simplest baseline.
 
-Targets 0.3/0.5/0.7 (otofx and only-train-once: target group sparsity; torch-pruning: per-layer
-channel ratio), ``--seeds`` seeds (model init and batch order; the data split is fixed). FLOPs are
-counted with one counter (``otofx.flops.count_flops``) on every final model. A peer that is not
-installed, or cannot run here, becomes a row saying why.
+Every method runs a grid of targets chosen so its final models bracket 0.5, 0.3, 0.15 and 0.07
+of the dense FLOPs (one counter, ``otofx.flops.count_flops``, on every final model). Per seed,
+each method's accuracy at those FLOPs is interpolated linearly in log(FLOPs) between its two
+bracketing points (never extrapolated); each otofx method is then paired with each peer by seed:
+"beats"/"loses" only when the mean paired difference is more than twice its standard error.
 
-Run from the repository root: ``python -m benchmarks.compress_quality [--quick] [--out PATH]``.
+    python -m benchmarks.compress_quality [--quick] [--jobs N] [--out PATH.md]
+
+writes PATH.md, PATH.json (every run) and PATH.png (accuracy vs FLOPs).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
+import json
+import math
+import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,32 +52,107 @@ if __package__ in (None, ""):  # run as a file: make the `benchmarks` package im
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import otofx
-from benchmarks import peers
+from benchmarks import paired, peers
 from examples.digits_data import TASKS, accuracy, steps_per_epoch, train
 from examples.digits_resnet import DigitsResNet
 from otofx.flops import count_flops
 
 LR, MOMENTUM = 0.05, 0.9
-DENSE = "dense (SGD)"
-OTOFX_METHODS = ("otofx DHSPG", "otofx HESSO", "otofx H2SPG")
-OTO_NAME, TP_NAME = "only-train-once HESSO", "torch-pruning magnitude"
+LEVELS = (0.5, 0.3, 0.15, 0.07)          # FLOPs kept, as a share of the dense model's
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-@dataclass
-class Run:
-    """One trained and compressed model."""
+@dataclass(frozen=True)
+class Spec:
+    """One contestant: ``kind`` says who runs it ("otofx": ``otofx.<config>(**options)``;
+    "only-train-once"; "torch-pruning": ``peers.tp_pruner`` options plus ``iterative``);
+    ``targets`` is its grid of channel shares to remove (chosen so the final models bracket
+    ``LEVELS``)."""
 
-    accuracy: float
-    flops: float           # kept, as a share of the dense model's
-    params: float          # kept, as a share
-    wall: float            # seconds, training + analysis + compression
-    cpu: float             # process CPU seconds of the same
-    sparsity: str = ""
+    name: str
+    kind: str
+    targets: tuple[float, ...]
+    config: str = ""
+    options: dict = field(default_factory=dict)
+    peer: bool = True
 
+
+# ---- the methods: one line each; add a config option by editing its line ---------------------
+# Calibration (digits, seed 0, 12 epochs, before the issue-14 optimizers), target -> FLOPs kept:
+#   otofx DHSPG  .15 .787, .25 .643, .35 .534, .45 .388, .55 .195, .65 .132, .72 .094, .8 .066
+#   otofx HESSO  .15 .787, .25 .648, .35 .522, .45 .381, .55 .293, .65 .227, .72 .077, .8 .022
+#   oto HESSO    .15 .787, .25 .651, .35 .547, .45 .408, .55 .284, .65 .103, .72 .068, .8 .037
+#   tp L2 glob.  .15 .694, .25 .553, .35 .412, .45 .289, .55 .199, .65 .118, .72 .075, .8 .045
+#   tp Taylor    .15 .782, .25 .654, .35 .547, .45 .458, .55 .294, .65 .227, .72 .126, .8 .076
+#   tp uniform   about (1 - t)^2 (.3 .474, .5 .251, .7 .086)
+# A level a grid stops bracketing shows as n/a with the method's FLOPs range: widen that row.
+# (The first default run used 0.82 as the last target; otofx HESSO on noisy-digits then kept
+# 0.078 of the FLOPs at one seed, leaving 0.07 unbracketed there.)
+GLOBAL_GRID = (0.2, 0.38, 0.52, 0.63, 0.72, 0.85)
+METHODS: tuple[Spec, ...] = (
+    Spec("otofx DHSPG", "otofx", GLOBAL_GRID, "DHSPGConfig", {}, peer=False),
+    Spec("otofx HESSO", "otofx", GLOBAL_GRID, "HESSOConfig", {"pruning_periods": 4}, peer=False),
+    Spec("only-train-once HESSO", "only-train-once", GLOBAL_GRID, "", {"pruning_periods": 4}),
+    Spec("torch-pruning L2 global iterative", "torch-pruning", (0.2, 0.35, 0.48, 0.6, 0.7, 0.8),
+         "", {"importance": "l2", "global_pruning": True, "iterative": True}),
+    Spec("torch-pruning Taylor global iterative", "torch-pruning",
+         (0.3, 0.5, 0.62, 0.72, 0.8, 0.87), "",
+         {"importance": "taylor", "global_pruning": True, "iterative": True}),
+    Spec("torch-pruning L2 uniform one-shot", "torch-pruning", (0.22, 0.4, 0.55, 0.68, 0.76), "",
+         {"importance": "l2", "global_pruning": False, "iterative": False}),
+)
+QUICK_TARGETS = (0.25, 0.65)
+DENSE = "dense (SGD)"
+TAYLOR_BATCHES = 4
+
+
+class SpecError(ValueError):
+    """A row of ``METHODS`` that the installed packages cannot run as written."""
+
+
+def by_name() -> dict[str, Spec]:
+    return {s.name: s for s in METHODS}
+
+
+def check_spec(spec: Spec) -> None:
+    """Raise :class:`SpecError` naming the row and the option when ``spec`` cannot be built."""
+    where = f"benchmarks/compress_quality.py METHODS row {spec.name!r}"
+    if spec.kind == "otofx":
+        cls = getattr(otofx, spec.config, None)
+        if cls is None:
+            raise SpecError(f"{where}: the installed otofx ({otofx.__version__}, "
+                            f"{Path(otofx.__file__).parent}) has no {spec.config}; fix the row or "
+                            "install the otofx it was written for.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(spec.options) - known)
+        if unknown:
+            raise SpecError(f"{where}: otofx.{spec.config} of the installed otofx "
+                            f"({otofx.__version__}, {Path(otofx.__file__).parent}) has no option "
+                            f"{', '.join(unknown)}; it has {', '.join(sorted(known))}. Remove the "
+                            "option from the row or install the otofx that has it.")
+        try:
+            cls(**{**dict(lr=LR, momentum=MOMENTUM, target_group_sparsity=spec.targets[0],
+                          start_pruning_step=10, pruning_steps=100), **spec.options})
+        except Exception as exc:  # noqa: BLE001 - the config's own message, with the row named
+            raise SpecError(f"{where}: {peers.one_line(exc)}") from exc
+    elif spec.kind == "torch-pruning":
+        for key in ("importance", "global_pruning", "iterative"):
+            if key not in spec.options:
+                raise SpecError(f"{where}: torch-pruning rows need option {key!r}")
+        if spec.options["importance"] not in peers.TP_IMPORTANCES:
+            raise SpecError(f"{where}: importance must be one of {peers.TP_IMPORTANCES}")
+    elif spec.kind != "only-train-once":
+        raise SpecError(f"{where}: kind {spec.kind!r} is not otofx, only-train-once or "
+                        "torch-pruning")
+    if not spec.targets or not all(0 < t < 1 for t in spec.targets):
+        raise SpecError(f"{where}: targets must be shares in (0, 1), got {spec.targets}")
+
+
+# ---- one training run ------------------------------------------------------------------------
 
 @dataclass
 class Setting:
@@ -81,23 +165,30 @@ class Setting:
     def steps(self) -> int:
         return self.epochs * steps_per_epoch(self.data[0])
 
+    @property
+    def x(self) -> torch.Tensor:
+        return self.data[0][0][:2]
+
     def model(self) -> nn.Module:
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.seed)           # the same initialisation for every method
         return DigitsResNet()
 
     def fit(self, module: nn.Module, optimizer: Any, epochs: int, first: int = 0) -> None:
-        for epoch in range(first, first + epochs):
+        for epoch in range(first, first + epochs):   # the same batch order for every method
             train(module, optimizer, self.data[0], 1, seed=1000 * self.seed + epoch)
 
-
-Method = Callable[[Setting, float], tuple[nn.Module, str]]   # -> (final model, sparsity note)
+    def phase(self) -> tuple[int, int]:
+        """(warm-up epochs, pruning epochs): about a sixth, then a third of the run, ending at
+        half of it, where otofx's pruning phase (``schedule``) ends."""
+        warm = max(1, round(self.epochs / 6))
+        return warm, max(1, round(self.epochs / 2) - warm)
 
 
 def sgd(module: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(module.parameters(), lr=LR, momentum=MOMENTUM)
 
 
-def dense(s: Setting, target: float) -> tuple[nn.Module, str]:
+def run_dense(spec: Spec | None, s: Setting, target: float) -> tuple[nn.Module, str]:
     model = s.model()
     s.fit(model, sgd(model), s.epochs)
     return model, ""
@@ -107,166 +198,322 @@ def schedule(s: Setting) -> dict:
     return dict(start_pruning_step=s.steps // 6, pruning_steps=max(1, s.steps // 3))
 
 
-def otofx_method(name: str) -> Method:
-    def run(s: Setting, target: float) -> tuple[nn.Module, str]:
-        common = dict(lr=LR, momentum=MOMENTUM, **schedule(s))
-        if name == "otofx DHSPG":
-            config = otofx.DHSPGConfig(target_group_sparsity=target, **common)
-        elif name == "otofx HESSO":
-            config = otofx.HESSOConfig(target_group_sparsity=target, pruning_periods=4, **common)
-        else:
-            config = otofx.H2SPGConfig(target_group_sparsity=0.0, target_structure_sparsity=target,
-                                       **common)
-        job = otofx.compress(s.model(), config, (s.data[0][0][:2],))
-        s.fit(job.module, job.optimizer, s.epochs)
-        sp = job.optimizer.sparsity_report()
-        if "erased_structures" in sp:
-            count = lambda v: len(v) if isinstance(v, (list, tuple, set, dict)) else v  # noqa: E731
-            note = (f"{count(sp['erased_structures'])}/{count(sp['target_structures'])} of "
-                    f"{count(sp['erasable_structures'])} structures")
-        else:
-            note = f"{sp['zero_channels']}/{sp['target_channels']} of {sp['prunable_channels']}"
-        return job.subnet(), note
-    return run
+def run_otofx(spec: Spec, s: Setting, target: float) -> tuple[nn.Module, str]:
+    cls = getattr(otofx, spec.config)
+    config = cls(**{**dict(lr=LR, momentum=MOMENTUM, target_group_sparsity=target,
+                           **schedule(s)), **spec.options})
+    job = otofx.compress(s.model(), config, (s.x,))
+    s.fit(job.module, job.optimizer, s.epochs)
+    sp = job.optimizer.sparsity_report()
+    note = f"{sp.get('zero_channels', '?')}/{sp.get('target_channels', '?')} of " \
+           f"{sp.get('prunable_channels', '?')}"
+    return job.subnet(), note
 
 
-def oto_method(oto_cls: Any) -> Method:
-    def run(s: Setting, target: float) -> tuple[nn.Module, str]:
-        model = s.model()
-        graph = peers.oto_graph(oto_cls, model, s.data[0][0][:1])
-        with contextlib.redirect_stdout(io.StringIO()):
-            optimizer = peers.oto_on_cpu(graph.hesso(
-                variant="sgd", lr=LR, first_momentum=MOMENTUM, target_group_sparsity=target,
-                pruning_periods=4, **schedule(s)))
-        s.fit(model, optimizer, s.epochs)
-        note = (f"{optimizer.curr_num_zero_groups}/{optimizer.target_num_redundant_groups} of "
-                f"{optimizer.total_num_groups} groups")
-        with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph.construct_subnet(out_dir=out)
-            small = torch.load(graph.compressed_model_path, weights_only=False)
-        return small, note
-    return run
-
-
-def tp_method(tp: Any) -> Method:
-    def run(s: Setting, target: float) -> tuple[nn.Module, str]:
-        model = s.model()
-        half = s.epochs // 2
-        s.fit(model, sgd(model), half)
-        model.eval()
-        peers.tp_prune(tp, model, s.data[0][0][:1], target)
-        s.fit(model, sgd(model), s.epochs - half, first=half)
-        return model, f"ratio {target} per layer"
-    return run
-
-
-def methods(include: tuple[str, ...] | None = None) -> tuple[dict[str, Method], dict[str, str]]:
-    """The contestants that can run here, and a one-line reason for each that cannot."""
-    out: dict[str, Method] = {DENSE: dense}
-    skipped: dict[str, str] = {}
-    for name in OTOFX_METHODS:
-        if name == "otofx H2SPG" and not hasattr(otofx, "H2SPGConfig"):
-            skipped[name] = "not in this otofx version"
-            continue
-        out[name] = otofx_method(name)
+def run_oto(spec: Spec, s: Setting, target: float) -> tuple[nn.Module, str]:
     oto_cls, why = peers.load_oto()
     if oto_cls is None:
-        skipped[OTO_NAME] = f"not available: {why}"
-    else:
-        out[OTO_NAME] = oto_method(oto_cls)
+        raise RuntimeError(why)
+    model = s.model()
+    graph = peers.oto_graph(oto_cls, model, s.data[0][0][:1])
+    with contextlib.redirect_stdout(io.StringIO()):
+        optimizer = peers.oto_on_cpu(graph.hesso(
+            variant="sgd", lr=LR, first_momentum=MOMENTUM, target_group_sparsity=target,
+            **{**schedule(s), **spec.options}))
+    s.fit(model, optimizer, s.epochs)
+    note = (f"{optimizer.curr_num_zero_groups}/{optimizer.target_num_redundant_groups} of "
+            f"{optimizer.total_num_groups} groups")
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph.construct_subnet(out_dir=out)
+        small = torch.load(graph.compressed_model_path, weights_only=False)
+    return small, note
+
+
+def taylor_gradients(model: nn.Module, s: Setting, epoch: int) -> None:
+    """Gradients of the loss on ``TAYLOR_BATCHES`` training batches (eval mode, so the
+    batch-norm statistics stay as training left them), for Taylor importance."""
+    X, y = s.data[0]
+    gen = torch.Generator().manual_seed(7919 * s.seed + epoch)
+    idx = torch.randperm(len(X), generator=gen)[:64 * TAYLOR_BATCHES]
+    model.eval()
+    model.zero_grad()
+    for chunk in idx.split(64):
+        F.cross_entropy(model(X[chunk]), y[chunk]).backward()
+    model.train()
+
+
+def run_tp(spec: Spec, s: Setting, target: float) -> tuple[nn.Module, str]:
     tp, why = peers.load_torch_pruning()
     if tp is None:
-        skipped[TP_NAME] = f"not available: {why}"
-    else:
-        out[TP_NAME] = tp_method(tp)
-    if include is not None:
-        out = {k: v for k, v in out.items() if k == DENSE or k in include}
-        skipped = {k: v for k, v in skipped.items() if k in include}
-    return out, skipped
+        raise RuntimeError(why)
+    options = dict(spec.options)
+    importance, iterative = options.pop("importance"), options.pop("iterative")
+    model = s.model()
+    warm, steps = s.phase() if iterative else (s.epochs // 2, 1)
+    optimizer = sgd(model)
+    s.fit(model, optimizer, warm)
+    model.eval()
+    global_pruning = options.pop("global_pruning")
+    pruner = peers.tp_pruner(tp, model, s.data[0][0][:1], target, importance, global_pruning,
+                             steps, **options)
+    epoch = warm
+    for _ in range(steps):
+        if iterative:                      # train an epoch of the pruning phase, then prune
+            s.fit(model, optimizer, 1, first=epoch)
+            epoch += 1
+        if importance == "taylor":
+            taylor_gradients(model, s, epoch)
+        model.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pruner.step()
+        model.zero_grad(set_to_none=True)
+        optimizer = sgd(model)             # the pruned parameters are new tensors
+    s.fit(model, optimizer, s.epochs - epoch, first=epoch)
+    return model, f"{target:g} of the channels, {steps} step{'s' * (steps > 1)}"
 
 
-# ---- running --------------------------------------------------------------------------------
-
-@dataclass
-class Results:
-    """Runs by (task, method, target); a failure by the same key; dense runs under target 0."""
-
-    runs: dict[tuple[str, str, float], list[Run]] = field(default_factory=dict)
-    failures: dict[tuple[str, str, float], str] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
+RUNNERS: dict[str, Callable[[Spec, Setting, float], tuple[nn.Module, str]]] = {
+    "otofx": run_otofx, "only-train-once": run_oto, "torch-pruning": run_tp}
 
 
-def measure(method: Method, s: Setting, target: float, base: dict[str, float]) -> Run:
+def available(names: list[str] | None = None) -> tuple[list[Spec], dict[str, str]]:
+    """The rows of ``METHODS`` to run (all, or ``names``), and a reason for each that cannot
+    run here (a peer not installed). Raises :class:`SpecError` on a row the installed packages
+    cannot build and on an unknown name."""
+    table = by_name()
+    unknown = [n for n in names or [] if n not in table]
+    if unknown:
+        raise SpecError(f"unknown method(s) {unknown}: choose from {list(table)}")
+    chosen = [table[n] for n in names] if names else list(METHODS)
+    reasons = {}
+    loaders = {"only-train-once": peers.load_oto, "torch-pruning": peers.load_torch_pruning}
+    out = []
+    for spec in chosen:
+        check_spec(spec)
+        if spec.kind in loaders:
+            mod, why = loaders[spec.kind]()
+            if mod is None:
+                reasons[spec.name] = f"not available: {why}"
+                continue
+        out.append(spec)
+    return out, reasons
+
+
+def measure(name: str, s: Setting, target: float, base: dict) -> dict:
+    """One run as a record: accuracy, FLOPs and params kept, wall and CPU seconds (everything
+    the user waits for: analysis, training, compression), or the error."""
+    spec = by_name().get(name)
+    runner = run_dense if spec is None else RUNNERS[spec.kind]
+    record = dict(task=s.task, seed=s.seed, method=name, target=target)
     wall, cpu = time.perf_counter(), time.process_time()
-    model, note = method(s, target)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    x = s.data[0][0][:1]
-    params = sum(p.numel() for p in model.parameters())
-    return Run(accuracy(model, s.data[1]), count_flops(model, (x,)) / base["flops"],
-               params / base["params"], wall, cpu, note)
+    try:
+        model, note = runner(spec, s, target)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        x = s.data[0][0][:1]
+        record.update(accuracy=accuracy(model, s.data[1]), flops=count_flops(model, (x,))
+                      / base["flops"], params=sum(p.numel() for p in model.parameters())
+                      / base["params"], wall=wall, cpu=cpu, note=note)
+    except Exception as exc:  # noqa: BLE001 - a failing run is a row with its reason
+        record.update(error=peers.one_line(exc), wall=time.perf_counter() - wall)
+    return record
 
 
-def run_all(args: argparse.Namespace, contestants: dict[str, Method], results: Results) -> None:
-    ref = DigitsResNet()
-    x = torch.zeros(1, 1, 8, 8)
+def run_unit(task: str, seed: int, epochs: int, grid: list[tuple[str, float]], threads: int = 1
+             ) -> list[dict]:
+    """Every (method, target) of ``grid`` plus the dense run at one task and seed."""
+    torch.set_num_threads(threads)
+    data = TASKS[task]()
+    s = Setting(task, data, epochs, seed)
+    ref = s.model()
+    x = data[0][0][:1]
     base = {"flops": count_flops(ref, (x,)), "params": sum(p.numel() for p in ref.parameters())}
-    for task in args.tasks:
-        data = TASKS[task]()
-        for seed in range(args.seeds):
-            s = Setting(task, data, args.epochs, seed)
-            for name, method in contestants.items():
-                for target in ([0.0] if name == DENSE else args.targets):
-                    key = (task, name, target)
-                    if key in results.failures:
-                        continue
-                    start = time.perf_counter()
-                    try:
-                        run = measure(method, s, target, base)
-                    except Exception as exc:  # noqa: BLE001 - a failing contestant is a table cell
-                        results.failures[key] = f"failed: {peers.one_line(exc)}"
-                        continue
-                    results.runs.setdefault(key, []).append(run)
-                    print(f"  {task} seed {seed} {name} {target}: acc {run.accuracy:.3f}, FLOPs "
-                          f"{run.flops:.3f}, {time.perf_counter() - start:.1f} s", file=sys.stderr,
-                          flush=True)
+    records = []
+    for name, target in [(DENSE, 0.0)] + grid:
+        r = measure(name, s, target, base)
+        records.append(r)
+        what = f"error {r['error']}" if "error" in r else \
+            f"acc {r['accuracy']:.3f}, FLOPs {r['flops']:.3f}"
+        print(f"  {task} seed {seed} {name} {target:g}: {what}, {r['wall']:.1f} s",
+              file=sys.stderr, flush=True)
+    return records
 
 
-# ---- the report -----------------------------------------------------------------------------
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _unit(args: tuple) -> list[dict]:
+    return run_unit(*args)
 
 
-def pm(values: list[float], digits: int = 3) -> str:
-    m, sd = mean_sd(values)
-    return f"{m:.{digits}f} ± {sd:.{digits}f}"
+def run_all(args: argparse.Namespace, specs: list[Spec]) -> list[dict]:
+    grid = [(spec.name, t) for spec in specs for t in (args.targets or spec.targets)]
+    units = [(task, seed, args.epochs, grid, args.threads) for task in args.tasks
+             for seed in range(args.seeds)]
+    if args.jobs <= 1:
+        return [r for u in units for r in run_unit(*u)]
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+        return [r for rs in pool.map(_unit, units, chunksize=1) for r in rs]
 
 
-HEADERS = ["task", "method", "target", "test accuracy", "FLOPs kept", "params kept",
-           "zero / target", "n"]
+# ---- the analysis ----------------------------------------------------------------------------
+
+def levels_of(records: list[dict], task: str, method: str, seeds: list[int]
+              ) -> dict[float, tuple[dict[int, float | None], str]]:
+    """Per FLOPs level: the method's interpolated accuracy by seed, and why a seed has none."""
+    out = {}
+    for level in LEVELS:
+        by_seed, whys = {}, {}
+        for seed in seeds:
+            pts = [(r["flops"], r["accuracy"]) for r in records if r["task"] == task
+                   and r["method"] == method and r["seed"] == seed and "error" not in r]
+            value, why = paired.at_flops(pts, level)
+            by_seed[seed] = value
+            if why:
+                whys.setdefault(why.replace("outside its points (FLOPs ", "").rstrip(")"),
+                                []).append(seed)
+        out[level] = (by_seed, "; ".join(
+            f"seed{'s' * (len(s) > 1)} {', '.join(map(str, s))}: "
+            + (w if w == "no measured point" else f"points span FLOPs {w}")
+            for w, s in whys.items()))
+    return out
 
 
-def table_rows(results: Results, tasks: list[str], names: list[str], targets: list[float]
-               ) -> list[list[str]]:
-    """One row per (task, method, target) measured or failed, one per skipped method."""
+def verdicts(records: list[dict], tasks: list[str], specs: list[Spec], seeds: list[int]
+             ) -> list[dict]:
+    """One verdict per task, otofx method, peer and FLOPs level."""
+    out = []
+    mine = [s.name for s in specs if not s.peer]
+    theirs = [s.name for s in specs if s.peer]
+    for task in tasks:
+        at = {m: levels_of(records, task, m, seeds) for m in mine + theirs}
+        for m in mine:
+            for p in theirs:
+                for level in LEVELS:
+                    (a, why_a), (b, why_b) = at[m][level], at[p][level]
+                    v = paired.verdict(a, b, why_a, why_b)
+                    out.append(dict(task=task, method=m, peer=p, level=level, verdict=v.word,
+                                    mean=v.mean, se=v.se, n=len(v.diffs), cell=v.cell(),
+                                    method_acc=_mean(a), peer_acc=_mean(b)))
+    return out
+
+
+def _mean(values: dict[int, float | None]) -> float | None:
+    vals = [v for v in values.values() if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def summary_lines(table: list[dict], specs: list[Spec], tasks: list[str]) -> list[str]:
+    """Counts of beats/ties/losses/n/a per otofx method (and per peer), every loss named, and
+    the issue's target (tie or beat every peer at every FLOPs point on every task)."""
+    lines = []
+    for m in [s.name for s in specs if not s.peer]:
+        rows = [r for r in table if r["method"] == m]
+        if not rows:
+            continue
+        count = {w: sum(r["verdict"] == w for r in rows) for w in ("beats", "ties", "loses", "n/a")}
+        per_peer = []
+        for p in dict.fromkeys(r["peer"] for r in rows):
+            pr = [r for r in rows if r["peer"] == p]
+            per_peer.append(f"{p}: " + "/".join(str(sum(r["verdict"] == w for r in pr))
+                                                for w in ("beats", "ties", "loses", "n/a")))
+        met = count["loses"] == 0 and count["n/a"] == 0
+        lines.append(f"- **{m}**: beats {count['beats']}, ties {count['ties']}, loses "
+                     f"{count['loses']}, n/a {count['n/a']} of {len(rows)} comparisons "
+                     f"(beats/ties/loses/n/a by peer: {'; '.join(per_peer)}). Target (tie or "
+                     f"beat every peer at every FLOPs point on {', '.join(tasks)}): "
+                     + ("met." if met else f"MISSED ({count['loses']} lost, {count['n/a']} not "
+                                           "comparable at equal FLOPs)."))
+        for r in rows:
+            if r["verdict"] == "loses":
+                lines.append(f"  - loses to {r['peer']} on {r['task']} at {r['level']:g} of "
+                             f"the FLOPs: {100 * r['mean']:+.2f} ± {100 * r['se']:.2f} pt")
+    return lines or ["- no otofx method ran against a peer"]
+
+
+def point_rows(records: list[dict], tasks: list[str], names: list[str]) -> list[list[str]]:
+    """Each (task, method, target) measured: means over seeds, wall time over the dense run's."""
     rows = []
     for task in tasks:
+        dense_wall = {r["seed"]: r["wall"] for r in records if r["task"] == task
+                      and r["method"] == DENSE and "error" not in r}
         for name in names:
-            for target in ([0.0] if name == DENSE else targets):
-                key = (task, name, target)
-                target_cell = "—" if name == DENSE else f"{target:g}"
-                if key in results.failures:
-                    rows.append([task, name, target_cell, results.failures[key], "", "", "", "0"])
-                elif key in results.runs:
-                    runs = results.runs[key]
-                    rows.append([task, name, target_cell, pm([r.accuracy for r in runs]),
-                                 pm([r.flops for r in runs]), pm([r.params for r in runs]),
-                                 runs[-1].sparsity or "—", str(len(runs))])
-        for name, why in results.skipped.items():
-            rows.append([task, name, "all", f"skipped: {why}", "", "", "", "0"])
+            targets = sorted({r["target"] for r in records if r["task"] == task
+                              and r["method"] == name})
+            for t in targets:
+                rs = [r for r in records if r["task"] == task and r["method"] == name
+                      and r["target"] == t]
+                ok = [r for r in rs if "error" not in r]
+                errs = [r for r in rs if "error" in r]
+                cell_t = "—" if name == DENSE else f"{t:g}"
+                if not ok:
+                    rows.append([task, name, cell_t, f"failed: {errs[0]['error']}", "", "", "",
+                                 "", "0"])
+                    continue
+                ratio = [r["wall"] / dense_wall[r["seed"]] for r in ok if r["seed"] in dense_wall]
+                rows.append([task, name, cell_t, _pm([r["accuracy"] for r in ok]),
+                             _span([r["flops"] for r in ok]), _span([r["params"] for r in ok]),
+                             ok[-1].get("note") or "—",
+                             f"{statistics.median(ratio):.2f}x" if ratio else "—",
+                             f"{len(ok)}" + (f" ({len(errs)} failed: {errs[0]['error']})"
+                                             if errs else "")])
     return rows
+
+
+def level_rows(records: list[dict], tasks: list[str], names: list[str], seeds: list[int]
+               ) -> list[list[str]]:
+    """Each method's interpolated accuracy at each FLOPs level: mean ± SE over seeds."""
+    rows = []
+    for task in tasks:
+        dense = [r["accuracy"] for r in records if r["task"] == task and r["method"] == DENSE
+                 and "error" not in r]
+        rows.append([task, f"{DENSE} (FLOPs 1.0)", _pm_se(dense) if dense else "—"]
+                    + [""] * (len(LEVELS) - 1))
+        for name in names:
+            at = levels_of(records, task, name, seeds)
+            cells = []
+            for level in LEVELS:
+                by_seed, why = at[level]
+                vals = [v for v in by_seed.values() if v is not None]
+                cells.append((_pm_se(vals) + (f" (n={len(vals)})" if len(vals) < len(seeds)
+                                              else "")) if vals else f"n/a: {why}")
+            rows.append([task, name] + cells)
+    return rows
+
+
+def _pm(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+
+def _pm_se(values: list[float]) -> str:
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return f"{statistics.fmean(values):.3f} ± {se:.3f}"
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{statistics.fmean(values):.3f}" + (f" ({lo:.3f}-{hi:.3f})" if hi - lo > 5e-4
+                                                 else "")
+
+
+def wall_lines(records: list[dict], tasks: list[str], names: list[str]) -> list[str]:
+    """Median over runs of (the run's wall time / the dense run's at the same task and seed)."""
+    lines = []
+    for name in names:
+        ratios, cpu = [], []
+        for task in tasks:
+            dense = {r["seed"]: r for r in records if r["task"] == task and r["method"] == DENSE
+                     and "error" not in r}
+            for r in records:
+                if r["task"] == task and r["method"] == name and "error" not in r \
+                        and r["seed"] in dense:
+                    ratios.append(r["wall"] / dense[r["seed"]]["wall"])
+                    cpu.append(r["cpu"] / dense[r["seed"]]["cpu"])
+        if ratios:
+            lines.append(f"- {name}: {statistics.median(ratios):.2f}x the dense run's wall time "
+                         f"(median of {len(ratios)} runs, {min(ratios):.2f}-{max(ratios):.2f}); "
+                         f"CPU time {statistics.median(cpu):.2f}x")
+    return lines
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -274,183 +521,135 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def frontier(results: Results, task: str, name: str) -> list[tuple[float, float, float]]:
-    """(FLOPs kept, mean accuracy, accuracy sd) of ``name``'s targets plus the dense point."""
-    points = []
-    dense_runs = results.runs.get((task, DENSE, 0.0))
-    if dense_runs:
-        points.append((1.0, *mean_sd([r.accuracy for r in dense_runs])))
-    for (t, n, _), runs in results.runs.items():
-        if t == task and n == name:
-            points.append((statistics.fmean(r.flops for r in runs),
-                           *mean_sd([r.accuracy for r in runs])))
-    return sorted(points)
-
-
-def interpolate(points: list[tuple[float, float, float]], f: float) -> tuple[float, float] | None:
-    """Accuracy (and sd) of a frontier at FLOPs ``f`` by linear interpolation; None outside."""
-    for (f0, a0, s0), (f1, a1, s1) in zip(points, points[1:]):
-        if f0 <= f <= f1:
-            w = 0.0 if f1 == f0 else (f - f0) / (f1 - f0)
-            return a0 + w * (a1 - a0), s0 + w * (s1 - s0)
-    return None
-
-
-def versus(results: Results, task: str, name: str, target: float, peer: str
-           ) -> tuple[float, str]:
-    """(accuracy difference, cell): ``name`` at ``target`` against ``peer``'s frontier at the
-    same FLOPs; the difference is -inf where they cannot be compared at equal FLOPs."""
-    runs = results.runs[(task, name, target)]
-    acc, sd = mean_sd([r.accuracy for r in runs])
-    f = statistics.fmean(r.flops for r in runs)
-    points = frontier(results, task, peer)
-    at = interpolate(points, f)
-    if at is None:
-        lowest = points[0]
-        if acc >= lowest[1]:
-            return 0.0, (f"beats: fewer FLOPs than its smallest ({lowest[0]:.3f}) and accuracy "
-                         f"{acc - lowest[1]:+.3f}")
-        return float("-inf"), f"not comparable: its smallest model keeps {lowest[0]:.3f} of the FLOPs"
-    delta = acc - at[0]
-    word = "beats" if delta > 0 else "matches" if -delta <= max(sd, at[1]) else "LOSES"
-    return (delta if word != "LOSES" else delta - 1.0), f"{word} ({delta:+.3f} vs {at[0]:.3f})"
-
-
-def comparison(results: Results, tasks: list[str], targets: list[float]) -> tuple[str, list[str]]:
-    """A table of every otofx method against each peer at equal FLOPs, and one verdict line per
-    task and target for otofx's best method there (the one whose worst comparison is best)."""
-    peer_names = [n for n in (OTO_NAME, TP_NAME) if any(k[1] == n for k in results.runs)]
-    rows, lines = [], []
-    for task in tasks:
-        for target in targets:
-            scored = []
-            for name in OTOFX_METHODS:
-                if (task, name, target) not in results.runs:
-                    continue
-                runs = results.runs[(task, name, target)]
-                cells = [versus(results, task, name, target, peer) for peer in peer_names]
-                rows.append([task, f"{target:g}", name, f"{statistics.fmean(r.flops for r in runs):.3f}",
-                             pm([r.accuracy for r in runs])] + [c[1] for c in cells])
-                scored.append((min((c[0] for c in cells), default=0.0), name, cells))
-            if not scored:
-                lines.append(f"- {task}, target {target:g}: no otofx result")
-                continue
-            if not peer_names:
-                lines.append(f"- {task}, target {target:g}: no peer result to compare with")
-                continue
-            score, name, cells = max(scored, key=lambda t: t[0])
-            ok = score > float("-inf") and all("LOSES" not in c[1] for c in cells)
-            lines.append(f"- {task}, target {target:g}: best otofx is {name}: "
-                         + ("matches or beats every peer at equal FLOPs" if ok else "does NOT match "
-                            "every peer at equal FLOPs") + "; " + "; ".join(
-                                f"{peer}: {c[1]}" for peer, c in zip(peer_names, cells)))
-    headers = ["task", "target", "otofx method", "FLOPs kept", "test accuracy"] + [
-        f"vs {peer} at equal FLOPs" for peer in peer_names]
-    return markdown_table(headers, rows), lines
-
-
-def wall_time_lines(results: Results, tasks: list[str]) -> list[str]:
-    """Median over runs of otofx's whole run (analysis + training + shrink) / dense training."""
-    lines = []
-    for name in OTOFX_METHODS:
-        wall, cpu = [], []
-        for task in tasks:
-            dense_runs = results.runs.get((task, DENSE, 0.0), [])
-            if not dense_runs:
-                continue
-            d_wall = statistics.median(r.wall for r in dense_runs)
-            d_cpu = statistics.median(r.cpu for r in dense_runs)
-            for (t, n, _), runs in results.runs.items():
-                if t == task and n == name:
-                    wall += [r.wall / d_wall for r in runs]
-                    cpu += [r.cpu / d_cpu for r in runs]
-        if wall:
-            verdict = "meets" if statistics.median(wall) <= 1.1 else "MISSES"
-            lines.append(f"- {name}: whole compress run / dense training of the same length: wall "
-                         f"{statistics.median(wall):.2f}x (median of {len(wall)}, range "
-                         f"{min(wall):.2f}-{max(wall):.2f}), CPU time {statistics.median(cpu):.2f}x: "
-                         f"{verdict} the 1.1x target")
-    return lines
-
-
-def plot(results: Results, tasks: list[str], names: list[str], path: Path) -> None:
+def plot(records: list[dict], tasks: list[str], names: list[str], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.6), squeeze=False)
-    markers = dict(zip(names, "*osD^vx"))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 5), squeeze=False)
+    markers = "osD^vxP*"
     for ax, task in zip(axes[0], tasks):
-        for name in names:
-            if name == DENSE:
-                pts = frontier(results, task, "__none__")
-                if pts:
-                    ax.errorbar([1.0], [pts[0][1]], yerr=[pts[0][2]], fmt="k*", ms=12, label=DENSE)
-                continue
-            pts = frontier(results, task, name)
-            if len(pts) < 2 and results.runs.get((task, DENSE, 0.0)):
-                continue
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
-                        marker=markers.get(name, "o"), capsize=3, label=name)
-        ax.set(xlabel="FLOPs kept (share of the dense model)", ylabel="test accuracy",
-               title=f"{task}: accuracy vs FLOPs (mean ± sd over seeds)")
+        dense = [r["accuracy"] for r in records if r["task"] == task and r["method"] == DENSE
+                 and "error" not in r]
+        if dense:
+            ax.axhline(statistics.fmean(dense), color="k", ls="--", lw=1, label=DENSE)
+        for i, name in enumerate(names):
+            pts = []
+            for t in sorted({r["target"] for r in records if r["method"] == name}):
+                ok = [r for r in records if r["task"] == task and r["method"] == name
+                      and r["target"] == t and "error" not in r]
+                if ok:
+                    pts.append((statistics.fmean(r["flops"] for r in ok),
+                                statistics.fmean(r["accuracy"] for r in ok),
+                                statistics.stdev(r["accuracy"] for r in ok) if len(ok) > 1 else 0))
+            if pts:
+                pts.sort()
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                            marker=markers[i % len(markers)], capsize=3, label=name,
+                            ls="-" if not by_name()[name].peer else ":")
+        for level in LEVELS:
+            ax.axvline(level, color="grey", lw=0.6, alpha=0.5)
+        ax.set_xscale("log")
+        ax.set_xticks([0.02, 0.03] + sorted(LEVELS) + [1.0])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set(xlabel="FLOPs kept (share of the dense model, log scale)", ylabel="test accuracy",
+               title=f"{task}: accuracy vs FLOPs (mean ± sd over seeds per target)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def machine_line(args: argparse.Namespace) -> str:
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-            f"load average {load}; torch {torch.__version__}, torch threads "
-            f"{torch.get_num_threads()}; Python {platform.python_version()}; tasks "
-            f"{', '.join(args.tasks)}; {args.epochs} epochs, seeds {args.seeds}, targets "
-            f"{', '.join(f'{t:g}' for t in args.targets)}")
-
-
-def report(results: Results, args: argparse.Namespace, names: list[str], plot_path: Path) -> str:
-    table = markdown_table(HEADERS, table_rows(results, args.tasks, names, args.targets))
+def report(records: list[dict], table: list[dict], args: argparse.Namespace, specs: list[Spec],
+           skipped: dict[str, str], start: dict, end: dict, seconds: float, plot_path: Path
+           ) -> str:
+    names = [s.name for s in specs]
+    seeds = list(range(args.seeds))
+    verdict_rows = [[r["task"], r["method"], r["peer"], f"{r['level']:g}",
+                     "—" if r["method_acc"] is None else f"{r['method_acc']:.3f}",
+                     "—" if r["peer_acc"] is None else f"{r['peer_acc']:.3f}", r["cell"]]
+                    for r in table]
+    grids = "; ".join(f"{s.name} {', '.join(f'{t:g}' for t in (args.targets or s.targets))}"
+                      for s in specs)
     rel = os.path.relpath(plot_path, args.out.parent) if args.out else str(plot_path)
-    versus_table, verdict_lines = comparison(results, args.tasks, args.targets)
-    return "\n\n".join([
-        table,
-        "Accuracy: top-1 on the fixed test split (397 images) of the final (compressed) model; "
-        "FLOPs / params kept: of the final model vs the dense one (one counter for all); mean ± "
-        "sample standard deviation over seeds.",
-        "Against the peers at equal FLOPs: each peer's accuracy at the otofx model's FLOPs is "
-        "interpolated linearly on the peer's frontier (its three targets, the dense model being "
-        "its 1.0 point); 'matches' means within one standard deviation; the cell shows otofx's "
-        "accuracy minus the peer's.\n\n" + versus_table + "\n\n" + "\n".join(verdict_lines),
-        "Wall time (target: at most 1.1x):\n" + "\n".join(wall_time_lines(results, args.tasks)),
-        f"![accuracy vs FLOPs]({rel})",
-    ])
+    skipped_lines = [f"- {n}: {why}" for n, why in skipped.items()]
+    parts = [
+        paired.stamp_line(start, end),
+        f"Settings: tasks {', '.join(args.tasks)}; {args.epochs} epochs; seeds 0-{args.seeds - 1} "
+        f"(paired: the same initialisation and batch order for every method at a seed); "
+        f"{'quick size; ' if args.quick else ''}jobs {args.jobs}, torch threads {args.threads} "
+        f"per job; total {seconds:.0f} s. Target grids (share of the channels): {grids}.",
+        "### Summary (generated from the verdicts below)",
+        "\n".join(summary_lines(table, specs, args.tasks)),
+        "### Verdicts: each otofx method against each peer at equal FLOPs",
+        "Accuracy at a FLOPs level is interpolated per seed, linearly in log(FLOPs) between the "
+        "method's two measured points that bracket the level (no extrapolation: a level outside "
+        "a method's points is n/a with the reason). The paired difference is otofx minus peer, "
+        "in accuracy points, mean ± standard error over seeds; 'beats' / 'loses' only when the "
+        "mean is more than twice its standard error, otherwise 'ties'.",
+        markdown_table(["task", "otofx method", "peer", "FLOPs", "otofx acc", "peer acc",
+                        "verdict: paired difference"], verdict_rows)
+        if verdict_rows else "(no otofx method and peer both ran)",
+        "### Accuracy at each FLOPs level (mean ± SE over seeds, interpolated as above)",
+        markdown_table(["task", "method"] + [f"FLOPs {lv:g}" for lv in LEVELS],
+                       level_rows(records, args.tasks, names, seeds)),
+        "### Every measured point",
+        "Accuracy: top-1 on the fixed test split (397 images) of the final (compressed) model, "
+        "mean ± sd over seeds; FLOPs / params kept: mean (range over seeds) of the final model "
+        "against the dense one; wall: median over seeds of the run's wall time (analysis, "
+        "training, compression: everything the user waits for) over the dense run's at the same "
+        "seed.",
+        markdown_table(["task", "method", "target", "test accuracy", "FLOPs kept", "params kept",
+                        "note", "wall / dense", "n"],
+                       point_rows(records, args.tasks, [DENSE] + names)),
+        "### Wall time the user waits, over a dense run of the same length",
+        "\n".join(wall_lines(records, args.tasks, names)) + (
+            "\n\n(Runs in parallel jobs share the machine: ratios are noisier.)"
+            if args.jobs > 1 else ""),
+    ]
+    if skipped_lines:
+        parts += ["### Not run", "\n".join(skipped_lines)]
+    parts.append(f"![accuracy vs FLOPs]({rel})")
+    return "\n\n".join(parts)
 
+
+# ---- the command line ------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 6 epochs")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 seeds, 2 targets, 4 epochs (a minute or two)")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"of {', '.join(TASKS)}")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds (default 3, --quick 2)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 12, --quick 6)")
-    parser.add_argument("--targets", default="0.3,0.5,0.7")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds (default 5, --quick 2)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 10, --quick 4)")
+    parser.add_argument("--targets", default=None,
+                        help="one grid for every method instead of each row's own")
     parser.add_argument("--methods", default=None,
-                        help="comma-separated contestants (default: all); dense always runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+                        help=f"comma-separated rows of METHODS (default all): "
+                             f"{', '.join(s.name for s in METHODS)}; dense always runs")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes over (task, seed), one torch thread each")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--plot", type=Path, default=None,
-                        help="where the figure goes (default: next to --out, as .png; without "
-                             "--out benchmarks/results/compress_quality.png)")
-    parser.add_argument("--out", type=Path, help="also write the markdown report here")
+                        help="the figure (default: next to --out as .png)")
+    parser.add_argument("--out", type=Path, help="write the markdown here, and the .json beside")
     args = parser.parse_args(argv)
     args.tasks = args.tasks.split(",")
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         parser.error(f"unknown task(s) {unknown}: choose from {list(TASKS)}")
-    args.targets = [float(t) for t in args.targets.split(",")]
-    args.seeds = args.seeds or (2 if args.quick else 3)
-    args.epochs = args.epochs or (6 if args.quick else 12)
+    if args.targets:
+        args.targets = tuple(float(t) for t in args.targets.split(","))
+    elif args.quick:
+        args.targets = QUICK_TARGETS
+    args.seeds = args.seeds or (2 if args.quick else 5)
+    args.epochs = args.epochs or (4 if args.quick else 10)
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     if args.plot is None:
         args.plot = args.out.with_suffix(".png") if args.out else RESULTS / "compress_quality.png"
     return args
@@ -458,23 +657,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.manual_seed(0)
+    try:
+        specs, skipped = available(args.methods.split(",") if args.methods else None)
+    except SpecError as exc:
+        print(f"compress_quality: {exc}", file=sys.stderr)
+        return 2
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    header = machine_line(args)
-    print(header, flush=True)
-    include = tuple(args.methods.split(",")) if args.methods else None
-    contestants, skipped = methods(include)
-    results = Results(skipped=skipped)
-    start = time.perf_counter()
-    run_all(args, contestants, results)
-    names = list(contestants) + [n for n in skipped if n not in contestants]
-    plot(results, args.tasks, list(contestants), args.plot)
-    body = report(results, args, names, args.plot)
-    body += f"\n\nTotal benchmark time {time.perf_counter() - start:.0f} s."
+    start, t0 = paired.stamp(), time.perf_counter()
+    print(paired.stamp_line(start), flush=True)
+    try:
+        records = run_all(args, specs)
+    finally:
+        torch.set_num_threads(threads)
+    seconds, end = time.perf_counter() - t0, paired.stamp()
+    table = verdicts(records, args.tasks, specs, list(range(args.seeds)))
+    plot(records, args.tasks, [s.name for s in specs], args.plot)
+    body = report(records, table, args, specs, skipped, start, end, seconds, args.plot)
     print("\n" + body)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"{header}\n\n{body}\n")
+        args.out.write_text(body + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(dict(
+            stamp=start, stamp_end=end, seconds=seconds,
+            settings=dict(tasks=args.tasks, seeds=args.seeds, epochs=args.epochs,
+                          jobs=args.jobs, quick=args.quick, levels=LEVELS,
+                          methods=[dataclasses.asdict(s) for s in specs]
+                          if args.targets is None else
+                          [{**dataclasses.asdict(s), "targets": args.targets} for s in specs]),
+            skipped=skipped, runs=records, verdicts=table), indent=1, default=str))
     return 0
 
 

@@ -97,6 +97,31 @@ def tp_prune(tp: Any, model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Mod
     return model
 
 
+TP_IMPORTANCES = ("l2", "taylor")
+
+
+def tp_pruner(tp: Any, model: nn.Module, x: torch.Tensor, ratio: float, importance: str,
+              global_pruning: bool, iterative_steps: int, **options: Any) -> Any:
+    """torch-pruning 1.6's ``BasePruner`` over ``model`` (the classifier left alone) reaching
+    ``ratio`` of the channels after ``iterative_steps`` calls of ``step()`` (linear schedule).
+
+    ``importance``: ``"l2"`` (``MagnitudeImportance(p=2)``) or ``"taylor"``
+    (``TaylorImportance()``, which reads ``.grad``: back-propagate a loss before each step).
+    ``global_pruning`` ranks every group together; ``options`` go to ``BasePruner`` as they are
+    (``max_pruning_ratio``, ``round_to``, ...)."""
+    if importance not in TP_IMPORTANCES:
+        raise ValueError(f"torch-pruning importance {importance!r}: choose from {TP_IMPORTANCES}")
+    imp = (tp.importance.MagnitudeImportance(p=2) if importance == "l2"
+           else tp.importance.TaylorImportance())
+    heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tp.pruner.BasePruner(
+            model, x, importance=imp, global_pruning=global_pruning, pruning_ratio=ratio,
+            iterative_steps=iterative_steps, ignored_layers=classifier_layers(model),
+            num_heads=heads, **options)
+
+
 @contextlib.contextmanager
 def _cuda_is_identity() -> Any:
     """``Tensor.cuda()`` returns the tensor itself while inside (only where CUDA is missing)."""

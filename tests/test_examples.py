@@ -1,5 +1,5 @@
-"""The main job (examples/compress_digits.py) in its quick size, and the benchmark runner and
-compress_quality's table builder (a missing peer is a row with a reason, never a crash)."""
+"""The main job (examples/compress_digits.py) in its quick size, and the benchmark runner
+(compress_quality's own harness: tests/test_bench_quality.py)."""
 
 import re
 import sys
@@ -12,8 +12,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import __main__ as runner  # noqa: E402
-from benchmarks import compress_quality as cq  # noqa: E402
-from benchmarks import peers  # noqa: E402
 from examples import compress_digits  # noqa: E402
 from examples.digits_data import digits  # noqa: E402
 from examples.digits_resnet import DigitsResNet  # noqa: E402
@@ -69,51 +67,6 @@ def accuracy_of(module, data):
     return (module(X).argmax(1) == y).float().mean().item()
 
 
-def missing_peers(monkeypatch):
-    monkeypatch.setattr(peers, "load_oto", lambda: (None, "not installed (test)"))
-    monkeypatch.setattr(peers, "load_torch_pruning",
-                        lambda: (None, "ModuleNotFoundError: No module named 'torch_pruning'"))
-
-
-def test_compress_quality_skips_a_missing_peer_with_its_reason(monkeypatch, tmp_path, capsys):
-    missing_peers(monkeypatch)
-    contestants, skipped = cq.methods()
-    assert cq.OTO_NAME not in contestants and cq.TP_NAME not in contestants
-    assert skipped[cq.OTO_NAME] == "not available: not installed (test)"
-    md, png = tmp_path / "q.md", tmp_path / "q.png"
-    assert cq.main(["--tasks", "digits", "--seeds", "1", "--epochs", "1", "--targets", "0.5",
-                    "--methods", f"otofx DHSPG,{cq.OTO_NAME},{cq.TP_NAME}",
-                    "--plot", str(png), "--out", str(md)]) == 0
-    text = md.read_text()
-    rows = {r.split(" | ")[1]: r for r in text.splitlines() if r.startswith("| digits |")}
-    assert "skipped: not available: not installed (test)" in rows[cq.OTO_NAME]
-    assert "skipped: not available: ModuleNotFoundError" in rows[cq.TP_NAME]
-    assert "128/128 of 256" in rows["otofx DHSPG"]                  # the target is reached exactly
-    assert "no peer result to compare with" in text
-    assert png.read_bytes()[:4] == b"\x89PNG"
-
-
-def test_a_failing_contestant_is_a_row_not_a_crash(monkeypatch):
-    missing_peers(monkeypatch)
-
-    def broken(s, target):
-        raise RuntimeError("boom\nsecond line")
-
-    args = cq.parse_args(["--tasks", "digits", "--seeds", "1", "--epochs", "1", "--targets", "0.5"])
-    results = cq.Results()
-    cq.run_all(args, {"broken": broken}, results)
-    rows = cq.table_rows(results, ["digits"], ["broken"], [0.5])
-    assert rows == [["digits", "broken", "0.5", "failed: RuntimeError: boom", "", "", "", "0"]]
-
-
-def test_interpolation_on_a_frontier():
-    pts = [(0.2, 0.8, 0.01), (0.6, 0.9, 0.03), (1.0, 1.0, 0.0)]
-    assert cq.interpolate(pts, 0.6) == (0.9, 0.03)
-    acc, sd = cq.interpolate(pts, 0.4)
-    assert acc == pytest.approx(0.85) and sd == pytest.approx(0.02)
-    assert cq.interpolate(pts, 0.1) is None
-
-
 def test_runner_discovers_every_benchmark_and_builds_its_commands():
     scripts = {s.name: s for s in runner.discover()}
     assert {"analysis_speed", "optimizer_overhead", "compress_quality"} <= set(scripts)
@@ -134,3 +87,17 @@ def test_runner_report_says_which_benchmark_failed_and_fixes_links(tmp_path):
     assert "| [other](#other) | Other. | FAILED | default | 1 s |" in text
     assert "Reproduce: `python -m benchmarks.fake_bench`" in text
     assert "Versions: Python" in text and "torch " in text
+
+
+def test_runner_keeps_its_outcome_apart_from_the_benchmarks_own_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "RESULTS_DIR", tmp_path)
+    script = runner.Script("fake_bench", "A fake benchmark.", {"--out"})
+    (tmp_path / "fake_bench.json").write_text('{"runs": [1, 2]}')          # the benchmark's data
+    assert runner.Outcome.load(script) is None
+    runner.Outcome(script, ["python", "-m", "benchmarks.fake_bench"], 3.0, "body", True).save()
+    assert (tmp_path / "fake_bench.json").read_text() == '{"runs": [1, 2]}'
+    assert runner.Outcome.load(script).body == "body"
+    (tmp_path / "fake_bench.run.json").unlink()                               # an older results dir
+    (tmp_path / "fake_bench.json").write_text(
+        '{"argv": ["python"], "seconds": 1.0, "body": "old", "ok": true}')
+    assert runner.Outcome.load(script).body == "old"
