@@ -17,6 +17,11 @@ order for every method at a seed. The methods are the rows of ``METHODS`` below:
 - torch-pruning's uniform one-shot L2 prune (every layer by the same share, half the epochs
   dense, then fine-tuning), kept as the simplest baseline.
 
+Every final model (the dense one too) gets its batch-norm statistics recomputed over the first
+``CALIBRATION_BATCHES`` training batches (``otofx.recalibrate_batchnorm``) before it is
+measured, the same for every method: statistics that lag behind the last steps' weights add
+seed noise that hides differences between methods.
+
 Every method runs a grid of targets chosen so its final models bracket 0.5, 0.3, 0.15 and 0.07
 of the dense FLOPs (one counter, ``otofx.flops.count_flops``, on every final model). Per seed,
 each method's accuracy at those FLOPs is interpolated linearly in log(FLOPs) between its two
@@ -106,6 +111,7 @@ METHODS: tuple[Spec, ...] = (
          {"importance": "l2", "global_pruning": False, "iterative": False}),
 )
 QUICK_TARGETS = (0.25, 0.65)
+CALIBRATION_BATCHES = 8
 DENSE = "dense (SGD)"
 TAYLOR_BATCHES = 4
 
@@ -312,7 +318,9 @@ def measure(name: str, s: Setting, target: float, base: dict) -> dict:
     try:
         model, note = runner(spec, s, target)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        x = s.data[0][0][:1]
+        X = s.data[0][0]
+        otofx.recalibrate_batchnorm(model, [X[i:i + 64] for i in range(0, 64 * CALIBRATION_BATCHES, 64)])
+        x = X[:1]
         record.update(accuracy=accuracy(model, s.data[1]), flops=count_flops(model, (x,))
                       / base["flops"], params=sum(p.numel() for p in model.parameters())
                       / base["params"], wall=wall, cpu=cpu, note=note)
@@ -586,6 +594,8 @@ def report(records: list[dict], table: list[dict], args: argparse.Namespace, spe
         "### Summary (generated from the verdicts below)",
         "\n".join(summary_lines(table, specs, args.tasks)),
         "### Verdicts: each otofx method against each peer at equal FLOPs",
+        f"Every final model's batch-norm statistics are recomputed over the first "
+        f"{CALIBRATION_BATCHES} training batches before it is measured, the same for every method. "
         "Accuracy at a FLOPs level is interpolated per seed, linearly in log(FLOPs) between the "
         "method's two measured points that bracket the level (no extrapolation: a level outside "
         "a method's points is n/a with the reason). The paired difference is otofx minus peer, "

@@ -14,6 +14,10 @@ stack) on load_digits (fixed split), every target share of erasable structures a
   would disconnect an output, as H2SPG does) up to the same count as H2SPG's target; their
   parameters zeroed, ``otofx.shrink``, then fine-tuning (fresh SGD) for the other half.
 
+All three have their batch-norm statistics recomputed over the first ``CALIBRATION_BATCHES``
+training batches (``otofx.recalibrate_batchnorm``) before they are measured: the DARTS-style
+super-network's eval accuracy swings by tens of points between epochs otherwise, dense too.
+
 Paired by seed: H2SPG minus full (target: within 2 points at half the structures erased) and
 H2SPG minus the baseline ("beats"/"loses" only beyond twice the standard error).
 
@@ -47,6 +51,7 @@ from otofx.h2spg import select_structures  # noqa: E402
 
 LR, MOMENTUM = 0.05, 0.9
 WITHIN = 0.02          # H2SPG's subnet within 2 points of the full super-network
+CALIBRATION_BATCHES = 8   # batch-norm statistics recomputed over these (every network alike)
 
 
 def sgd(module: torch.nn.Module) -> torch.optim.Optimizer:
@@ -102,6 +107,8 @@ def run_seed(net: str, target: float, seed: int, epochs: int, width: int, data: 
     snapshot = copy.deepcopy(full)
     t = time.perf_counter()
     fit(full, opt, train_set, seed, half, epochs - half)
+    calibration = [train_set[0][i:i + 64] for i in range(0, 64 * CALIBRATION_BATCHES, 64)]
+    otofx.recalibrate_batchnorm(full, calibration)
     out["full"] = dict(accuracy=accuracy(full, test_set), flops=count_flops(full, (x[:1],)),
                        params=sum(p.numel() for p in full.parameters()),
                        wall=warm + time.perf_counter() - t)
@@ -109,6 +116,7 @@ def run_seed(net: str, target: float, seed: int, epochs: int, width: int, data: 
     t = time.perf_counter()
     small, erased, n = norm_erase(snapshot, x, target)
     fit(small, sgd(small), train_set, seed, half, epochs - half)
+    otofx.recalibrate_batchnorm(small, calibration)
     out["baseline"] = dict(accuracy=accuracy(small, test_set), flops=count_flops(small, (x[:1],)),
                            params=sum(p.numel() for p in small.parameters()), erased=erased,
                            erasable=n, wall=warm + time.perf_counter() - t)
@@ -122,6 +130,7 @@ def run_seed(net: str, target: float, seed: int, epochs: int, width: int, data: 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit(job.module, job.optimizer, train_set, seed, 0, epochs)
+    otofx.recalibrate_batchnorm(job.module, calibration)
     small = job.subnet()
     sp = job.optimizer.sparsity_report()
     out["h2spg"] = dict(accuracy=accuracy(small, test_set), flops=count_flops(small, (x[:1],)),
