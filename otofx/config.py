@@ -103,7 +103,9 @@ class DHSPGConfig(_BaseConfig):
     linearly to zero by the phase's end, so the target is met exactly; the report counts what
     each mechanism zeroed. ``pull="reference"`` is OTOv2's lambda alone.
 
-    Defaults by measurement (DigitsResNet, 12 epochs, test accuracy of the subnet): the scheduled
+    Defaults by measurement (DigitsResNet, 12 epochs, test accuracy of the subnet; measured
+    while the scheduled pull still scaled every candidate by its group's median norm, before the
+    deadlines were spread by rank; ``benchmarks/RESULTS.md`` measures the final code): the scheduled
     pull against OTOv2's alone, load_digits target 0.5: 0.987 (the projection zeroed all 128
     channels) against 0.970 (it zeroed none; the fallback all 128). On noisy-digits (5 paired
     seeds, uniform allocation): ``partition="saliency"`` 0.711 / 0.667 at targets 0.5 / 0.75

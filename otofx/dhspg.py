@@ -8,9 +8,12 @@ of the pruning phase, for each candidate ``g`` (``x^ = x - lr d`` being the base
 
 1. **Pull**: ``x^_g -= lr * lambda_g * x_g / ||x_g||`` with OTOv2's adaptive ``lambda_g``
    (ALGORITHMS.md, step 3). With ``pull="scheduled"`` (default) ``lambda_g`` is at least
-   ``kappa * rho_g / lr``: ``rho_g`` is the median norm of ``g``'s group at the partition, and
-   ``kappa`` (the share of that norm removed per step) starts where a median channel would
-   reach zero at ``fallback_start`` of the phase and rises (falls) by a factor ``1 + gamma``
+   ``kappa * rho_g / lr``, where ``rho_g = ||x_g|| / T_g`` at the partition: alone, candidate
+   ``g`` would reach zero at step ``T_g`` of the phase, the deadlines spread evenly up to
+   ``fallback_start`` in score order (the most redundant first), so channels cross one after
+   another rather than together (at initialisation every channel's norm is about its
+   BatchNorm gamma, 1: pulls in proportion to the norm alone zeroed all 128 channels of the
+   demo within two steps). ``kappa`` starts at 1 and rises (falls) by a factor ``1 + gamma``
    every step the projected count is behind (ahead of) a linear ramp to the target at
    ``fallback_start``. The reference lambda alone moves a channel by at most
    ``lr * lmbda * hat_lmbda_coeff`` per step (5e-4 at lr 0.05, SGD), far too little to zero a
@@ -20,7 +23,7 @@ of the pruning phase, for each candidate ``g`` (``x^ = x - lr d`` being the base
    crossings first, each group within its limit). Once the target count is zero, the other
    candidates are released and train as usual.
 3. **Fallback** (from ``fallback_start`` of the phase, if the projection is short): the fewest
-   candidates needed (smallest norm relative to ``rho``) keep being pulled with their norm
+   candidates needed (smallest norm relative to their norm at the partition) keep being pulled with their norm
    capped at its value at ``fallback_start`` times the share of the phase still to go, so they
    reach exactly zero at the phase's last step; the other candidates are released. A fallback
    that has to take more than half the target warns once. ``fallback_start=None``: no
@@ -55,17 +58,17 @@ class Plan:
     candidates: torch.Tensor
     goal: int
     limit: torch.Tensor | None = None
+    rank: torch.Tensor | None = None      # per channel: 0 for the most redundant candidate
 
 
-def group_scale(v: GroupedViews, norms: torch.Tensor) -> torch.Tensor:
-    """Per channel, the median of its group's channel ``norms`` (a positive group median;
-    otherwise the channel's own norm, or 1 where that is zero too)."""
-    rho = torch.empty_like(norms)
-    offsets = v.offsets.tolist()
-    for lo, hi in zip(offsets[:-1], offsets[1:]):
-        rho[lo:hi] = norms[lo:hi].median()
-    rho = torch.where(rho > 0, rho, norms)
-    return torch.where(rho > 0, rho, torch.ones_like(rho))
+def rank_among(score: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Per channel, its place among ``candidates`` by ``score`` (0: the highest); the others
+    get ``candidates.sum()``."""
+    idx = torch.nonzero(candidates).view(-1)
+    order = idx[torch.argsort(score[idx], descending=True, stable=True)]
+    rank = torch.full(candidates.shape, len(idx), dtype=torch.float64)
+    rank[order] = torch.arange(len(idx), dtype=torch.float64)
+    return rank
 
 
 class DHSPG(GroupSparsityOptimizer):
@@ -103,14 +106,14 @@ class DHSPG(GroupSparsityOptimizer):
         tol = cfg.tolerance_group_sparsity
         if tol == 0 or cfg.group_divisible > 1:
             # the projection may zero only the chosen channels: every group's count is kept
-            return Plan(chosen, int(chosen.sum()), per_group)
+            return Plan(chosen, int(chosen.sum()), per_group, rank_among(score, chosen))
         wide = min(self.target / max(int(available.sum()), 1) + tol, 0.999)
         candidates = choose_within(score, target_count(int(available.sum()), wide), v.group_of,
                                    v.sizes, available, already, cfg.allocation) | chosen
         limit = per_group if cfg.allocation == "uniform" else torch.maximum(
             per_group, group_limits(v.sizes, self.target / max(v.num_channels, 1),
                                     cfg.allocation))
-        return Plan(candidates, int(chosen.sum()), limit)
+        return Plan(candidates, int(chosen.sum()), limit, rank_among(score, candidates))
 
     def _prune(self, directions, step):
         return [self._half_space(self.views, self.otofx_state, self._partition, directions, step)]
@@ -128,8 +131,9 @@ class DHSPG(GroupSparsityOptimizer):
             norms = v.products(directions)[0].sqrt()      # taken by the partition's scores
             st.update(redundant=plan.candidates, goal=plan.goal, limit=plan.limit,
                       released=torch.zeros_like(plan.candidates),
-                      by=torch.zeros(v.num_channels, dtype=torch.int8),
-                      rho=group_scale(v, norms), kappa=self._kappa_start(), fallback=None)
+                      by=torch.zeros(v.num_channels, dtype=torch.int8), start_norm=norms,
+                      rho=norms / self._deadlines(plan).to(norms.device),
+                      kappa=self._kappa_start(), fallback=None)
         if "fallback" in st and st["fallback"] is None and self._fallback_due(phase):
             self._start_fallback(v, st, directions)
         pulled = st["redundant"] & ~st["pruned"] & ~st["released"]
@@ -174,9 +178,16 @@ class DHSPG(GroupSparsityOptimizer):
         frac = self.config.fallback_start if self.config.fallback_start is not None else 1.0
         return max(1.0, frac * self.config.pruning_steps)
 
+    def _deadlines(self, plan: Plan) -> torch.Tensor:
+        """Per channel, the step of the phase by which its pull alone would zero it: spread
+        evenly over the ramp in the plan's rank order (at least one step)."""
+        rank = plan.rank if plan.rank is not None else torch.zeros(len(plan.candidates),
+                                                                   dtype=torch.float64)
+        return (self._ramp_end() * (rank + 1) / max(plan.goal, 1)).clamp_min(1.0)
+
     def _kappa_start(self) -> float:
-        """A median channel, pulled alone, reaches zero at the ramp's end."""
-        return 0.0 if self.config.pull == "reference" else 1.0 / self._ramp_end()
+        """Each candidate, pulled alone, reaches zero at its deadline."""
+        return 0.0 if self.config.pull == "reference" else 1.0
 
     def _gamma(self) -> float:
         """Per-step factor of the pull's controller: it can double in a tenth of the phase."""
@@ -227,12 +238,13 @@ class DHSPG(GroupSparsityOptimizer):
             math.ceil(cfg.fallback_start * cfg.pruning_steps), cfg.pruning_steps - 1)
 
     def _start_fallback(self, v: GroupedViews, st: dict, directions) -> None:
-        """Take the fewest candidates still needed, the smallest relative to ``rho``, and
+        """Take the fewest candidates still needed, the smallest relative to their norm at the
+        partition, and
         release the rest; warn when that is more than half the goal."""
         left = st["redundant"] & ~st["pruned"] & ~st["released"]
         needed = st["goal"] - int((st["pruned"] & st["redundant"]).sum())
         xn = v.products(directions, left)[0].sqrt()
-        relative = (xn / st["rho"]).cpu().double()
+        relative = (xn / st["start_norm"].clamp_min(1e-30)).cpu().double()
         limit = st["limit"] if st["limit"] is not None else v.sizes
         pick = choose(-relative, needed, v.group_of, v.sizes, left, self._zero_per_group(v, st),
                       1, limit) if needed > 0 else torch.zeros_like(left)

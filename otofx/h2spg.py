@@ -23,7 +23,7 @@ from torch.fx import GraphModule
 
 from otofx.analysis import Analysis
 from otofx.config import H2SPGConfig
-from otofx.dhspg import DHSPG, Plan
+from otofx.dhspg import DHSPG, Plan, rank_among
 from otofx.grouped import GroupedViews
 from otofx.passes.erasable import ErasableStructure, closure, connected
 from otofx.passes.groups import ChannelSlice, PruningGroup
@@ -116,7 +116,7 @@ class H2SPG(DHSPG):
             warnings.warn(st["warning"], stacklevel=3)
         names = {c.name for c in chosen}
         mask = torch.tensor([s.name in names for s in self.structures], dtype=torch.bool)
-        return Plan(mask, int(mask.sum()), None)
+        return Plan(mask, int(mask.sum()), None, rank_among(-importance.double(), mask))
 
     def _partition(self, directions, available=None):
         """Channels: the structures are chosen first; channels that erased structures remove
@@ -128,12 +128,14 @@ class H2SPG(DHSPG):
     def _structure_redundant(self, directions) -> torch.Tensor | None:
         st = self.otofx_state[STRUCTURES]
         if "chosen" not in st and self.structure_views.num_channels:
-            st["chosen"] = self._partition_structures(directions).candidates
+            plan = self._partition_structures(directions)
+            st["chosen"], st["rank"] = plan.candidates, plan.rank
         return st.get("chosen")
 
     def _structure_plan(self, directions) -> Plan:
         chosen = self._structure_redundant(directions)
-        return Plan(chosen, int(chosen.sum()), None)
+        st = self.otofx_state[STRUCTURES]
+        return Plan(chosen, int(chosen.sum()), None, st.get("rank"))
 
     def _inside_erased(self) -> torch.Tensor:
         """Bool per prunable channel: every slice of it lies in a structure chosen to be erased."""

@@ -153,14 +153,17 @@ def _digits_run(cfg_kind, epochs=6, seed=0, **kw):
 
 
 def test_dhspg_projection_zeroes_channels_through_the_phase():
-    """The zero count rises during the phase: above half the target before its last fifth,
-    mostly by the projection, and exactly the target at its end."""
+    """The zero count rises during the phase: some but not all of the target half way up the
+    ramp, above half the target before its last fifth, mostly by the projection, and exactly
+    the target at its end."""
     job, zeros, cfg = _digits_run(otofx.DHSPGConfig)
     sp = job.optimizer.sparsity_report()
     start, length = cfg["start_pruning_step"], cfg["pruning_steps"]
     before_last_fifth = zeros[start + int(0.8 * length) - 1]
     assert before_last_fifth > sp["target_channels"] / 2
     assert zeros[start] < sp["target_channels"] / 4            # no jump at the partition
+    middle = zeros[start + int(0.375 * length)]                 # half way up the ramp: a rise,
+    assert 0.15 * sp["target_channels"] < middle < 0.85 * sp["target_channels"]   # not a step
     assert sp["zero_channels"] == sp["target_channels"]
     assert sp["zeroed_by_projection"] > sp["zeroed_by_fallback"]
     assert sp["zeroed_by_projection"] + sp["zeroed_by_fallback"] == sp["target_channels"]
