@@ -13,12 +13,13 @@ that limit is under each ``allocation``:
   ``group_divisible``). Measured on load_digits this can leave a layer with 2 of 32 channels.
 
 Measured (noisy-digits, DigitsResNet, 12 epochs, 5 paired seeds; mean test accuracy at the FLOPs
-kept; DHSPG's pull then scaled by each group's median norm, not yet by rank): at target 0.5 DHSPG reached 0.711 (uniform, 0.25 FLOPs), 0.728 (balanced, 0.24) and
-0.696 (global, 0.31; 3 other seeds), HESSO 0.688 / 0.739 / 0.738; at target 0.75 (0.7 for global)
-DHSPG 0.667 (uniform, 0.064 FLOPs) / 0.645 (balanced, 0.075) / 0.600 (global, 0.063), HESSO
-0.670 / 0.629 / 0.648. No allocation won both targets for both methods beyond the seed noise
-(paired differences within 2 standard errors); global lost most at high sparsity, and uniform
-is the one whose cost the target predicts, so it is the default.
+kept; DHSPG's pull then scaled by each group's median norm, not yet by rank): at target 0.5
+DHSPG reached 0.711 (uniform, 0.25 FLOPs), 0.728 (balanced, 0.24) and 0.696 (global, 0.31; 3
+other seeds), HESSO 0.688 / 0.739 / 0.738; at target 0.75 (0.7 for global) DHSPG 0.667 (uniform,
+0.064 FLOPs) / 0.645 (balanced, 0.075) / 0.600 (global, 0.063), HESSO 0.670 / 0.629 / 0.648. No
+allocation won both targets for both methods beyond the seed noise (paired differences within 2
+standard errors); global lost most at high sparsity, and uniform is the one whose cost the
+target predicts, so it is the default.
 """
 
 from __future__ import annotations
