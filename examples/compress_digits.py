@@ -110,10 +110,11 @@ def zero_counts(optimizer) -> tuple[int, int]:
 @torch.no_grad()
 def latency_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int
                ) -> dict[str, float]:
-    """Median ms of one forward per model, interleaved (the order alternates)."""
+    """Median ms of one forward per model (each already in eval mode: an exported program
+    refuses ``.eval()``), interleaved (the order alternates)."""
     times: dict[str, list[float]] = {name: [] for name in models}
     for m in models.values():
-        m.eval()(x)                                       # warm-up
+        m(x)                                              # warm-up
     for i in range(repeats):
         for name in (list(models) if i % 2 == 0 else list(models)[::-1]):
             start = time.perf_counter()

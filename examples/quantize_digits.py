@@ -12,7 +12,6 @@ where inductor runs the int8 model with int8 kernels; compiling takes about a mi
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import otofx  # noqa: E402
+from examples.compress_digits import latency_ms  # noqa: E402
 from examples.digits_data import accuracy, digits, steps_per_epoch, train  # noqa: E402
 from examples.digits_resnet import DigitsResNet  # noqa: E402
 from otofx.integrations.quantize import quantize_int8, state_bytes  # noqa: E402
@@ -46,20 +46,6 @@ def train_subnet(epochs: int, width: int, target: float = 0.5, seed: int = 0
 
 def calibration_batches(X: torch.Tensor, samples: int = 512, batch: int = 64) -> list[torch.Tensor]:
     return [X[i:i + batch] for i in range(0, min(samples, len(X)), batch)]
-
-
-@torch.no_grad()
-def latency_ms(models: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Median ms of one forward per model, interleaved (the order alternates)."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for m in models.values():
-        m(x)
-    for i in range(repeats):
-        for name in (list(models) if i % 2 == 0 else list(models)[::-1]):
-            start = time.perf_counter()
-            models[name](x)
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
