@@ -61,6 +61,7 @@ from otofx.flops import count_flops
 RESULTS = Path(__file__).resolve().parent / "results"
 DENSE = "dense (AdamW)"
 TP_NAME, OTO_NAME = "torch-pruning LLM recipe", "only-train-once HESSO"
+OTOFX_NAMES = tuple(f"otofx {k}{h}" for k in ("DHSPG", "HESSO") for h in ("", " (prune_hidden=False)"))
 
 
 # ---- data and model -------------------------------------------------------------------------
@@ -443,35 +444,41 @@ def pm(values: list[float], digits: int = 3) -> str:
 
 
 def verdicts(results: Results, targets: list[float]) -> list[str]:
-    """otofx's best hidden-size method against each peer at each FLOPs target: paired by seed,
-    "beats" only when its perplexity is lower by more than twice the standard error."""
+    """Each otofx method (hidden size on and off) against each peer at each FLOPs target, and
+    each hidden-on method against its own hidden-off run: paired by seed, "beats" only when its
+    perplexity is lower by more than twice the standard error. No best-of: every method has
+    its own verdicts."""
     lines = []
     for target in targets:
-        ours = [n for n in ("otofx DHSPG", "otofx HESSO") if key(n, target) in results.runs]
-        if not ours:
-            continue
-        best = min(ours, key=lambda n: statistics.fmean(r.ppl for r in results.runs[key(n, target)]))
-        mine = results.runs[key(best, target)]
-        worst = max(r.exactness for r in mine)
-        lines.append(f"- FLOPs {target:g}: {best}, perplexity {pm([r.ppl for r in mine])}, subnet vs "
-                     f"trained model max relative difference {worst:.1e} "
-                     f"({'≤' if worst <= 1e-5 else '>'} 1e-5)")
-        for peer in (TP_NAME, OTO_NAME, f"{best} (prune_hidden=False)"):
-            theirs = results.runs.get(key(peer, target))
-            if not theirs:
-                why = results.failures.get(key(peer, target)) or results.skipped.get(peer, "not run")
-                lines.append(f"  - vs {peer}: no result ({why})")
+        for name in OTOFX_NAMES:
+            mine = results.runs.get(key(name, target))
+            if not mine:
                 continue
-            diffs = [b.ppl - a.ppl for a, b in zip(mine, theirs)]
-            m = statistics.fmean(diffs)
-            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("inf")
-            word = "beats" if m > 2 * se else "loses to" if -m > 2 * se else "ties"
-            f_mine, f_theirs = (statistics.fmean(r.flops for r in runs) for runs in (mine, theirs))
-            unequal = (f" — NOT at equal FLOPs: {f_mine:.3f} vs {f_theirs:.3f} kept"
-                       if abs(f_mine - f_theirs) > 0.05 else "")
-            lines.append(f"  - {word} {peer} (perplexity {pm([r.ppl for r in theirs])}, paired "
-                         f"difference {m:+.3f} ± {se:.3f} SE, n={len(diffs)}){unequal}")
+            worst = max(r.exactness for r in mine)
+            lines.append(f"- FLOPs {target:g}, {name}: perplexity {pm([r.ppl for r in mine])}, subnet "
+                         f"vs trained model max relative difference {worst:.1e} "
+                         f"({'≤' if worst <= 1e-5 else '>'} 1e-5)")
+            others = [TP_NAME, OTO_NAME] + ([] if "prune_hidden" in name else
+                                            [f"{name} (prune_hidden=False)"])
+            for peer in others:
+                lines.append("  - " + paired_line(results, mine, peer, target))
     return lines
+
+
+def paired_line(results: Results, mine: list, peer: str, target: float) -> str:
+    theirs = results.runs.get(key(peer, target))
+    if not theirs:
+        why = results.failures.get(key(peer, target)) or results.skipped.get(peer, "not run")
+        return f"vs {peer}: no result ({why})"
+    diffs = [b.ppl - a.ppl for a, b in zip(mine, theirs)]
+    m = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("inf")
+    word = "beats" if m > 2 * se else "loses to" if -m > 2 * se else "ties"
+    f_mine, f_theirs = (statistics.fmean(r.flops for r in runs) for runs in (mine, theirs))
+    unequal = (f" — NOT at equal FLOPs: {f_mine:.3f} vs {f_theirs:.3f} kept"
+               if abs(f_mine - f_theirs) > 0.05 else "")
+    return (f"{word} {peer} (perplexity {pm([r.ppl for r in theirs])}, paired difference "
+            f"{m:+.3f} ± {se:.3f} SE, n={len(diffs)}){unequal}")
 
 
 def report(results: Results, args: argparse.Namespace) -> str:
