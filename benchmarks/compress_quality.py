@@ -62,7 +62,7 @@ from torch import nn
 
 import otofx
 from benchmarks import paired, peers
-from examples.digits_data import TASKS, accuracy, steps_per_epoch, train
+from examples.digits_data import TASKS, accuracy, first_batches, steps_per_epoch, train
 from examples.digits_resnet import DigitsResNet
 from otofx.flops import count_flops
 
@@ -318,9 +318,8 @@ def measure(name: str, s: Setting, target: float, base: dict) -> dict:
     try:
         model, note = runner(spec, s, target)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        X = s.data[0][0]
-        otofx.recalibrate_batchnorm(model, [X[i:i + 64] for i in range(0, 64 * CALIBRATION_BATCHES, 64)])
-        x = X[:1]
+        otofx.recalibrate_batchnorm(model, first_batches(s.data[0][0], 64 * CALIBRATION_BATCHES))
+        x = s.data[0][0][:1]
         record.update(accuracy=accuracy(model, s.data[1]), flops=count_flops(model, (x,))
                       / base["flops"], params=sum(p.numel() for p in model.parameters())
                       / base["params"], wall=wall, cpu=cpu, note=note)

@@ -45,7 +45,7 @@ from zoo.supernets import SUPERNETS  # noqa: E402
 
 import otofx  # noqa: E402
 from benchmarks import paired  # noqa: E402
-from examples.digits_data import accuracy, digits, steps_per_epoch, train  # noqa: E402
+from examples.digits_data import accuracy, digits, first_batches, steps_per_epoch, train  # noqa: E402
 from otofx.flops import count_flops  # noqa: E402
 from otofx.h2spg import select_structures  # noqa: E402
 
@@ -107,7 +107,7 @@ def run_seed(net: str, target: float, seed: int, epochs: int, width: int, data: 
     snapshot = copy.deepcopy(full)
     t = time.perf_counter()
     fit(full, opt, train_set, seed, half, epochs - half)
-    calibration = [train_set[0][i:i + 64] for i in range(0, 64 * CALIBRATION_BATCHES, 64)]
+    calibration = first_batches(train_set[0], 64 * CALIBRATION_BATCHES)
     otofx.recalibrate_batchnorm(full, calibration)
     out["full"] = dict(accuracy=accuracy(full, test_set), flops=count_flops(full, (x[:1],)),
                        params=sum(p.numel() for p in full.parameters()),

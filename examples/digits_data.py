@@ -75,5 +75,11 @@ def accuracy(module, data: Split) -> float:
     return acc
 
 
+def first_batches(X: torch.Tensor, samples: int = 512, batch: int = 64) -> list[torch.Tensor]:
+    """The first ``samples`` images of ``X`` in batches of ``batch`` (fixed: for batch-norm
+    recalibration and int8 calibration)."""
+    return [X[i:i + batch] for i in range(0, min(samples, len(X)), batch)]
+
+
 def steps_per_epoch(data: Split, batch: int = 64) -> int:
     return (len(data[0]) + batch - 1) // batch

@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from zoo.supernets import SUPERNETS  # noqa: E402
 
 import otofx  # noqa: E402
-from examples.digits_data import accuracy, digits, steps_per_epoch, train  # noqa: E402
+from examples.digits_data import accuracy, digits, first_batches, steps_per_epoch, train  # noqa: E402
 from otofx.flops import count_flops  # noqa: E402
 
 
@@ -77,9 +77,8 @@ def run(args: argparse.Namespace) -> dict:
         train(job.module, job.optimizer, train_set, args.epochs)
     # batch-norm statistics lag behind weights that move (more so after an erasure): recompute
     # them over a few training batches, for both networks alike
-    batches = [train_set[0][i:i + 64] for i in range(0, min(len(train_set[0]), 512), 64)]
-    otofx.recalibrate_batchnorm(dense, batches)
-    otofx.recalibrate_batchnorm(job.module, batches)
+    otofx.recalibrate_batchnorm(dense, first_batches(train_set[0]))
+    otofx.recalibrate_batchnorm(job.module, first_batches(train_set[0]))
     small = job.subnet()
     result = {
         "dense_accuracy": accuracy(dense, test_set), "subnet_accuracy": accuracy(small, test_set),

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import otofx  # noqa: E402
 from examples.compress_digits import latency_ms  # noqa: E402
-from examples.digits_data import accuracy, digits, steps_per_epoch, train  # noqa: E402
+from examples.digits_data import accuracy, digits, first_batches, steps_per_epoch, train  # noqa: E402
 from examples.digits_resnet import DigitsResNet  # noqa: E402
 from otofx.integrations.quantize import quantize_int8, state_bytes  # noqa: E402
 
@@ -40,12 +40,8 @@ def train_subnet(epochs: int, width: int, target: float = 0.5, seed: int = 0
                                start_pruning_step=steps // 6, pruning_steps=max(1, steps // 3))
     job = otofx.compress(DigitsResNet(width), config, (train_set[0][:2],))
     train(job.module, job.optimizer, train_set, epochs, seed=seed)
-    otofx.recalibrate_batchnorm(job.module, calibration_batches(train_set[0]))
+    otofx.recalibrate_batchnorm(job.module, first_batches(train_set[0]))
     return job, job.subnet().eval()
-
-
-def calibration_batches(X: torch.Tensor, samples: int = 512, batch: int = 64) -> list[torch.Tensor]:
-    return [X[i:i + batch] for i in range(0, min(samples, len(X)), batch)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     train_set, test_set = digits()
     job, small = train_subnet(args.epochs, args.width, args.target)
     start = time.perf_counter()
-    int8 = quantize_int8(small, (train_set[0][:2],), calibration_batches(train_set[0]))
+    int8 = quantize_int8(small, (train_set[0][:2],), first_batches(train_set[0]))
     quantize_seconds = time.perf_counter() - start
     models = {"trained": job.module.eval(), "subnet": small, "subnet int8": int8}
     X = test_set[0]

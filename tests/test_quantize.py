@@ -17,15 +17,15 @@ pytest.importorskip("torchao")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from examples.digits_data import accuracy, digits  # noqa: E402
-from examples.quantize_digits import calibration_batches, train_subnet  # noqa: E402
+from examples.digits_data import accuracy, digits, first_batches  # noqa: E402
+from examples.quantize_digits import train_subnet  # noqa: E402
 
 
 def test_int8_subnet_keeps_accuracy_within_a_point_with_a_third_of_the_bytes():
     train_set, test_set = digits()
     job, small = train_subnet(epochs=3, width=16)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in job.module.parameters())
-    int8 = quantize_int8(small, (train_set[0][:2],), calibration_batches(train_set[0]))
+    int8 = quantize_int8(small, (train_set[0][:2],), first_batches(train_set[0]))
     float_accuracy = accuracy(small, test_set)
     assert float_accuracy > 0.85                          # trained: the comparison means something
     assert abs(accuracy(int8, test_set) - float_accuracy) <= 0.01
