@@ -57,8 +57,8 @@ class Plan:
 
     candidates: torch.Tensor
     goal: int
-    limit: torch.Tensor | None = None
-    rank: torch.Tensor | None = None      # per channel: 0 for the most redundant candidate
+    limit: torch.Tensor | None            # None: no per-group limit
+    rank: torch.Tensor                    # per channel: 0 for the most redundant candidate
 
 
 def rank_among(score: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -134,14 +134,14 @@ class DHSPG(GroupSparsityOptimizer):
                       by=torch.zeros(v.num_channels, dtype=torch.int8), start_norm=norms,
                       rho=norms / self._deadlines(plan).to(norms.device),
                       kappa=self._kappa_start(), fallback=None)
-        if "fallback" in st and st["fallback"] is None and self._fallback_due(phase):
+        if st["fallback"] is None and self._fallback_due(phase):
             self._start_fallback(v, st, directions)
         pulled = st["redundant"] & ~st["pruned"] & ~st["released"]
         xx, xd, dd = v.products(directions, pulled)
         red = pulled.to(v.device)
         xn = xx.sqrt()
-        lam = self._lambda(xx, xd, dd, red) if cfg.pull == "reference" else torch.maximum(
-            self._lambda(xx, xd, dd, red), st["kappa"] * st["rho"] / lr)
+        # kappa stays 0 with pull="reference": OTOv2's lambda alone
+        lam = torch.maximum(self._lambda(xx, xn, xd, dd, red), st["kappa"] * st["rho"] / lr)
         live = red & (xn > 0)
         c = torch.where(live, lr * lam / xn.clamp_min(1e-30), torch.zeros_like(xn))
         # <x^, x> / ||x||^2 after the pull: the half-space test, and how deep a crossing is
@@ -151,9 +151,9 @@ class DHSPG(GroupSparsityOptimizer):
         st["pruned"] = st["pruned"] | crossed
         st["by"][crossed] = PROJECTED
         a, b = 1 - c, -c * lr
-        if st.get("fallback") is not None:
+        if st["fallback"] is not None:
             a, b = self._cap(v, st, step, xx, xd, dd, c, lr, a, b)
-        if step == cfg.end_pruning_step - 1 and st.get("fallback") is not None:
+        if step == cfg.end_pruning_step - 1 and st["fallback"] is not None:
             last = st["fallback"] & ~st["pruned"]
             st["pruned"] = st["pruned"] | last
             st["by"][last] = FALLBACK
@@ -162,10 +162,9 @@ class DHSPG(GroupSparsityOptimizer):
         return v, a, b, pulled, scaled
 
     # ---- the pieces of a step ---------------------------------------------------------------
-    def _lambda(self, xx, xd, dd, red) -> torch.Tensor:
+    def _lambda(self, xx, xn, xd, dd, red) -> torch.Tensor:
         """OTOv2's adaptive lambda per channel (ALGORITHMS.md, DHSPG step 3)."""
         cfg = self.config
-        xn = xx.sqrt()
         neg = red & (xd < 0) & (xn > 0)
         lo = torch.where(neg, -xd / xn.clamp_min(1e-30), torch.zeros_like(xd))
         hi = torch.where(neg, -dd * xn / xd.clamp_max(-1e-30), torch.zeros_like(xd))
@@ -181,9 +180,7 @@ class DHSPG(GroupSparsityOptimizer):
     def _deadlines(self, plan: Plan) -> torch.Tensor:
         """Per channel, the step of the phase by which its pull alone would zero it: spread
         evenly over the ramp in the plan's rank order (at least one step)."""
-        rank = plan.rank if plan.rank is not None else torch.zeros(len(plan.candidates),
-                                                                   dtype=torch.float64)
-        return (self._ramp_end() * (rank + 1) / max(plan.goal, 1)).clamp_min(1.0)
+        return (self._ramp_end() * (plan.rank + 1) / max(plan.goal, 1)).clamp_min(1.0)
 
     def _kappa_start(self) -> float:
         """Each candidate, pulled alone, reaches zero at its deadline."""
@@ -196,7 +193,7 @@ class DHSPG(GroupSparsityOptimizer):
     def _steer(self, v: GroupedViews, st: dict, done: int) -> None:
         """After a step (``done`` steps into the phase): release the candidates once the goal
         is zero (or a group is at its limit), and move ``kappa`` towards the ramp."""
-        zero = int((st["pruned"] & st["redundant"]).sum())
+        zero = self._zeroed(st)
         if zero >= st["goal"]:
             st["released"] = st["redundant"] & ~st["pruned"]
         elif st["limit"] is not None:
@@ -210,14 +207,24 @@ class DHSPG(GroupSparsityOptimizer):
             self._kappa_start() / 4, st["kappa"] / factor)
 
     @staticmethod
+    def _zeroed(st: dict) -> int:
+        """Candidates zeroed so far (by the projection or the fallback)."""
+        return int((st["pruned"] & st["redundant"]).sum())
+
+    @staticmethod
     def _zero_per_group(v: GroupedViews, st: dict) -> torch.Tensor:
         return torch.bincount(v.group_of[st["pruned"] & st["redundant"]], minlength=len(v.sizes))
+
+    @staticmethod
+    def _limit(v: GroupedViews, st: dict) -> torch.Tensor:
+        """The most each group may lose (no limit: its size)."""
+        return st["limit"] if st["limit"] is not None else v.sizes
 
     def _admit(self, v: GroupedViews, st: dict, crossed: torch.Tensor, ratio: torch.Tensor
                ) -> torch.Tensor:
         """The crossings that are projected: all, unless they would pass the goal or a group's
         limit; then the deepest (lowest ``ratio``) that fit."""
-        room = st["goal"] - int((st["pruned"] & st["redundant"]).sum())
+        room = st["goal"] - self._zeroed(st)
         if not bool(crossed.any()):
             return crossed
         if room <= 0:
@@ -228,9 +235,8 @@ class DHSPG(GroupSparsityOptimizer):
             over_group = bool((per + self._zero_per_group(v, st) > st["limit"]).any())
         if int(crossed.sum()) <= room and not over_group:
             return crossed
-        limit = st["limit"] if st["limit"] is not None else v.sizes
         return choose(-ratio.cpu().double(), room, v.group_of, v.sizes, crossed,
-                      self._zero_per_group(v, st), 1, limit)
+                      self._zero_per_group(v, st), 1, self._limit(v, st))
 
     def _fallback_due(self, phase: int) -> bool:
         cfg = self.config
@@ -239,15 +245,13 @@ class DHSPG(GroupSparsityOptimizer):
 
     def _start_fallback(self, v: GroupedViews, st: dict, directions) -> None:
         """Take the fewest candidates still needed, the smallest relative to their norm at the
-        partition, and
-        release the rest; warn when that is more than half the goal."""
+        partition, and release the rest; warn when that is more than half the goal."""
         left = st["redundant"] & ~st["pruned"] & ~st["released"]
-        needed = st["goal"] - int((st["pruned"] & st["redundant"]).sum())
+        needed = st["goal"] - self._zeroed(st)
         xn = v.products(directions, left)[0].sqrt()
         relative = (xn / st["start_norm"].clamp_min(1e-30)).cpu().double()
-        limit = st["limit"] if st["limit"] is not None else v.sizes
         pick = choose(-relative, needed, v.group_of, v.sizes, left, self._zero_per_group(v, st),
-                      1, limit) if needed > 0 else torch.zeros_like(left)
+                      1, self._limit(v, st)) if needed > 0 else torch.zeros_like(left)
         st["fallback"] = pick
         st["fallback_norm"] = xn.clone()
         st["fallback_step"] = self.steps_taken

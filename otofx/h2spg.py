@@ -135,7 +135,7 @@ class H2SPG(DHSPG):
     def _structure_plan(self, directions) -> Plan:
         chosen = self._structure_redundant(directions)
         st = self.otofx_state[STRUCTURES]
-        return Plan(chosen, int(chosen.sum()), None, st.get("rank"))
+        return Plan(chosen, int(chosen.sum()), None, st["rank"])
 
     def _inside_erased(self) -> torch.Tensor:
         """Bool per prunable channel: every slice of it lies in a structure chosen to be erased."""
