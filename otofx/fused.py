@@ -86,3 +86,31 @@ def step(params: list[torch.Tensor], states: list[dict], group: dict, variant: s
     kernel(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
            [t] * len(params), amsgrad=False, lr=lr, beta1=b1, beta2=b2, weight_decay=wd,
            eps=group["eps"], maximize=False)
+
+
+def adam_directions(params: list[torch.Tensor], states: list[dict], group: dict, variant: str,
+                    step_index: int, scratch: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Adam's/AdamW's update direction ``m^ / (sqrt(v^) + eps)`` of each of ``params`` (all
+    eligible, of one device and dtype), written into ``scratch`` (one buffer per parameter,
+    its shape): torch's fused kernel steps a zero tensor with ``lr = -1``, so the moments advance
+    and the direction is materialised in one pass over each tensor (the single-tensor arithmetic
+    takes about seven: ``lerp_``, ``mul_``, ``addcmul_``, ``sqrt``, a division, ``add_``, the
+    division of ``m`` by the denominator). Adam's L2 term enters the gradient here
+    (``g + weight_decay * x``); AdamW's decoupled decay is the caller's (``Direction.decay``).
+    The same moments as the unfused step; the direction equal to it to float rounding."""
+    grads = [p.grad for p in params]
+    wd = group["weight_decay"]
+    if variant == "adam" and wd:
+        grads = torch._foreach_add(grads, params, alpha=wd)
+    for p, s in zip(params, states):
+        if "exp_avg" not in s:
+            s["exp_avg"] = torch.zeros_like(p)
+            s["exp_avg_sq"] = torch.zeros_like(p)
+    torch._foreach_zero_(scratch)
+    t = torch.full((), float(step_index + 1), dtype=torch.float32, device=params[0].device)
+    b1, b2 = group["betas"]
+    torch._fused_adam_(scratch, grads, [s["exp_avg"] for s in states],
+                       [s["exp_avg_sq"] for s in states], [], [t] * len(params), amsgrad=False,
+                       lr=-1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=group["eps"],
+                       maximize=False)
+    return scratch

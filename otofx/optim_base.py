@@ -118,6 +118,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         groups = [g for g in analysis.prunable    # a frozen consumer (next layer) may stay frozen
                   if not any(m.param in frozen for m in g.slices(PRODUCER, AFFINE))]
         self.views = GroupedViews(module, groups)
+        self._scratch: dict[int, torch.Tensor] = {}    # Adam directions in a pruning step
         self.state[STATE] = {"step": 0,
                              "pruned": torch.zeros(self.views.num_channels, dtype=torch.bool)}
         self.target = target_count(self.views.num_channels, config.target_group_sparsity)
@@ -172,6 +173,8 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         grad = p.grad
         state = self.state[p]
         wd, variant = group["weight_decay"], self.config.variant
+        if self._fused_adam(p, state):
+            return self._fused_directions([p], group, step)[0]
         if variant == "sgd":
             if wd:
                 grad = grad.add(p, alpha=wd)
@@ -198,6 +201,29 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         denom = (v.sqrt() / (1 - b2 ** t) ** 0.5).add_(group["eps"])
         return Direction(m, denom, 1 - b1 ** t, wd if variant == "adamw" else 0.0)
 
+    def _fused_adam(self, p: torch.Tensor, state: dict) -> bool:
+        """Whether ``p``'s Adam/AdamW direction comes from torch's fused kernel
+        (``otofx.fused.adam_directions``: one pass where the single-tensor arithmetic takes
+        about seven)."""
+        return self.config.fused and self.config.variant != "sgd" \
+            and fused.eligible(p, state, self.config.variant)
+
+    def _fused_directions(self, params: list[torch.Tensor], group: dict, step: int
+                          ) -> list[Direction]:
+        """Adam/AdamW directions of ``params`` (eligible for the fused kernel, one device and
+        dtype) through ``otofx.fused.adam_directions``, into scratch buffers kept for the
+        pruning phase (``_scratch``; dropped at the first plain step after it)."""
+        scratch = []
+        for p in params:
+            buf = self._scratch.get(id(p))
+            if buf is None:
+                buf = self._scratch[id(p)] = torch.empty_like(p)
+            scratch.append(buf)
+        decay = group["weight_decay"] if self.config.variant == "adamw" else 0.0
+        out = fused.adam_directions(params, [self.state[p] for p in params], group,
+                                    self.config.variant, step, scratch)
+        return [Direction(d, None, 1.0, decay) for d in out]
+
     def _directions(self, params: list[torch.Tensor], group: dict, step: int) -> list[Direction]:
         """``_direction`` for each of ``params``; off the CPU with torch's multi-tensor
         (``_foreach_*``) kernels, a few launches for all parameters of one device and dtype."""
@@ -208,10 +234,14 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
             return [self._direction(p, group, step) for p in params]
         buckets: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
-            buckets.setdefault((p.device, p.dtype), []).append(i)
+            key = (p.device, p.dtype, self._fused_adam(p, self.state[p]))
+            buckets.setdefault(key, []).append(i)
         out: list[Direction | None] = [None] * len(params)
-        for idx in buckets.values():
-            for i, d in zip(idx, self._directions_foreach([params[i] for i in idx], group, step)):
+        for (_, _, fuse), idx in buckets.items():
+            ps = [params[i] for i in idx]
+            dirs = self._fused_directions(ps, group, step) if fuse \
+                else self._directions_foreach(ps, group, step)
+            for i, d in zip(idx, dirs):
                 out[i] = d
         return out
 
@@ -331,6 +361,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         held = [(v, mask.clone()) for v, mask in self._held() if v.num_channels]
         holding = any(bool(mask.any()) for _, mask in held)
         if not pruning and (not holding or self._zero_after_step()):
+            self._scratch.clear()
             self._plain_step(step)
             self._scale_after_step([])            # pruned rows: zero before it, zero again
             return self._stepped(step, loss)
