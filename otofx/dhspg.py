@@ -44,7 +44,7 @@ import torch
 
 from otofx.config import DHSPGConfig
 from otofx.grouped import GroupedViews
-from otofx.optim_base import GroupSparsityOptimizer
+from otofx.optim_base import GroupSparsityOptimizer, Update
 from otofx.partition import choose, choose_within, group_limits, normalize, target_count
 
 PROJECTED, FALLBACK = 1, 2      # how a channel was zeroed (``state["by"]``)
@@ -159,7 +159,7 @@ class DHSPG(GroupSparsityOptimizer):
             st["by"][last] = FALLBACK
         self._steer(v, st, phase + 1)
         scaled = pulled & ~crossed
-        return v, a, b, pulled, scaled
+        return Update(v, a, b, pulled, scaled)
 
     # ---- the pieces of a step ---------------------------------------------------------------
     def _lambda(self, xx, xn, xd, dd, red) -> torch.Tensor:

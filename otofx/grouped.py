@@ -157,8 +157,12 @@ class GroupedViews:
             else torch.zeros(0, dtype=torch.long)
         self.channel = torch.cat([r.channel for r in self.rows]) if self.rows \
             else torch.zeros(0, dtype=torch.long)
-        self.entry_of_row = torch.repeat_interleave(
-            torch.arange(len(self.rows)), torch.tensor([r.n for r in self.rows], dtype=torch.long))
+        # every (parameter, channel) pair with a row: which parameters a set of channels touches
+        pairs = torch.unique(torch.stack([torch.cat([torch.full_like(r.channel, i)
+                                                     for i, r in enumerate(self.rows)]),
+                                          self.channel]), dim=1) if self.rows \
+            else torch.zeros(2, 0, dtype=torch.long)
+        self._pair_entry, self._pair_channel = pairs[0], pairs[1]
         self._cache: dict = {}
 
     @property
@@ -179,16 +183,10 @@ class GroupedViews:
         key = ("touching", channels.numpy().tobytes())
         return self._cached(key, lambda: [self.rows[i] for i in self._entries(channels).tolist()])
 
-    def _row_mask(self, channels: torch.Tensor) -> torch.Tensor:
-        """Bool per row of the row vector: the row belongs to one of ``channels``."""
-        rows = torch.zeros(self.num_rows, dtype=torch.bool)
-        rows[self.position[channels[self.channel]]] = True
-        return rows
-
     def _entries(self, channels: torch.Tensor) -> torch.Tensor:
         """Indices (into ``self.rows``) of the parameters with a row of ``channels``."""
         hits = torch.zeros(len(self.rows), dtype=torch.long)
-        hits.index_add_(0, self.entry_of_row, self._row_mask(channels).long())
+        hits.index_add_(0, self._pair_entry, channels[self._pair_channel].long())
         return torch.nonzero(hits).view(-1)
 
     def _cached(self, key, build):
@@ -288,29 +286,18 @@ class GroupedViews:
         return Saliencies(xn, xn / self._on_device("numel", self.numel.double()), cos, xd)
 
     # ---- per-row coefficients ---------------------------------------------------------------
-    def _table(self, active: torch.Tensor, scaled: torch.Tensor, frozen: torch.Tensor) -> tuple:
-        """For the parameters with a row of an ``active`` or ``frozen`` channel: each row's
-        channel if active and not frozen, else ``num_channels`` (an extra slot), concatenated;
-        the frozen rows; whether a row of a ``scaled`` channel is in each parameter. Built once
+    def _touched(self, active: torch.Tensor, scaled: torch.Tensor, frozen: torch.Tensor
+                 ) -> tuple[list[_Rows], list[bool]]:
+        """The parameters with a row of an ``active`` or ``frozen`` channel, and for each
+        whether it has a row of a ``scaled`` channel not frozen (it needs ``A``). Remembered
         per masks (bool per channel, CPU)."""
-        def build() -> tuple:
+        def build() -> tuple[list[_Rows], list[bool]]:
             entries = self._entries(active | frozen)
-            touched = [self.rows[i] for i in entries.tolist()]
-            if not touched:
-                return touched, None, None, []
-            move = active & ~frozen
-            slot = torch.full((self.num_rows,), self.num_channels, dtype=torch.long)
-            slot[self.position[move[self.channel]]] = self.channel[move[self.channel]]
-            keep = torch.zeros(len(self.rows), dtype=torch.bool)
-            keep[entries] = True
-            keep = keep[self.entry_of_row]                  # the rows of the touched parameters
-            still = self._row_mask(frozen)[keep]
             needs_a = torch.zeros(len(self.rows), dtype=torch.bool)
             needs_a[self._entries(scaled & ~frozen)] = True
-            return (touched, slot[keep].to(self.device),
-                    still.to(self.device) if bool(still.any()) else None,
-                    needs_a[entries].tolist())
-        key = ("table", active.numpy().tobytes(), scaled.numpy().tobytes(), frozen.numpy().tobytes())
+            return [self.rows[i] for i in entries.tolist()], needs_a[entries].tolist()
+        key = ("touched", active.numpy().tobytes(), scaled.numpy().tobytes(),
+               frozen.numpy().tobytes())
         return self._cached(key, build)
 
     def coefficients(self, a: torch.Tensor | float, b: torch.Tensor | float, active: torch.Tensor,
@@ -321,40 +308,55 @@ class GroupedViews:
         shaped to broadcast against the parameter, in its dtype. A row of an active channel c
         takes the update ``x -> a[c] * (x - lr * d) + b[c] * d``, a row of a frozen channel none
         at all (``A = 1``, ``B = 0``), any other row the base step (``1``, ``-lr``; ``lr`` from
-        ``lr_of[id(param)]``). ``a[c]`` may differ from 1 only for ``scaled`` channels."""
-        touched, table, still, needs_a = self._table(active, scaled, frozen)
+        ``lr_of[id(param)]``). ``a[c]`` may differ from 1 only for ``scaled`` channels.
+
+        The rows' ``(A, B)`` are a few vector ops over the fixed (row, channel) pairs, the
+        same whatever the masks, on the parameters' device: a step whose masks changed (a
+        channel projected to zero) builds no table and waits for no device."""
+        touched, needs_a = self._touched(active, scaled, frozen)
         if not touched:
             return []
+        lrs = tuple(lr_of[id(r.param)] for r in touched)
         if isinstance(a, float) and isinstance(b, float):   # the same every step: remember it
             key = ("rows", active.numpy().tobytes(), scaled.numpy().tobytes(),
-                   frozen.numpy().tobytes(), a, b, tuple(lr_of[id(r.param)] for r in touched))
-            return self._cached(key, lambda: self._coefficients(a, b, touched, table, still,
-                                                                needs_a, lr_of))
-        return self._coefficients(a, b, touched, table, still, needs_a, lr_of)
+                   frozen.numpy().tobytes(), a, b, lrs)
+            return self._cached(key, lambda: self._coefficients(a, b, active, frozen, touched,
+                                                                needs_a, lrs))
+        return self._coefficients(a, b, active, frozen, touched, needs_a, lrs)
 
-    def _coefficients(self, a, b, touched, table, still, needs_a, lr_of):
-        dev = self.device
-        ext_a = torch.ones(self.num_channels + 1, dtype=torch.float64, device=dev)
-        ext_b = torch.zeros(self.num_channels + 1, dtype=torch.float64, device=dev)
-        ext_a[:-1], ext_b[:-1] = a, b
-        rows_a, rows_b = ext_a.index_select(0, table), ext_b.index_select(0, table)
-        lrs = [lr_of[id(r.param)] for r in touched]
+    def _coefficients(self, a, b, active, frozen, touched, needs_a, lrs):
+        dev, f64 = self.device, torch.float64
+        pos, ch = self._on_device("position", self.position), self._on_device("channel", self.channel)
+
+        def per_row(values: torch.Tensor) -> torch.Tensor:
+            # a row of several channels (nested structures) takes the one value given to it
+            return torch.zeros(self.num_rows, dtype=f64, device=dev).index_add_(0, pos, values)
+
+        move = self._mask(active & ~frozen)[ch]              # per (row, channel) pair
+        zero = torch.zeros((), dtype=f64, device=dev)
+        a_ch, b_ch = (torch.as_tensor(x, dtype=f64, device=dev).expand(self.num_channels)
+                      for x in (a, b))
+        rows_a = torch.where(per_row(move.to(f64)) > 0,
+                             per_row(torch.where(move, a_ch[ch], zero)), torch.ones((), dtype=f64, device=dev))
+        rows_b = per_row(torch.where(move, b_ch[ch], zero))
         if len(set(lrs)) == 1:
-            rows_b.add_(rows_a, alpha=-lrs[0])
+            rows_b.sub_(rows_a, alpha=lrs[0])
         else:
-            rows_b -= rows_a * torch.repeat_interleave(
-                torch.tensor(lrs, dtype=torch.float64), torch.tensor([r.n for r in touched])).to(dev)
-        if still is not None:
+            for r, lr in zip(touched, lrs):
+                span = slice(r.offset, r.offset + r.n)
+                rows_b[span].sub_(rows_a[span], alpha=lr)
+        if bool(frozen.any()):
+            still = per_row(self._mask(frozen)[ch].to(f64)) > 0
             rows_a.masked_fill_(still, 1.0)
             rows_b.masked_fill_(still, 0.0)
         dtypes = {r.param.dtype for r in touched}
         if len(dtypes) == 1:
             rows_a, rows_b = rows_a.to(next(iter(dtypes))), rows_b.to(next(iter(dtypes)))
-        out, start = [], 0
+        out = []
         for r, scale in zip(touched, needs_a):
             shape = r.shape()
-            ra, rb = rows_a[start:start + r.n].view(shape), rows_b[start:start + r.n].view(shape)
-            start += r.n
+            span = slice(r.offset, r.offset + r.n)
+            ra, rb = rows_a[span].view(shape), rows_b[span].view(shape)
             if ra.dtype != r.param.dtype:          # parameters of several dtypes
                 ra, rb = ra.to(r.param.dtype), rb.to(r.param.dtype)
             out.append((r.param, ra if scale else None, rb))

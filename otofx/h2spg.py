@@ -79,10 +79,6 @@ class H2SPG(DHSPG):
 
     def __init__(self, module: nn.Module, analysis: Analysis, config: H2SPGConfig) -> None:
         super().__init__(module, analysis, config)
-        if not config.target_group_sparsity:
-            self.views = GroupedViews(module, [])
-            self.target = 0
-            self.otofx_state["pruned"] = torch.zeros(0, dtype=torch.bool)
         params = dict(module.named_parameters())
         self.graph = analysis.gm
         self.all_structures = analysis.structures
@@ -95,6 +91,12 @@ class H2SPG(DHSPG):
             else int(round(config.target_structure_sparsity * n))
         self.otofx_state[STRUCTURES] = {"pruned": torch.zeros(n, dtype=torch.bool), "erased": 0,
                                         "warning": ""}
+
+    @staticmethod
+    def _channel_groups(module: nn.Module, analysis: Analysis, config: H2SPGConfig) -> list:
+        """Channels too only with a channel target (``target_group_sparsity > 0``)."""
+        return DHSPG._channel_groups(module, analysis, config) if config.target_group_sparsity \
+            else []
 
     def _has_targets(self) -> bool:
         return bool(self.views.num_channels) or bool(self.structure_views.num_channels)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from otofx.config import HESSOConfig
-from otofx.optim_base import GroupSparsityOptimizer
+from otofx.optim_base import GroupSparsityOptimizer, Update
 from otofx.partition import choose_within
 
 
@@ -48,4 +48,4 @@ class HESSO(GroupSparsityOptimizer):
         if tau == length - 1:
             st["pruned"] = st["pruned"] | annealing
             st["annealing"] = torch.zeros_like(annealing)
-        return [(v, factor, 0.0, annealing, annealing)]
+        return [Update(v, factor, 0.0, annealing, annealing)]

@@ -6,6 +6,7 @@ prunable channels, and the bookkeeping (pruned channels, schedule) that ``state_
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -20,7 +21,25 @@ from otofx.partition import target_count
 from otofx.passes.table import AFFINE, PRODUCER
 
 STATE = "otofx"
-Update = tuple  # (GroupedViews, a, b, active, scaled): see GroupSparsityOptimizer._prune
+
+
+@dataclass
+class Update:
+    """What a pruning step does to the rows of some channels of ``views``: each row of an
+    ``active`` channel ``c`` takes ``x -> a[c] * (x - lr * d) + b[c] * d`` in place of the base
+    step ``x - lr * d`` (``a``, ``b``: per channel on ``views.device``, or floats); ``a`` may
+    differ from 1 only on ``scaled`` channels (masks: bool per channel, CPU)."""
+
+    views: GroupedViews
+    a: torch.Tensor | float
+    b: torch.Tensor | float
+    active: torch.Tensor
+    scaled: torch.Tensor
+
+    @property
+    def scales_only(self) -> bool:
+        """``b`` is 0: ``x -> a * (x - lr d)``, the plain step then a per-row scale."""
+        return isinstance(self.b, float) and self.b == 0.0
 
 
 class NonFiniteGradientError(OtofxError):
@@ -114,15 +133,21 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         defaults = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                         betas=config.betas, eps=config.eps)
         super().__init__([p for _, p in named], defaults)
-        frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
-        groups = [g for g in analysis.prunable    # a frozen consumer (next layer) may stay frozen
-                  if not any(m.param in frozen for m in g.slices(PRODUCER, AFFINE))]
-        self.views = GroupedViews(module, groups)
+        self.views = GroupedViews(module, self._channel_groups(module, analysis, config))
         self._scratch: dict[int, torch.Tensor] = {}    # Adam directions in a pruning step
         self.state[STATE] = {"step": 0,
                              "pruned": torch.zeros(self.views.num_channels, dtype=torch.bool)}
         self.target = target_count(self.views.num_channels, config.target_group_sparsity)
         self.budget = budget_for(config, analysis, self.views)   # target_flops/_params/_latency
+
+    @staticmethod
+    def _channel_groups(module: nn.Module, analysis: Analysis, config: _BaseConfig) -> list:
+        """The prunable groups this optimizer prunes channels of: every prunable group whose
+        producing slices are all trainable (a frozen consumer, the next layer, may stay
+        frozen)."""
+        frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+        return [g for g in analysis.prunable
+                if not any(m.param in frozen for m in g.slices(PRODUCER, AFFINE))]
 
     @property
     def target(self) -> int:
@@ -368,7 +393,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         directions = _Directions(self, step)
         updates = self._prune(directions, step) if pruning else []
         if pruning and self.config.fused and not directions.taken \
-                and all(isinstance(b, float) and b == 0.0 for _, _, b, _, _ in updates):
+                and all(u.scales_only for u in updates):
             self._plain_step(step)                # HESSO between scorings: x -> a * (x - lr d)
             self._scale_after_step(updates)
         else:
@@ -401,7 +426,8 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         (updates whose ``b`` is 0: ``x -> a * (x - lr d)``), those of pruned channels (held
         ones, and those pruned in this step) exactly zero again."""
         factors: dict[int, tuple[GroupedViews, torch.Tensor, torch.Tensor]] = {}
-        for v, a, _, active, _ in updates:
+        for u in updates:
+            v, a, active = u.views, u.a, u.active
             f = torch.ones(v.num_channels, dtype=torch.float64, device=v.device)
             f[active.to(v.device)] = a if isinstance(a, float) else a[active.to(v.device)]
             factors[id(v)] = (v, f, active)
@@ -438,7 +464,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         (``held``, as the step began) are exactly zero and take no update, those pruned in it
         become zero (``a = b = 0``). A parameter in several views gets their composition."""
         lr_of = {id(p): g["lr"] for g in self.param_groups for p in g["params"]}
-        merged: dict[int, list] = {id(u[0]): list(u) for u in updates}
+        merged: dict[int, Update] = {id(u.views): u for u in updates}
         frozen: dict[int, torch.Tensor] = {}
         for v, before in held:
             pruned = next(m for w, m in self._held() if w is v)
@@ -446,18 +472,21 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
             frozen[id(v)] = before
             if id(v) not in merged:
                 if bool(new.any()) or bool(before.any()):
-                    merged[id(v)] = [v, 0.0, 0.0, new, new]
+                    merged[id(v)] = Update(v, 0.0, 0.0, new, new)
                 continue
-            entry = merged[id(v)]
-            if bool(new.any()):
+            u = merged[id(v)]
+            if bool(new.any()):     # pruned in this step: a = b = 0 on those channels
                 on = new.to(v.device)
-                entry[1], entry[2] = (torch.where(on, 0.0, torch.as_tensor(
-                    x, dtype=torch.float64, device=v.device)) for x in entry[1:3])
-                entry[3], entry[4] = entry[3] | new, entry[4] | new
+                zero_on_new = [torch.where(on, 0.0, torch.as_tensor(x, dtype=torch.float64,
+                                                                     device=v.device))
+                               for x in (u.a, u.b)]
+                merged[id(v)] = replace(u, a=zero_on_new[0], b=zero_on_new[1],
+                                        active=u.active | new, scaled=u.scaled | new)
         rows: dict[int, tuple] = {}
-        for v, a, b, active, scaled in merged.values():
+        for u in merged.values():
+            v = u.views
             still = frozen.get(id(v), torch.zeros(v.num_channels, dtype=torch.bool))
-            for p, big_a, big_b in v.coefficients(a, b, active, scaled, still, lr_of):
+            for p, big_a, big_b in v.coefficients(u.a, u.b, u.active, u.scaled, still, lr_of):
                 if id(p) in rows:       # a second view: compose in the post-step form
                     rows[id(p)] = self._compose(rows[id(p)], (big_a, big_b), lr_of[id(p)])
                 else:
@@ -485,11 +514,8 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
 
     def _prune(self, directions: dict[int, Direction], step: int) -> list[Update]:
         """Subclass hook for a step of the pruning phase: given every parameter's update
-        direction, return ``(views, a, b, active, scaled)`` updates (per channel ``a``, ``b``,
-        tensors on ``views.device`` or floats, applied to the rows of the ``active`` channels
-        as ``x -> a * (x - lr * d) + b * d`` in place of the base step; ``a`` may differ from 1
-        only on ``scaled`` ones; masks bool on the CPU) and mark in the state the channels to
-        hold at zero from now on (they become zero in this step)."""
+        direction, return the ``Update`` of each views it changes and mark in the state the
+        channels to hold at zero from now on (they become zero in this step)."""
         return []
 
     # ---- reporting -------------------------------------------------------------------------------
