@@ -243,3 +243,29 @@ def test_fused_sgd_starts_the_momentum_of_a_parameter_with_a_late_gradient():
         base.step()
     for (name, p), q in zip(job.module.named_parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("variant", ["adam", "adamw"])
+def test_fused_adam_direction_is_the_single_tensor_one(variant):
+    """The pruning step's Adam/AdamW direction through torch's fused kernel on a zeroed scratch
+    buffer: the moments and the direction ``m^ / (sqrt(v^) + eps)`` of torch's single-tensor
+    arithmetic to float rounding (the kernel orders its operations its own way), Adam's L2 term
+    in the gradient, whatever the scratch buffer held before."""
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(6, 5, generator=g)
+    p.grad = torch.randn(6, 5, generator=g)
+    group = {"lr": 1e-2, "weight_decay": 0.1, "betas": (0.9, 0.99), "eps": 1e-8}
+    state = {"exp_avg": torch.randn(6, 5, generator=g) * 0.1,
+             "exp_avg_sq": torch.rand(6, 5, generator=g) * 0.1}
+    m, v = state["exp_avg"].clone(), state["exp_avg_sq"].clone()
+    grad = p.grad + 0.1 * p if variant == "adam" else p.grad
+    m.lerp_(grad, 0.1)
+    v.mul_(0.99).addcmul_(grad, grad, value=0.01)
+    t = 3 + 1
+    expected = m / (1 - 0.9 ** t) / (v.sqrt() / (1 - 0.99 ** t) ** 0.5 + 1e-8)
+    scratch = [torch.full_like(p, 7.0)]        # whatever it held: zeroed first
+    (d,) = otofx.fused.adam_directions([p], [state], group, variant, 3, scratch)
+    torch.testing.assert_close(state["exp_avg"], m, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(state["exp_avg_sq"], v, rtol=1e-6, atol=1e-9)
+    assert d is scratch[0]
+    torch.testing.assert_close(d, expected, rtol=1e-6, atol=0)
