@@ -4,10 +4,10 @@ run), for the parameters that take the plain base step in an otofx step.
 
 One call updates the state and the parameter of every eligible tensor in a single pass over each
 (torch's default single-tensor SGD makes three: ``buf.mul_``, ``buf.add_``, ``p.add_``; its Adam
-about ten), so the base part of a step costs less than torch's default step: measured on CPU,
-resnet18, one thread: SGD 4.8 ms against 8.3 ms, Adam 7.2 ms against 45.7 ms
-(``benchmarks.optimizer_overhead`` has the side-by-side numbers). The arithmetic is torch's fused
-kernel's; it equals the single-tensor step to float rounding.
+about ten), so the base part of a step costs no more than torch's fastest step
+(``benchmarks.optimizer_overhead`` has the side-by-side numbers, ``benchmarks/RESULTS.md`` the
+latest). The arithmetic is torch's fused kernel's; it equals the single-tensor step to float
+rounding.
 
 ``eligible`` says which tensors a kernel takes: a device type torch has fused kernels for, a
 floating dtype, dense gradients of the same dtype, contiguous parameter and gradient, and for Adam
@@ -97,7 +97,7 @@ def adam_directions(params: list[torch.Tensor], states: list[dict], group: dict,
     takes about seven: ``lerp_``, ``mul_``, ``addcmul_``, ``sqrt``, a division, ``add_``, the
     division of ``m`` by the denominator). Adam's L2 term enters the gradient here
     (``g + weight_decay * x``); AdamW's decoupled decay is the caller's (``Direction.decay``).
-    The same moments as the unfused step; the direction equal to it to float rounding."""
+    Moments and direction equal the single-tensor arithmetic's to float rounding."""
     grads = [p.grad for p in params]
     wd = group["weight_decay"]
     if variant == "adam" and wd:
