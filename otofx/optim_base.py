@@ -192,39 +192,8 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
 
     def _direction(self, p: torch.Tensor, group: dict, step: int) -> Direction:
         """Advance the base variant's state of ``p`` (momentum, Adam moments) and return its
-        update direction; the parameter itself is not touched. The arithmetic is torch's own
-        (``torch.optim.SGD``/``Adam``/``AdamW``, single-tensor), except that SGD's momentum is one
-        fused ``buf = grad + momentum * buf``."""
-        grad = p.grad
-        state = self.state[p]
-        wd, variant = group["weight_decay"], self.config.variant
-        if self._fused_adam(p, state):
-            return self._fused_directions([p], group, step)[0]
-        if variant == "sgd":
-            if wd:
-                grad = grad.add(p, alpha=wd)
-            if not group["momentum"]:
-                return Direction(grad)
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = grad.detach().clone()
-            else:
-                torch.add(grad, buf, alpha=group["momentum"], out=buf)
-            return Direction(buf)
-        b1, b2 = group["betas"]
-        if variant == "adam" and wd:
-            grad = grad.add(p, alpha=wd)
-        if "exp_avg" not in state:   # half-precision parameters keep float32 moments: eps and
-            moments = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
-            state["exp_avg"] = torch.zeros_like(p, dtype=moments)    # small v underflow in fp16
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=moments)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        grad = grad.to(m.dtype)
-        m.lerp_(grad, 1 - b1)
-        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        t = step + 1
-        denom = (v.sqrt() / (1 - b2 ** t) ** 0.5).add_(group["eps"])
-        return Direction(m, denom, 1 - b1 ** t, wd if variant == "adamw" else 0.0)
+        update direction; the parameter itself is not touched (``_directions`` of one)."""
+        return self._directions([p], group, step)[0]
 
     def _fused_adam(self, p: torch.Tensor, state: dict) -> bool:
         """Whether ``p``'s Adam/AdamW direction comes from torch's fused kernel
@@ -250,13 +219,10 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         return [Direction(d, None, 1.0, decay) for d in out]
 
     def _directions(self, params: list[torch.Tensor], group: dict, step: int) -> list[Direction]:
-        """``_direction`` for each of ``params``; off the CPU with torch's multi-tensor
-        (``_foreach_*``) kernels, a few launches for all parameters of one device and dtype."""
-        if not params:
-            return []
-        if params[0].device.type in self.loop_devices or group["momentum"] and self.config.variant == "sgd" \
-                and any("momentum_buffer" not in self.state[p] for p in params):
-            return [self._direction(p, group, step) for p in params]
+        """Advance the base variant's state of each of ``params`` and return their update
+        directions; the parameters themselves are not touched. Adam/AdamW through torch's fused
+        kernel where it takes the tensor (``_fused_directions``), else ``_variant_directions``:
+        a few launches for all parameters of one device and dtype."""
         buckets: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             key = (p.device, p.dtype, self._fused_adam(p, self.state[p]))
@@ -265,28 +231,41 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
         for (_, _, fuse), idx in buckets.items():
             ps = [params[i] for i in idx]
             dirs = self._fused_directions(ps, group, step) if fuse \
-                else self._directions_foreach(ps, group, step)
+                else self._variant_directions(ps, group, step)
             for i, d in zip(idx, dirs):
                 out[i] = d
         return out
 
-    def _directions_foreach(self, ps: list[torch.Tensor], group: dict, step: int
+    def _variant_directions(self, ps: list[torch.Tensor], group: dict, step: int
                             ) -> list[Direction]:
-        """``_direction`` for parameters of one device and dtype, as torch's foreach SGD/Adam."""
+        """Directions of parameters of one device and dtype with torch's arithmetic
+        (``torch.optim.SGD``/``Adam``/``AdamW``) in multi-tensor (``_foreach_*``) kernels, except
+        that SGD's momentum on the CPU is one ``buf = grad + momentum * buf`` per tensor (one
+        pass instead of two). Half-precision parameters keep float32 Adam moments (eps and small
+        ``v`` underflow in fp16)."""
         grads = [p.grad for p in ps]
         wd, variant = group["weight_decay"], self.config.variant
-        if variant == "sgd":
-            if wd:
-                grads = torch._foreach_add(grads, ps, alpha=wd)
-            if not group["momentum"]:
-                return [Direction(g) for g in grads]
-            bufs = [self.state[p]["momentum_buffer"] for p in ps]
-            torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, grads)
-            return [Direction(b) for b in bufs]
-        b1, b2 = group["betas"]
-        if variant == "adam" and wd:
+        if variant in ("sgd", "adam") and wd:
             grads = torch._foreach_add(grads, ps, alpha=wd)
+        if variant == "sgd":
+            momentum = group["momentum"]
+            if not momentum:
+                return [Direction(g) for g in grads]
+            states = [self.state[p] for p in ps]
+            first = [i for i, st in enumerate(states) if "momentum_buffer" not in st]
+            for i in first:          # torch's first step: the buffer is the gradient
+                states[i]["momentum_buffer"] = grads[i].detach().clone()
+            rest = [i for i, st in enumerate(states) if i not in set(first)]
+            bufs = [states[i]["momentum_buffer"] for i in rest]
+            grads_rest = [grads[i] for i in rest]
+            if ps[0].device.type in self.loop_devices:
+                for g, b in zip(grads_rest, bufs):
+                    torch.add(g, b, alpha=momentum, out=b)
+            elif bufs:
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, grads_rest)
+            return [Direction(st["momentum_buffer"]) for st in states]
+        b1, b2 = group["betas"]
         for p in ps:
             state = self.state[p]
             if "exp_avg" not in state:
