@@ -86,6 +86,8 @@ class Size:
     batch: int
     steps: int
     lr: float = 3e-3
+    prune_start: float = 1 / 6     # the pruning phase, as shares of the steps: otofx and
+    prune_span: float = 1 / 3      # only-train-once prune over it, torch-pruning at its end
 
 
 # default: the issue's model (hours for all contestants and seeds on 2 cores); quick: minutes
@@ -93,9 +95,14 @@ SIZES = {"default": Size(128, 4, 4, 64, 16, 600), "quick": Size(64, 2, 4, 32, 16
 
 
 class Block(nn.Module):
-    def __init__(self, d: int, heads: int):
+    """``attention="sdpa"``: ``F.scaled_dot_product_attention``; ``"matmul"``: the same function
+    written out (scores, causal mask, softmax, weighted sum), which ONNX export takes."""
+
+    def __init__(self, d: int, heads: int, block: int, attention: str = "sdpa"):
         super().__init__()
-        self.head_dim = d // heads
+        self.attention = attention
+        self.register_buffer("causal", torch.ones(block, block, dtype=torch.bool).triu(1), persistent=False)
+        self.heads, self.head_dim = heads, d // heads
         self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
@@ -103,8 +110,15 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         h = self.n1(x)
-        q, k, v = (p(h).view(B, T, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # sdpa splits by head width (the head count follows pruned heads); matmul by head count
+        # (the head width follows pruned channels: only-train-once prunes channels within heads)
+        split = (-1, self.head_dim) if self.attention == "sdpa" else (self.heads, -1)
+        q, k, v = (p(h).view(B, T, *split).transpose(1, 2) for p in (self.q, self.k, self.v))
+        if self.attention == "sdpa":
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            a = scores.masked_fill(self.causal[:T, :T], float("-inf")).softmax(-1) @ v
         x = x + self.o(a.transpose(1, 2).reshape(B, T, -1))
         return x + self.down(F.gelu(self.up(self.n2(x))))
 
@@ -113,11 +127,12 @@ class CharGPT(nn.Module):
     """Token + position embeddings, pre-norm blocks, a final norm, an output layer tied to the
     token embedding."""
 
-    def __init__(self, vocab: int, size: Size):
+    def __init__(self, vocab: int, size: Size, attention: str = "sdpa"):
         super().__init__()
         self.tok = nn.Embedding(vocab, size.width)
         self.pos = nn.Parameter(torch.randn(1, size.block, size.width) * 0.02)
-        self.blocks = nn.Sequential(*[Block(size.width, size.heads) for _ in range(size.layers)])
+        self.blocks = nn.Sequential(*[Block(size.width, size.heads, size.block, attention)
+                                      for _ in range(size.layers)])
         self.final = nn.LayerNorm(size.width)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -133,9 +148,18 @@ class Setting:
     vocab: int
     seed: int
 
-    def model(self) -> CharGPT:
+    def model(self, attention: str = "sdpa") -> CharGPT:
         torch.manual_seed(self.seed)
-        return CharGPT(self.vocab, self.size)
+        return CharGPT(self.vocab, self.size, attention)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate every contestant trains with at ``step``: a linear warm-up over the
+        first 5% of the steps, then a cosine decay to a tenth of ``size.lr`` at the last step."""
+        total, warm = self.size.steps, max(1, self.size.steps // 20)
+        if step < warm:
+            return self.size.lr * (step + 1) / warm
+        t = (step - warm) / max(1, total - 1 - warm)
+        return self.size.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, t))))
 
     def batch(self, step: int, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.train_ids if ids is None else ids
@@ -151,6 +175,8 @@ class Setting:
     def fit(self, module: nn.Module, optimizer: Any, first: int, last: int) -> None:
         module.train()
         for step in range(first, last):
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr_at(step)
             x, y = self.batch(step)
             loss = F.cross_entropy(module(x).flatten(0, 1), y.flatten())
             optimizer.zero_grad()
@@ -158,13 +184,16 @@ class Setting:
             optimizer.step()
 
     @torch.no_grad()
-    def perplexity(self, module: nn.Module, batches: int = 20) -> float:
+    def perplexity(self, module: nn.Module, rows: int = 64) -> float:
+        """exp(mean cross-entropy) over the whole validation text, cut into consecutive blocks
+        (the same tokens for every model and seed)."""
         module.eval()
-        losses = []
-        for i in range(batches):
-            x, y = self.batch(10_000_000 + i, self.val_ids)
-            losses.append(F.cross_entropy(module(x).flatten(0, 1), y.flatten()).item())
-        return math.exp(statistics.fmean(losses))
+        n = (self.val_ids.numel() - 1) // self.size.block
+        x = self.val_ids[:n * self.size.block].view(n, -1)
+        y = self.val_ids[1:n * self.size.block + 1].view(n, -1)
+        total = sum(F.cross_entropy(module(x[i:i + rows]).flatten(0, 1), y[i:i + rows].flatten(),
+                                    reduction="sum").item() for i in range(0, n, rows))
+        return math.exp(total / y.numel())
 
 
 def adamw(module: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -181,29 +210,6 @@ def relative_difference(small: nn.Module, reference: nn.Module, x: torch.Tensor)
 
 
 # ---- FLOPs calibration ----------------------------------------------------------------------
-
-def bisect(kept: Callable[[float], float], target: float, hi: float = 0.95, rounds: int = 9) -> float:
-    """The sparsity s in [0, hi] at which ``kept(s)`` (decreasing) is ``target``."""
-    lo_s, hi_s = 0.0, hi
-    for _ in range(rounds):
-        mid = (lo_s + hi_s) / 2
-        if kept(mid) > target:
-            lo_s = mid
-        else:
-            hi_s = mid
-    return (lo_s + hi_s) / 2
-
-
-def pilot_sparsity(method: Method, s: Setting, target: float) -> float:
-    """The group sparsity at which ``method`` (an otofx optimizer, which picks channels by saliency
-    across groups, so FLOPs do not follow the sparsity uniformly) keeps ``target`` of the FLOPs:
-    bisection over short pilot runs (a fifth of the steps, the same schedule proportions)."""
-    pilot = Setting(Size(**{**asdict(s.size), "steps": max(30, s.size.steps // 5)}), s.train_ids,
-                    s.val_ids, s.vocab, s.seed)
-    x = pilot.example()
-    base = count_flops(pilot.model(), (x,))
-    return bisect(lambda sp: count_flops(method(pilot, target, sp).model, (x,)) / base, target, rounds=5)
-
 
 def tp_ratio(tp: Any, s: Setting, target: float) -> float:
     """torch-pruning's ratio whose pruned (untrained) model keeps the FLOPs closest to ``target``
@@ -227,6 +233,7 @@ class Outcome:
     model: nn.Module
     exactness: float | None     # relative max difference to its masked model; None: not measured
     note: str = ""
+    share: float = 0.0          # the share of its prunable channels (or groups) it removed
 
 
 Method = Callable[[Setting, float, float], Outcome]   # (setting, FLOPs target, sparsity or ratio)
@@ -239,12 +246,13 @@ def dense(s: Setting, target: float, knob: float) -> Outcome:
 
 
 def schedule(s: Setting) -> dict:
-    return dict(start_pruning_step=s.size.steps // 6, pruning_steps=max(1, s.size.steps // 3))
+    start = round(s.size.steps * s.size.prune_start)
+    return dict(start_pruning_step=start, pruning_steps=max(1, round(s.size.steps * s.size.prune_span)))
 
 
 def otofx_method(kind: str, prune_hidden: bool) -> Method:
-    def run(s: Setting, target: float, sparsity: float) -> Outcome:
-        common = dict(lr=s.size.lr, variant="adamw", target_group_sparsity=sparsity, **schedule(s))
+    def run(s: Setting, target: float, knob: float) -> Outcome:
+        common = dict(lr=s.size.lr, variant="adamw", target_flops=target, **schedule(s))
         config = otofx.DHSPGConfig(**common) if kind == "DHSPG" else otofx.HESSOConfig(
             pruning_periods=4, **common)
         job = otofx.compress(s.model(), config, (s.example(),), prune_hidden=prune_hidden)
@@ -252,7 +260,9 @@ def otofx_method(kind: str, prune_hidden: bool) -> Method:
         small = job.subnet()
         report = job.optimizer.sparsity_report()
         note = f"{report['zero_channels']}/{report['target_channels']} of {report['prunable_channels']}"
-        return Outcome(small, relative_difference(small, job.module, s.example()), note)
+        out = Outcome(small, relative_difference(small, job.module, s.example()), note)
+        out.share = report["zero_channels"] / report["prunable_channels"]
+        return out
     return run
 
 
@@ -299,7 +309,7 @@ def tp_prune(tp: Any, model: CharGPT, x: torch.Tensor, ratio: float) -> tuple[Ch
 def tp_method(tp: Any) -> Method:
     def run(s: Setting, target: float, ratio: float) -> Outcome:
         model = s.model()
-        half = s.size.steps // 2
+        half = sum(schedule(s).values())       # the end of the others' pruning phase
         s.fit(model, adamw(model, s.size.lr), 0, half)
         model.eval()
         model, masked = tp_prune(tp, model, s.example(), ratio)
@@ -311,20 +321,27 @@ def tp_method(tp: Any) -> Method:
 
 def oto_method(oto_cls: Any) -> Method:
     def run(s: Setting, target: float, sparsity: float) -> Outcome:
-        model = s.model()
+        model = s.model("matmul")      # its ONNX export has no scaled_dot_product_attention
         graph = peers.oto_graph(oto_cls, model, s.example())
+        # its groups split heads (q, k, v lose channels in no head-aligned pattern, so the
+        # subnet's head split fails): the attention projections' output channels stay
+        names = [f"blocks.{i}.{p}.weight" for i in range(s.size.layers) for p in "qkv"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            graph.mark_unprunable_by_param_names(param_names=names)
         with contextlib.redirect_stdout(io.StringIO()):
             optimizer = peers.oto_on_cpu(graph.hesso(
                 variant="adamw", lr=s.size.lr, target_group_sparsity=sparsity, pruning_periods=4,
                 **schedule(s)))
         s.fit(model, optimizer, 0, s.size.steps)
+        trained = copy.deepcopy(model)     # construct_subnet prunes ``model`` in place
         with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph.construct_subnet(out_dir=out)
             small = torch.load(graph.compressed_model_path, weights_only=False)
-        return Outcome(small, relative_difference(small, model, s.example()),
-                       f"{optimizer.curr_num_zero_groups}/{optimizer.total_num_groups} groups")
+        return Outcome(small, relative_difference(small, trained, s.example()),
+                       f"{optimizer.curr_num_zero_groups}/{optimizer.total_num_groups} groups, "
+                       f"width {small.tok.weight.shape[1]}")
     return run
 
 
@@ -332,9 +349,8 @@ def contestants(include: tuple[str, ...] | None) -> tuple[dict[str, tuple[Method
     """name -> (method, calibration key), and a reason for each peer that cannot run here."""
     out: dict[str, tuple[Method, str]] = {DENSE: (dense, "")}
     for kind in ("DHSPG", "HESSO"):
-        out[f"otofx {kind}"] = (otofx_method(kind, True), f"otofx {kind}")
-        out[f"otofx {kind} (prune_hidden=False)"] = (otofx_method(kind, False),
-                                                     f"otofx {kind} (prune_hidden=False)")
+        out[f"otofx {kind}"] = (otofx_method(kind, True), "")
+        out[f"otofx {kind} (prune_hidden=False)"] = (otofx_method(kind, False), "")
     skipped = {}
     tp, why = peers.load_torch_pruning()
     if tp is None:
@@ -345,7 +361,7 @@ def contestants(include: tuple[str, ...] | None) -> tuple[dict[str, tuple[Method
     if oto_cls is None:
         skipped[OTO_NAME] = f"not available: {why}"
     else:
-        out[OTO_NAME] = (oto_method(oto_cls), "otofx HESSO")
+        out[OTO_NAME] = (oto_method(oto_cls), "oto")
     if include:
         out = {k: v for k, v in out.items() if k == DENSE or any(i in k for i in include)}
     return out, skipped
@@ -377,9 +393,8 @@ def key(name: str, target: float) -> str:
 
 def refine(method: Method, s: Setting, target: float, knobs: dict[str, float], knob_key: str,
            out: Outcome, base: dict[str, float], wall: float, rounds: int = 2) -> tuple[Outcome, float]:
-    """Correct a pilot-calibrated sparsity on the first seed's full run (the pilot's channel
-    choice is made earlier in training): secant steps on FLOPs kept, at most ``rounds`` more
-    runs, the last one kept; later seeds use the corrected sparsity."""
+    """Correct a starting sparsity on the first seed's full run: secant steps on FLOPs kept, at
+    most ``rounds`` more runs, the last one kept; later seeds use the corrected sparsity."""
     x = s.example()
     points = [(knobs[knob_key], count_flops(out.model, (x,)) / base["flops"])]
     for _ in range(rounds):
@@ -405,6 +420,7 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
     train_ids, val_ids, vocab = load_text()
     methods, results.skipped = contestants(args.methods)
     tp, _ = peers.load_torch_pruning()
+    shares: dict[str, float] = {}      # seed 0's share of channels removed, by run key
     for seed in range(args.seeds):
         s = Setting(size, train_ids, val_ids, vocab, seed)
         ref = s.model().eval()
@@ -418,12 +434,14 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
                 try:
                     if calibration and knob_key not in results.knobs:
                         results.knobs[knob_key] = (tp_ratio(tp, s, target) if calibration == "tp" else
-                                                   pilot_sparsity(methods[calibration][0], s, target))
+                                                   shares.get(key("otofx HESSO", target), 1 - target))
                     start = time.perf_counter()
                     out = method(s, target, results.knobs.get(knob_key, 0.0))
                     wall = time.perf_counter() - start
-                    if calibration and calibration != "tp" and calibration == name and seed == 0:
+                    if calibration == "oto" and seed == 0:
                         out, wall = refine(method, s, target, results.knobs, knob_key, out, base, wall)
+                    if seed == 0:
+                        shares[k] = out.share
                 except Exception as exc:  # noqa: BLE001 - a failing contestant is a table cell
                     results.failures[k] = f"failed: {peers.one_line(exc)}"
                     print(f"  seed {seed} {k}: {results.failures[k]}", file=sys.stderr, flush=True)
