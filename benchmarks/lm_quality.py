@@ -86,6 +86,7 @@ from otofx.flops import count_flops
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DENSE = "dense (AdamW)"
+RESTARTED = "dense (fresh AdamW after the phase)"
 TP_NAME, OTO_NAME = "torch-pruning LLM recipe", "only-train-once HESSO"
 OTOFX_NAMES = tuple(f"otofx {k}{h}" for k in ("DHSPG", "HESSO") for h in ("", " (prune_hidden=False)"))
 
@@ -261,7 +262,6 @@ class Outcome:
     model: nn.Module
     exactness: float | None     # relative max difference to its masked model; None: not measured
     note: str = ""
-    share: float = 0.0          # the share of its prunable channels (or groups) it removed
 
 
 Method = Callable[[Setting, float, float], Outcome]   # (setting, FLOPs target, sparsity or ratio)
@@ -273,9 +273,23 @@ def dense(s: Setting, target: float, knob: float) -> Outcome:
     return Outcome(model, 0.0)
 
 
+def dense_restarted(s: Setting, target: float, knob: float) -> Outcome:
+    """The dense model with the pruned models' optimizer restart: a fresh AdamW at the end of the
+    pruning phase (a restart alone helps at this budget: the reference for what pruning adds)."""
+    model = s.model()
+    s.fit(model, adamw(model, s.size.lr), 0, sum(schedule(s).values()))
+    return Outcome(fine_tune(s, model), 0.0)
+
+
 def schedule(s: Setting) -> dict:
     start = round(s.size.steps * s.size.prune_start)
     return dict(start_pruning_step=start, pruning_steps=max(1, round(s.size.steps * s.size.prune_span)))
+
+
+def fine_tune(s: Setting, small: nn.Module) -> nn.Module:
+    """Train ``small`` with a fresh AdamW from the end of the pruning phase to the last step."""
+    s.fit(small, adamw(small, s.size.lr), sum(schedule(s).values()), s.size.steps)
+    return small
 
 
 def otofx_method(kind: str, prune_hidden: bool) -> Method:
@@ -284,13 +298,12 @@ def otofx_method(kind: str, prune_hidden: bool) -> Method:
         config = otofx.DHSPGConfig(**common) if kind == "DHSPG" else otofx.HESSOConfig(
             pruning_periods=4, **common)
         job = otofx.compress(s.model(), config, (s.example(),), prune_hidden=prune_hidden)
-        s.fit(job.module, job.optimizer, 0, s.size.steps)
+        s.fit(job.module, job.optimizer, 0, sum(schedule(s).values()))
         small = job.subnet()
+        exact = relative_difference(small, job.module, s.example())
         report = job.optimizer.sparsity_report()
         note = f"{report['zero_channels']}/{report['target_channels']} of {report['prunable_channels']}"
-        out = Outcome(small, relative_difference(small, job.module, s.example()), note)
-        out.share = report["zero_channels"] / report["prunable_channels"]
-        return out
+        return Outcome(fine_tune(s, small), exact, note)
     return run
 
 
@@ -337,45 +350,74 @@ def tp_prune(tp: Any, model: CharGPT, x: torch.Tensor, ratio: float) -> tuple[Ch
 def tp_method(tp: Any) -> Method:
     def run(s: Setting, target: float, ratio: float) -> Outcome:
         model = s.model()
-        half = sum(schedule(s).values())       # the end of the others' pruning phase
-        s.fit(model, adamw(model, s.size.lr), 0, half)
+        s.fit(model, adamw(model, s.size.lr), 0, sum(schedule(s).values()))   # to the phase's end
         model.eval()
         model, masked = tp_prune(tp, model, s.example(), ratio)
         exact = relative_difference(model, masked, s.example())
-        s.fit(model, adamw(model, s.size.lr), half, s.size.steps)
-        return Outcome(model, exact, f"ratio {ratio:.3f}, width {model.tok.weight.shape[1]}")
+        return Outcome(fine_tune(s, model), exact, f"ratio {ratio:.3f}, width {model.tok.weight.shape[1]}")
     return run
+
+
+def oto_graph(oto_cls: Any, model: CharGPT, s: Setting) -> Any:
+    """only-train-once's graph of ``model`` (hand-written attention), q, k and v kept: its groups
+    split heads (q, k, v lose channels in no head-aligned pattern, and the subnet's head split
+    fails)."""
+    graph = peers.oto_graph(oto_cls, model, s.example())
+    names = [f"blocks.{i}.{p}.weight" for i in range(s.size.layers) for p in "qkv"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        graph.mark_unprunable_by_param_names(param_names=names)
+    return graph
+
+
+def oto_subnet(graph: Any) -> nn.Module:
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph.construct_subnet(out_dir=out)
+        return torch.load(graph.compressed_model_path, weights_only=False)
+
+
+def oto_sparsity(oto_cls: Any, s: Setting, target: float) -> float:
+    """only-train-once's group sparsity whose subnet keeps ``target`` of the FLOPs, by bisection
+    on the untrained model with random zero groups: it prunes MLP channels only, each of the
+    same cost, so the FLOPs depend on how many groups go, not which."""
+    x = s.example()
+    base = count_flops(s.model(), (x,))
+
+    def kept(sparsity: float) -> float:
+        graph = oto_graph(oto_cls, s.model("matmul"), s)
+        with contextlib.redirect_stdout(io.StringIO()):
+            graph.random_set_zero_groups(target_group_sparsity=sparsity)
+        return count_flops(oto_subnet(graph), (x,)) / base
+
+    lo, hi = 0.0, 0.95
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if kept(mid) > target else (lo, mid)
+    return hi
 
 
 def oto_method(oto_cls: Any) -> Method:
     def run(s: Setting, target: float, sparsity: float) -> Outcome:
         model = s.model("matmul")      # its ONNX export has no scaled_dot_product_attention
-        graph = peers.oto_graph(oto_cls, model, s.example())
-        # its groups split heads (q, k, v lose channels in no head-aligned pattern, so the
-        # subnet's head split fails): the attention projections' output channels stay
-        names = [f"blocks.{i}.{p}.weight" for i in range(s.size.layers) for p in "qkv"]
-        with contextlib.redirect_stdout(io.StringIO()):
-            graph.mark_unprunable_by_param_names(param_names=names)
+        graph = oto_graph(oto_cls, model, s)
         with contextlib.redirect_stdout(io.StringIO()):
             optimizer = peers.oto_on_cpu(graph.hesso(
                 variant="adamw", lr=s.size.lr, target_group_sparsity=sparsity, pruning_periods=4,
                 **schedule(s)))
-        s.fit(model, optimizer, 0, s.size.steps)
+        s.fit(model, optimizer, 0, sum(schedule(s).values()))
         trained = copy.deepcopy(model)     # construct_subnet prunes ``model`` in place
-        with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph.construct_subnet(out_dir=out)
-            small = torch.load(graph.compressed_model_path, weights_only=False)
-        return Outcome(small, relative_difference(small, trained, s.example()),
-                       f"{optimizer.curr_num_zero_groups}/{optimizer.total_num_groups} groups, "
-                       f"width {small.tok.weight.shape[1]}")
+        small = oto_subnet(graph)
+        exact = relative_difference(small, trained, s.example())
+        note = (f"sparsity {sparsity:.3f}: {optimizer.curr_num_zero_groups}/"
+                f"{optimizer.total_num_groups} groups, width {small.tok.weight.shape[1]}")
+        return Outcome(fine_tune(s, small), exact, note)
     return run
 
 
 def contestants(include: tuple[str, ...] | None) -> tuple[dict[str, tuple[Method, str]], dict[str, str]]:
     """name -> (method, calibration key), and a reason for each peer that cannot run here."""
-    out: dict[str, tuple[Method, str]] = {DENSE: (dense, "")}
+    out: dict[str, tuple[Method, str]] = {DENSE: (dense, ""), RESTARTED: (dense_restarted, "")}
     for kind in ("DHSPG", "HESSO"):
         out[f"otofx {kind}"] = (otofx_method(kind, True), "")
         out[f"otofx {kind} (prune_hidden=False)"] = (otofx_method(kind, False), "")
@@ -391,7 +433,7 @@ def contestants(include: tuple[str, ...] | None) -> tuple[dict[str, tuple[Method
     else:
         out[OTO_NAME] = (oto_method(oto_cls), "oto")
     if include:
-        out = {k: v for k, v in out.items() if k == DENSE or any(i in k for i in include)}
+        out = {k: v for k, v in out.items() if k in (DENSE, RESTARTED) or any(i in k for i in include)}
     return out, skipped
 
 
@@ -405,6 +447,7 @@ class Run:
     exactness: float | None
     wall: float
     note: str
+    seed: int = 0
 
 
 @dataclass
@@ -416,29 +459,7 @@ class Results:
 
 
 def key(name: str, target: float) -> str:
-    return name if name == DENSE else f"{name} @ {target:g}"
-
-
-def refine(method: Method, s: Setting, target: float, knobs: dict[str, float], knob_key: str,
-           out: Outcome, base: dict[str, float], wall: float, rounds: int = 2) -> tuple[Outcome, float]:
-    """Correct a starting sparsity on the first seed's full run: secant steps on FLOPs kept, at
-    most ``rounds`` more runs, the last one kept; later seeds use the corrected sparsity."""
-    x = s.example()
-    points = [(knobs[knob_key], count_flops(out.model, (x,)) / base["flops"])]
-    for _ in range(rounds):
-        sp, f = points[-1]
-        if abs(f - target) <= 0.03:
-            break
-        if len(points) > 1 and points[-2][1] != f:
-            slope = (f - points[-2][1]) / (sp - points[-2][0])
-        else:
-            slope = -1.5
-        knobs[knob_key] = min(0.95, max(0.02, sp + (target - f) / slope))
-        start = time.perf_counter()
-        out = method(s, target, knobs[knob_key])
-        wall = time.perf_counter() - start
-        points.append((knobs[knob_key], count_flops(out.model, (x,)) / base["flops"]))
-    return out, wall
+    return name if name in (DENSE, RESTARTED) else f"{name} @ {target:g}"
 
 
 def run_all(args: argparse.Namespace, results: Results) -> None:
@@ -448,28 +469,26 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
     train_ids, val_ids, vocab = load_text()
     methods, results.skipped = contestants(args.methods)
     tp, _ = peers.load_torch_pruning()
-    shares: dict[str, float] = {}      # seed 0's share of channels removed, by run key
-    for seed in range(args.seeds):
+    oto_cls, _ = peers.load_oto()
+    first = Setting(size, train_ids, val_ids, vocab, 0)    # the peers' knobs: seed 0's model
+    seeds = [args.only_seed] if args.only_seed is not None else range(args.seeds)
+    for seed in seeds:
         s = Setting(size, train_ids, val_ids, vocab, seed)
         ref = s.model().eval()
         base = {"flops": count_flops(ref, (s.example(),)), "params": sum(p.numel() for p in ref.parameters())}
         for name, (method, calibration) in methods.items():
-            for target in ([1.0] if name == DENSE else args.flops):
+            for target in ([1.0] if name in (DENSE, RESTARTED) else args.flops):
                 k = key(name, target)
                 if k in results.failures:
                     continue
                 knob_key = f"{calibration} @ {target:g}"
                 try:
                     if calibration and knob_key not in results.knobs:
-                        results.knobs[knob_key] = (tp_ratio(tp, s, target) if calibration == "tp" else
-                                                   shares.get(key("otofx HESSO", target), 1 - target))
+                        results.knobs[knob_key] = (tp_ratio(tp, first, target) if calibration == "tp"
+                                                   else oto_sparsity(oto_cls, first, target))
                     start = time.perf_counter()
                     out = method(s, target, results.knobs.get(knob_key, 0.0))
                     wall = time.perf_counter() - start
-                    if calibration == "oto" and seed == 0:
-                        out, wall = refine(method, s, target, results.knobs, knob_key, out, base, wall)
-                    if seed == 0:
-                        shares[k] = out.share
                 except Exception as exc:  # noqa: BLE001 - a failing contestant is a table cell
                     results.failures[k] = f"failed: {peers.one_line(exc)}"
                     print(f"  seed {seed} {k}: {results.failures[k]}", file=sys.stderr, flush=True)
@@ -477,10 +496,23 @@ def run_all(args: argparse.Namespace, results: Results) -> None:
                 x = s.example()
                 run = Run(s.perplexity(out.model), count_flops(out.model, (x,)) / base["flops"],
                           sum(p.numel() for p in out.model.parameters()) / base["params"], out.exactness,
-                          wall, out.note)
+                          wall, out.note, seed)
                 results.runs.setdefault(k, []).append(run)
                 print(f"  seed {seed} {k}: ppl {run.ppl:.3f}, FLOPs {run.flops:.3f}, exact "
                       f"{run.exactness}, {wall:.1f} s", file=sys.stderr, flush=True)
+
+
+def merge(paths: list[Path], results: Results) -> None:
+    """Results of runs made apart (``--only-seed``), read back from their JSON files."""
+    for path in paths:
+        data = json.loads(path.read_text())
+        results.failures |= data.pop("failures")
+        results.knobs |= data.pop("knobs")
+        results.skipped |= data.pop("skipped", {})
+        for k, runs in data.items():
+            results.runs.setdefault(k, []).extend(Run(**r) for r in runs)
+    for runs in results.runs.values():
+        runs.sort(key=lambda r: r.seed)
 
 
 def pm(values: list[float], digits: int = 3) -> str:
@@ -548,7 +580,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
     head = (f"CharGPT width {size.width}, {size.layers} layers, {size.heads} heads, block {size.block}, "
             f"batch {size.batch}, {steps} steps (lr {size.lr}: 5% warm-up, cosine to a tenth), pruning "
             f"phase from {size.prune_start:.3g} for {size.prune_span:.3g} of the steps (otofx: "
-            f"target_flops, allocation uniform), {args.seeds} seeds; "
+            f"target_flops, allocation uniform), after it every pruned model's subnet is fine-tuned "
+            f"with a fresh AdamW; {args.seeds} seeds; "
             f"pydoc_data.topics, 90/10 split; commit {commit}, {time.strftime('%Y-%m-%d %H:%M')}, "
             f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads.")
     return "\n".join([head, "", *rows, "", *verdicts(results, args.flops)])
@@ -563,17 +596,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", type=lambda v: tuple(v.split(",")), default=None,
                    help="substrings of the method names to run (dense always runs)")
     p.add_argument("--out", type=Path, default=RESULTS / "lm_quality.md")
+    p.add_argument("--only-seed", type=int, default=None,
+                   help="run this seed alone (the peers' knobs still come from seed 0's model); "
+                        "--merge joins such runs")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="the JSON files of --only-seed runs: report them together, run nothing")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     results = Results()
-    run_all(args, results)
+    if args.merge:
+        merge(args.merge, results)
+    else:
+        run_all(args, results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {k: [asdict(r) for r in v] for k, v in results.runs.items()} | {
+            "failures": results.failures, "knobs": results.knobs, "skipped": results.skipped}, indent=1))
     text = report(results, args)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {k: [asdict(r) for r in v] for k, v in results.runs.items()} | {"failures": results.failures,
-                                                                          "knobs": results.knobs}, indent=1))
 
 
 if __name__ == "__main__":
