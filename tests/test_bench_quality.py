@@ -266,3 +266,19 @@ def test_lm_only_train_once_runs_on_hand_written_attention_and_its_subnet_is_its
     x = s.example()
     assert out.exactness <= 1e-5
     assert lm.count_flops(out.model, (x,)) < lm.count_flops(s.model("matmul"), (x,))
+
+
+def test_lm_runs_made_apart_merge_by_seed_with_their_failures_and_knobs(tmp_path):
+    from benchmarks import lm_quality as lm
+    files = []
+    for seed in (1, 0):
+        run = lm.Run(10.0 + seed, 0.5, 0.5, 1e-7, 1.0, "", seed)
+        data = {"otofx HESSO @ 0.5": [run.__dict__], "failures": {f"x @ {seed}": "failed: boom"},
+                "knobs": {f"tp @ {seed}": 0.1 * seed}, "skipped": {}}
+        files.append(tmp_path / f"seed{seed}.json")
+        files[-1].write_text(json.dumps(data))
+    results = lm.Results()
+    lm.merge(files, results)
+    assert [r.seed for r in results.runs["otofx HESSO @ 0.5"]] == [0, 1]
+    assert [r.ppl for r in results.runs["otofx HESSO @ 0.5"]] == [10.0, 11.0]
+    assert set(results.failures) == {"x @ 0", "x @ 1"} and set(results.knobs) == {"tp @ 0", "tp @ 1"}
