@@ -9,7 +9,13 @@ module's flag again:
 * ``aten.dropout(x, p, train)`` becomes a call to an ``nn.Dropout(p)`` submodule;
 * ``aten.batch_norm(x, w, b, mean, var, training, momentum, eps, ...)`` becomes a call to an
   ``nn.BatchNorm{1,2,3}d`` that owns the same tensors (the ``num_batches_tracked += 1`` export
-  wrote out is dropped: the module does it), when those tensors belong to one submodule.
+  wrote out is dropped: the module does it), when those tensors belong to one submodule;
+* ``aten.scaled_dot_product_attention(q, k, v, mask, p, ...)`` with a constant ``p > 0`` (HF and
+  most attention code pass ``dropout if self.training else 0.0``, which export fixes to the
+  value of the mode it ran in) reads ``p`` from a call to an :class:`AttentionDropout` submodule,
+  which returns ``p`` in training mode and 0.0 in eval mode. The attention op itself stays as it
+  is, so its rules apply unchanged. (A model exported in eval mode has ``p = 0`` in the graph:
+  there is no dropout left to restore, so export a model you will train in training mode.)
 
 Before (export of ``nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))`` in train mode)::
 
@@ -17,6 +23,14 @@ Before (export of ``nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))`` in train m
 
 After: ``dropout = self.otofx_dropout_0(linear)`` where ``otofx_dropout_0`` is ``nn.Dropout(0.1)``;
 ``gm.eval()`` turns it off.
+
+Attention, exported in train mode from ``F.scaled_dot_product_attention(q, k, v,
+dropout_p=0.1 if self.training else 0.0)``::
+
+    sdpa = aten.scaled_dot_product_attention.default(q, k, v, None, 0.1)
+
+After: ``p = self.otofx_attention_dropout_0(); sdpa = aten.scaled_dot_product_attention.default(q,
+k, v, None, p)``: dropout while training, none after ``gm.eval()``.
 """
 
 from __future__ import annotations
@@ -116,6 +130,45 @@ def _batch_norm(gm: GraphModule, node: Node, counters: dict[str, Node]) -> None:
     _as_call_module(gm, node, owner, bn, x)
 
 
+class AttentionDropout(nn.Module):
+    """The dropout probability of an attention call: ``p`` in training mode, 0.0 in eval mode.
+
+    Called with no arguments; its output (a python float) is the ``dropout_p`` argument of the
+    attention op it was made for."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self) -> float:
+        return self.p if self.training else 0.0
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+_SDPA = (aten.scaled_dot_product_attention.default,)
+
+
+def _attention_dropout(gm: GraphModule, node: Node) -> None:
+    """Make a constant ``dropout_p > 0`` of an attention node follow the module's mode."""
+    in_kwargs = "dropout_p" in node.kwargs
+    p = node.kwargs["dropout_p"] if in_kwargs else node.args[4] if len(node.args) > 4 else 0.0
+    if not isinstance(p, float) or p <= 0:
+        return
+    k = 0
+    while hasattr(gm, f"otofx_attention_dropout_{k}"):
+        k += 1
+    path = f"otofx_attention_dropout_{k}"
+    gm.add_submodule(path, AttentionDropout(p))
+    with gm.graph.inserting_before(node):
+        prob = gm.graph.call_module(path, ())
+    if in_kwargs:
+        node.kwargs = {**node.kwargs, "dropout_p": prob}
+    else:
+        node.args = (*node.args[:4], prob, *node.args[5:])
+
+
 def _modes_as_modules(gm: GraphModule) -> None:
     counters = {n.args[0].target: n for n in gm.graph.nodes
                 if n.op == "call_function" and n.target is aten.add_.Tensor
@@ -128,6 +181,8 @@ def _modes_as_modules(gm: GraphModule) -> None:
             _dropout(gm, node)
         elif node.target is aten.batch_norm.default:
             _batch_norm(gm, node, counters)
+        elif node.target in _SDPA:
+            _attention_dropout(gm, node)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()

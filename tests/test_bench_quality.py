@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -192,3 +194,91 @@ def test_within_two_points_of_the_full_network_is_claimed_only_beyond_twice_the_
         "NOT within"
     assert within_word(paired.verdict({s: 0.95 + 0.04 * (-1) ** s for s in range(5)}, full)
                        ).startswith("undecided")
+
+
+# ---- the language-model benchmark (benchmarks/lm_quality.py) ----------------------------------
+
+def _lm_setting(steps=40, seed=0):
+    from benchmarks import lm_quality as lm
+    train, val, vocab = lm.load_text()
+    return lm.Setting(lm.Size(16, 1, 2, 8, 4, steps), train, val[:2000], vocab, seed)
+
+
+def test_lm_hand_written_attention_is_the_sdpa_model_and_causal():
+    s = _lm_setting()
+    sdpa, matmul = s.model("sdpa").eval(), s.model("matmul").eval()
+    assert [(n, p.shape) for n, p in sdpa.named_parameters()] == \
+        [(n, p.shape) for n, p in matmul.named_parameters()]
+    x = s.example()
+    later = x.clone()
+    later[:, 5:] = (later[:, 5:] + 1) % s.vocab
+    with torch.no_grad():
+        torch.testing.assert_close(matmul(x), sdpa(x), rtol=1e-5, atol=1e-5)
+        for m in (sdpa, matmul):        # a token's logits never see later tokens
+            torch.testing.assert_close(m(later)[:, :5], m(x)[:, :5])
+            assert not torch.allclose(m(later)[:, 5:], m(x)[:, 5:])
+
+
+@given(steps=st.integers(20, 5000))
+def test_lm_learning_rate_warms_up_then_decays_to_a_tenth(steps):
+    from benchmarks import lm_quality as lm
+    s = lm.Setting(lm.Size(16, 1, 2, 8, 4, steps), torch.zeros(1), torch.zeros(1), 2, 0)
+    lrs = [s.lr_at(t) for t in range(steps)]
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(s.size.lr) and 0 < lrs[0] <= s.size.lr
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+    assert lrs[-1] == pytest.approx(0.1 * s.size.lr)
+
+
+def test_lm_perplexity_covers_the_whole_validation_text_in_any_batching():
+    s = _lm_setting()
+    vocab = s.vocab
+
+    class Uniform(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(*x.shape, vocab)
+
+    assert s.perplexity(Uniform()) == pytest.approx(vocab)     # every token has probability 1/V
+    model = s.model()
+    assert s.perplexity(model, rows=7) == pytest.approx(s.perplexity(model, rows=64), rel=1e-6)
+
+
+def test_lm_otofx_subnet_is_exact_at_its_flops_target_with_the_hidden_size_pruned():
+    from benchmarks import lm_quality as lm
+    s = _lm_setting(steps=40)
+    out = lm.otofx_method("HESSO", True)(s, 0.5, 0.0)
+    x = s.example()
+    kept = lm.count_flops(out.model, (x,)) / lm.count_flops(s.model(), (x,))
+    assert out.exactness <= 1e-5
+    assert 0.4 <= kept <= 0.55
+    assert any(p.shape[-1] < 16 for n, p in out.model.named_parameters() if "tok" in n)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("only_train_once") is None,
+                    reason="only-train-once is a bench extra (pip install -e '.[bench]')")
+def test_lm_only_train_once_runs_on_hand_written_attention_and_its_subnet_is_its_model():
+    from benchmarks import lm_quality as lm
+    oto, why = peers.load_oto()
+    assert oto is not None, why
+    s = _lm_setting(steps=30)
+    out = lm.oto_method(oto)(s, 0.5, 0.5)
+    x = s.example()
+    assert out.exactness <= 1e-5
+    assert lm.count_flops(out.model, (x,)) < lm.count_flops(s.model("matmul"), (x,))
+
+
+def test_lm_runs_made_apart_merge_by_seed_with_their_failures_and_knobs(tmp_path):
+    from benchmarks import lm_quality as lm
+    files = []
+    for seed in (1, 0):
+        run = lm.Run(10.0 + seed, 0.5, 0.5, 1e-7, 1.0, "", seed)
+        data = {"otofx HESSO @ 0.5": [run.__dict__], "failures": {f"x @ {seed}": "failed: boom"},
+                "knobs": {f"tp @ {seed}": 0.1 * seed}, "skipped": {}}
+        files.append(tmp_path / f"seed{seed}.json")
+        files[-1].write_text(json.dumps(data))
+    results = lm.Results()
+    lm.merge(files, results)
+    assert [r.seed for r in results.runs["otofx HESSO @ 0.5"]] == [0, 1]
+    assert [r.ppl for r in results.runs["otofx HESSO @ 0.5"]] == [10.0, 11.0]
+    assert set(results.failures) == {"x @ 0", "x @ 1"} and set(results.knobs) == {"tp @ 0", "tp @ 1"}

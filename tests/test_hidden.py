@@ -297,3 +297,59 @@ def test_one_group_norm_without_affine_stays_one_unit():
     assert "a" not in {g.name for g in analysis.prunable}
     assert "a" not in {g.name for g in otofx.analyze(otofx.trace(OneGroupNorm(False)), (x,),
                                                      prune_hidden=False).prunable}
+
+
+class DropoutAttention(nn.Module):
+    """Shape control flow (export only) and SDPA whose dropout follows the mode, as HF writes it."""
+
+    def __init__(self, d=16, heads=4, p=0.5):
+        super().__init__()
+        self.heads, self.p = heads, p
+        self.norm = nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):
+        if x.shape[-1] == 4:
+            x = x + 0
+        B, T, d = x.shape
+        h = self.norm(x)
+        q, k, v = (p(h).view(B, T, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.0)
+        return x + self.o(a.transpose(1, 2).reshape(B, T, d))
+
+
+def _seeded(module, x, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return module(x)
+
+
+def test_an_exported_training_graph_keeps_attention_dropout_as_dropout():
+    torch.manual_seed(0)
+    model, x = DropoutAttention().train(), torch.randn(2, 6, 16)
+    gm = otofx.trace(model, (x,))
+    assert gm.meta.get("otofx.exported") and gm.training
+    # training: the same random attention dropout as the model, draw for draw
+    torch.testing.assert_close(_seeded(gm, x, 1), _seeded(model, x, 1))
+    assert not torch.allclose(_seeded(gm, x, 1), _seeded(gm, x, 2))
+    # eval: no dropout at all
+    gm.eval(), model.eval()
+    torch.testing.assert_close(_seeded(gm, x, 1), _seeded(model, x, 2))
+    gm.train()
+    analysis = otofx.analyze(gm, (x,))
+    zero_groups(gm, analysis, 0.5)
+    small = otofx.shrink(gm, analysis)
+    assert small.meta["otofx.shrink"].removed
+    small.train()
+    assert not torch.allclose(_seeded(small, x, 1), _seeded(small, x, 2))
+    small.eval(), gm.eval()
+    torch.testing.assert_close(_seeded(small, x, 1), _seeded(gm, x, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_an_exported_eval_graph_has_no_attention_dropout_to_restore():
+    """Exported in eval mode, the graph holds dropout_p = 0: training it later drops nothing."""
+    torch.manual_seed(0)
+    model, x = DropoutAttention().eval(), torch.randn(2, 6, 16)
+    gm = otofx.trace(model, (x,))
+    gm.train()
+    torch.testing.assert_close(_seeded(gm, x, 1), _seeded(gm, x, 2))

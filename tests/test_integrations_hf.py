@@ -16,6 +16,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+from otofx.passes.export import AttentionDropout  # noqa: E402
+
 from otofx.integrations.hf import OtofxTrainer  # noqa: E402
 
 VOCAB, SEQ, BATCH = 64, 8, 4
@@ -94,10 +96,9 @@ def test_trainer_refuses_another_optimizer_and_batches_the_graph_cannot_take(tmp
         OtofxTrainer(job, arguments(tmp_path), model=torch.nn.Linear(2, 2))
 
 
-def test_trainer_refuses_attention_dropout_fixed_by_the_export_and_takes_the_model_traced_in_eval(tmp_path):
-    with pytest.raises(otofx.ConfigError, match="attention call .* fixed dropout.*model.eval"):
-        OtofxTrainer(tiny_bert_job(steps=10, attention="sdpa"), arguments(tmp_path))
-    job = tiny_bert_job(steps=10, attention="sdpa", train_mode=False)
+def test_trainer_takes_sdpa_attention_traced_in_training_mode_and_its_dropout_stops_in_eval(tmp_path):
+    job = tiny_bert_job(steps=10, attention="sdpa")
+    assert any(isinstance(m, AttentionDropout) for m in job.module.modules())
     trainer = OtofxTrainer(job, arguments(tmp_path, max_steps=2), train_dataset=Parity(16))
     trainer.train()
     batch = torch.utils.data.default_collate([Parity(BATCH, seed=3)[i] for i in range(BATCH)])

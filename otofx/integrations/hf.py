@@ -16,8 +16,8 @@ by name, as the model does).
 A model that came in through ``torch.export`` (HF transformers 5.x) is fixed to the example
 batch's shapes: pad every batch to that length and set ``dataloader_drop_last=True``. Settings
 that would train with another optimizer (``optimizers=``, ``optimizer_cls_and_kwargs=``,
-DeepSpeed, FSDP) raise ``otofx.ConfigError``, and so does an attention call whose dropout the
-export fixed (a model exported in training mode with SDPA attention: compress it in eval mode).
+DeepSpeed, FSDP) raise ``otofx.ConfigError``. SDPA attention dropout follows ``.train()`` and
+``.eval()`` in an exported graph too (``otofx.passes.export``): compress the model in training mode.
 """
 
 from __future__ import annotations
@@ -107,17 +107,6 @@ class OtofxTrainer(transformers.Trainer):
         return result
 
 
-def _baked_attention_dropout(gm: GraphModule) -> str | None:
-    """The first ``scaled_dot_product_attention`` node whose dropout probability is a constant
-    above zero (HF passes ``dropout if self.training else 0.0``, which export fixes)."""
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and "scaled_dot_product_attention" in str(node.target):
-            p = node.kwargs.get("dropout_p", node.args[4] if len(node.args) > 4 else 0.0)
-            if isinstance(p, float) and p > 0:
-                return node.name
-    return None
-
-
 def _check_args(args: Any, job: CompressionJob) -> None:
     for field in ("deepspeed", "fsdp"):
         if getattr(args, field, None):
@@ -126,14 +115,6 @@ def _check_args(args: Any, job: CompressionJob) -> None:
                               "on one device or with DistributedDataParallel.")
     if not job.module.meta.get(EXPORTED, False):
         return
-    baked = _baked_attention_dropout(job.module)
-    if baked:
-        raise ConfigError(
-            f"the model was traced through torch.export in training mode and its attention call "
-            f"'{baked}' carries a fixed dropout probability: it would drop attention weights in eval "
-            "mode too (random evaluation, a subnet that cannot be checked). Compress the model in eval "
-            "mode (model.eval() before otofx.compress: its dropout layers still follow .train(), only "
-            "attention dropout is left out) or load it with attn_implementation='eager'.")
     batch = next((t.shape[0] for t in job.example_inputs if isinstance(t, torch.Tensor) and t.dim()), None)
     fixed = f"the model came in through torch.export, so its graph is fixed to the example batch " \
             f"(batch size {batch})"
