@@ -296,11 +296,15 @@ def _name_of(gm: GraphModule, t: torch.Tensor) -> str | None:
     return None
 
 
-def _tolerance(dtype: torch.dtype) -> tuple[float, float]:
-    """(rtol, atol) for comparing a float tensor of ``dtype`` computed in another order: 1e-3,
-    1e-4 in float32 and wider, four rounding steps in float16 and bfloat16."""
+RTOL, ATOL = 1e-4, 1e-5   # the tests' tolerance (tests/zoo/zoo_checks.py, tests/helpers.py)
+
+
+def tolerance(dtype: torch.dtype, scale: float = 1.0) -> tuple[float, float]:
+    """(rtol, atol) for comparing a float tensor of ``dtype`` whose largest magnitude is
+    ``scale``, computed in another order: the tests' ``rtol=1e-4, atol=1e-5 * max(1, scale)``
+    in float32 and wider, at least four rounding steps in float16 and bfloat16."""
     eps = 4 * torch.finfo(dtype).eps
-    return max(1e-3, eps), max(1e-4, eps)
+    return max(RTOL, eps), max(ATOL, eps) * max(1.0, scale)
 
 
 def _check(expected: Any, got: Any, where: str = "output") -> None:
@@ -311,8 +315,8 @@ def _check(expected: Any, got: Any, where: str = "output") -> None:
                 f"expected {tuple(expected.shape)}. This is an otofx bug: please report it.")
         if expected.is_floating_point():
             scale = expected.abs().max().item() if expected.numel() else 0.0
-            rtol, atol = _tolerance(expected.dtype)
-            if not torch.allclose(got, expected, rtol=rtol, atol=atol * max(1.0, scale)):
+            rtol, atol = tolerance(expected.dtype, scale)
+            if not torch.allclose(got, expected, rtol=rtol, atol=atol):
                 err = (got - expected).abs().max().item()
                 raise ShrinkError(
                     f"The smaller graph's {where} differs from the original by {err:.3g} "
@@ -363,7 +367,8 @@ def first_divergence(gm: GraphModule, sub: GraphModule, ctx: ShrinkContext,
         if a.shape != b.shape:
             return f"node '{node.name}' ({node.format_node()}) has shape {tuple(b.shape)}, " \
                    f"expected {tuple(a.shape)}"
-        if a.is_floating_point() and not torch.allclose(a, b, *_tolerance(a.dtype)):
+        scale = a.abs().max().item() if a.is_floating_point() and a.numel() else 0.0
+        if a.is_floating_point() and not torch.allclose(b, a, *tolerance(a.dtype, scale)):
             return f"node '{node.name}' ({node.format_node()}) differs by " \
                    f"{(a - b).abs().max().item():.3g}"
     return "no single node differs"
