@@ -445,17 +445,17 @@ def targets(rows: list[Row]) -> list[str]:
 
 NOTES = """Notes: every cell is a median over the n steps of that phase (one untimed first step before \
 them), all optimizers interleaved step by step on copies of one initial model, stepping on the \
-same fixed gradients; the ratios divide by the fastest torch optimizer of the same variant in the \
-same phase (of torch's default, single-tensor on the CPU and foreach on CUDA; foreach=True; \
+same fixed gradients; the ratios divide by the fastest torch optimizer of the same variant in \
+the same phase (of torch's default, single-tensor on the CPU and foreach on CUDA; foreach=True; \
 fused=True, the kernels otofx's plain base step uses): "step / fastest torch" by the fastest \
-median step, "iteration / fastest torch" by the fastest median iteration. "step" is optimizer.step(); "iteration" is zero_grad \
-+ forward + backward + step on the same batch (the base trains the eager model, otofx its \
-GraphModule, only-train-once the eager model). "slowest step during" includes the partition / \
-period-start scoring steps (HESSO scores at the start of each period: with --quick's 4 pruning \
-steps in 2 periods, half its steps in the pruning phase score every channel, so its median \
-there includes them). Steps per phase are in the machine line; HESSO prunes in {periods} \
-periods; target group sparsity {target}. The last column counts exactly-zero prunable channels \
-(only-train-once: groups) after the last step."""
+median step, "iteration / fastest torch" by the fastest median iteration. "step" is \
+optimizer.step(); "iteration" is zero_grad + forward + backward + step on the same batch (the \
+base trains the eager model, otofx its GraphModule, only-train-once the eager model). "slowest \
+step during" includes the partition / period-start scoring steps (HESSO scores at the start of \
+each period: with --quick's 4 pruning steps in 2 periods, half its steps in the pruning phase \
+score every channel, so its median there includes them). Steps per phase are in the machine \
+line; HESSO prunes in {periods} periods; target group sparsity {target}. The last column counts \
+exactly-zero prunable channels (only-train-once: groups) after the last step."""
 
 
 def machine_line(args: argparse.Namespace) -> str:

@@ -3,11 +3,11 @@ absolute 1e-5 scaled by the output's magnitude (as ``tests/zoo/zoo_checks.py``).
 
 import pytest
 import torch
+from otofx.passes.shrink import tolerance
 from torch import nn
 
 import otofx
 from otofx.errors import ShrinkError
-from otofx.passes.shrink import tolerance
 from otofx.testing import zero_groups
 
 
