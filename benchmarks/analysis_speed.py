@@ -409,7 +409,9 @@ user waits for (shrink includes its verification forward; 30% of each prunable g
 beforehand, untimed): on the weights analysed (row otofx), or after they changed since the analysis \
 (row "otofx, trained since", as after otofx.compress: one more forward, shrink's own reference \
 run). torch-pruning total = its full prune: MagnitudePruner construction (which builds \
-the DependencyGraph) + step(); its analysis column is DependencyGraph().build_dependency alone. \
+the DependencyGraph) + step(), on a copy of the model made untimed (it prunes in place; \
+otofx.trace's time includes copying the model, which otofx never changes); its analysis column \
+is DependencyGraph().build_dependency alone. \
 only-train-once total = OTO(model, dummy_input) graph construction only. params left = \
 parameters after / before pruning."""
 
