@@ -30,8 +30,9 @@ bench: $(STAMP)  ## every benchmark, side by side with the peers; regenerates be
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
 	$(PY) -m benchmarks $(if $(QUICK),--quick)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, and every RESULTS.md section current with the code it measures
 	$(VENV)/bin/ruff check otofx passes tests benchmarks examples
+	$(PY) -m benchmarks --check
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -196,6 +196,9 @@ class ChannelContext:
         sliced); if not, the channel is pinned at once."""
         if not ops:
             return lb.full(shape, lb.CONSTANT)
+        same = self._join_same_channels(ops, shape)
+        if same is not None:
+            return same
         nd = len(shape)
         Ls = [L.clone() for L in lb.broadcast([L for L, _ in ops], shape)]
         varying = [d for d in range(nd) if Ls[0].size(d) > 1]
@@ -246,6 +249,29 @@ class ChannelContext:
         if bool(went_soft.any()):
             out = self.soften(out, went_soft, "joined with data that carries no channel")
         return lb.compact(torch.where(out >= 0, out, fill)).clone()
+
+    def _join_same_channels(self, ops: list[tuple[torch.Tensor, Any]], shape: Any
+                            ) -> torch.Tensor | None:
+        """:meth:`join`'s result for its common case (a residual add), in a few tensor ops: every
+        operand has the output's real shape, and label tensors of one shape holding hard
+        channel ids only (no untracked or constant position, no soft id, no element id). The
+        channels meeting at each position are unified; the result is the last operand's labels.
+        None when the case does not apply."""
+        first = ops[0][0]
+        if not isinstance(shape, torch.Size) or first.dim() != len(shape) or any(
+                L.shape != first.shape or real != shape for L, real in ops):
+            return None
+        stacked = torch.stack([L for L, _ in ops])
+        if not bool((stacked >= 0).all()):
+            return None
+        if self.table.has_soft and bool(self.table.is_soft(stacked).any()):
+            return None
+        if self.table.has_elements and bool(self.table.is_element(stacked).any()):
+            return None
+        ref = stacked.amax(dim=0)
+        for L, _ in ops:
+            self.table.unify(ref, L)
+        return lb.compact(ops[-1][0]).clone()
 
     def soften(self, L: torch.Tensor, where: torch.Tensor, reason: str) -> torch.Tensor:
         """``L`` with the ids at ``where`` replaced by soft ids of the same channels."""

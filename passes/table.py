@@ -229,6 +229,10 @@ class ChannelTable:
     def has_soft(self) -> bool:
         return bool(self._soft_ranges)
 
+    @property
+    def has_elements(self) -> bool:
+        return bool(self._element_ranges)
+
     def is_soft(self, ids: torch.Tensor) -> torch.Tensor:
         """Which ids are soft (see ``new_soft``)."""
         return _in_ranges(ids, [r[:2] for r in self._soft_ranges])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -94,8 +95,53 @@ def trace_module(model: nn.Module, leaf_modules: Iterable[Any] = (),
                 "the model's forward.") from exc
 
 
+_ATOMS = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def _plain(cls: type) -> bool:
+    """Whether ``cls`` copies like an ``nn.Module``: no copy hooks of its own (a
+    ``__setstate__`` only upgrades old pickles, whose ``__dict__`` lacks new attributes)."""
+    return (getattr(cls, "__deepcopy__", None) is None
+            and cls.__reduce_ex__ is nn.Module.__reduce_ex__ and cls.__reduce__ is nn.Module.__reduce__
+            and cls.__getstate__ is nn.Module.__getstate__)
+
+
+def clone_module(model: nn.Module) -> nn.Module:
+    """What ``copy.deepcopy(model)`` gives, several times faster on a deep model: each module of
+    a plain class (no copy hooks of its own) is rebuilt from its ``__dict__``, parameters and
+    buffers deep-copied, numbers and strings shared, and anything else (a hook, a list, a
+    config object) deep-copied with the same memo, so references between them stay consistent.
+    A module with its own copy hooks is deep-copied as a whole."""
+    memo: dict[int, Any] = {}
+
+    def clone(m: nn.Module) -> nn.Module:
+        done = memo.get(id(m))
+        if done is not None:
+            return done
+        if not _plain(type(m)):
+            return copy.deepcopy(m, memo)
+        new = object.__new__(type(m))
+        memo[id(m)] = new
+        body = {}
+        for key, value in m.__dict__.items():
+            if isinstance(value, _ATOMS):
+                body[key] = value
+            elif key == "_modules":
+                body[key] = type(value)((k, None if c is None else clone(c)) for k, c in value.items())
+            elif isinstance(value, dict) and not value and type(value) in (dict, OrderedDict):
+                body[key] = type(value)()
+            elif key in ("_parameters", "_buffers") and type(value) in (dict, OrderedDict):
+                body[key] = type(value)((k, copy.deepcopy(t, memo)) for k, t in value.items())
+            else:
+                body[key] = copy.deepcopy(value, memo)
+        new.__dict__ = body
+        return new
+
+    return clone(model)
+
+
 def _fx_trace(model: nn.Module, leaf_modules: Iterable[Any]) -> GraphModule:
-    model = copy.deepcopy(model)
+    model = clone_module(model)
     tracer = _LeafTracer(leaf_modules)
     try:
         graph = tracer.trace(model)
