@@ -73,12 +73,25 @@ CASES = tm.names()
 
 
 @pytest.mark.parametrize("name", CASES)
+def test_every_attention_model_has_a_head_check():
+    """A model is in at most one of HEADS (heads shrink), PINNED_HEADS (pinned,
+    with the reason checked) or OPAQUE_ATTENTION (inside a leaf with no rule, named)."""
+    kinds = [tm.HEADS, set(tm.PINNED_HEADS), set(tm.OPAQUE_ATTENTION)]
+    for name in CASES:
+        assert sum(name in k for k in kinds) <= 1, name
+    assert all(tm.PINNED_HEADS.values()) and all(tm.OPAQUE_ATTENTION.values()), "'' matches any reason"
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_timm_model_shrinks_exactly(name):
     model, x = tm.build(name)
-    run = roundtrip(model, (x,), leaf_modules=tm.leaf_modules())
+    run = roundtrip(model, (x,), leaf_modules=tm.leaf_modules(), key=f"timm:{name}")
     if name in tm.HIDDEN:
         assert_hidden_shrinks(model, run)
     if name in tm.PINNED_HEADS:
-        assert_heads_pinned(run.analysis)
+        assert_heads_pinned(run.analysis, tm.PINNED_HEADS[name])
+    elif name in tm.OPAQUE_ATTENTION:
+        reasons = [w for g in run.analysis.pinned for w in g.why_pinned]
+        assert any(tm.OPAQUE_ATTENTION[name] in w for w in reasons), reasons
     elif name in tm.HEADS:
         assert_heads_shrink(model, run.small)
