@@ -7,8 +7,9 @@ examples per property with a random seed and keeps failures in the local databas
 example count of whichever profile is loaded. A property that runs fewer examples than the
 others asks for a share of the profile (``tests/strategies_budget.py``), never a fixed count.
 
-At the end of a session the kinds of blocks the passing examples held are checked against every
-kind each grammar can draw (``tests/strategies_kinds.py``); a missing kind fails the run.
+At the end of a session under ``ci`` or ``fuzz`` the kinds of blocks the passing examples held are
+checked against every kind each grammar can draw (``tests/strategies_kinds.py``); a missing kind
+fails the run.
 """
 
 import os
@@ -72,6 +73,8 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session, exitstatus):
     if exitstatus != pytest.ExitCode.OK or hasattr(session.config, "workerinput"):
         return          # a failing run, or one xdist worker's share: no complete evidence
+    if settings.get_current_profile_name() not in ("ci", "fuzz"):
+        return          # a quick run (dev, HYPOTHESIS_MAX_EXAMPLES): not CI's examples
     picked = {_module(a.replace(os.sep, "/")) for a in session.config.args if "::" in a}
     modules: dict[str, list[str]] = {}
     for item in session.items:

@@ -15,11 +15,13 @@ examples drew from it ran whole (no test deselected or picked by node id) and pa
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 from hypothesis import event
 
 GRAMMARS: dict[str, tuple[str, ...]] = {}     # grammar -> every kind it can draw
 SEP = ": "
+_quiet = [False]      # drawing examples that no property tests: no events
 
 
 def grammar(name: str, kinds: Iterable[str]) -> None:
@@ -32,7 +34,18 @@ def drew(name: str, kinds: Iterable[str]) -> None:
     known = GRAMMARS[name]
     for kind in sorted(set(kinds)):
         assert kind in known, f"grammar {name!r} drew {kind!r}, which it does not register"
-        event(f"{name}{SEP}{kind}")
+        if not _quiet[0]:
+            event(f"{name}{SEP}{kind}")
+
+
+@contextmanager
+def quiet():
+    """Draw examples without events (they would count as tested examples)."""
+    _quiet[0] = True
+    try:
+        yield
+    finally:
+        _quiet[0] = False
 
 
 def parse(features: Iterable[str]) -> dict[str, set[str]]:

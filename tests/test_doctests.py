@@ -9,8 +9,9 @@ import importlib.util
 import pkgutil
 from pathlib import Path
 
-import otofx
 import otofx.passes
+
+import otofx
 
 
 def _modules() -> list[str]:
