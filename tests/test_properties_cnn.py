@@ -140,13 +140,18 @@ def assert_predicted_size(gm, small, analysis, stats) -> None:
 # ---- 1 & 2: exactness and parameter count ---------------------------------------------------------
 
 
-@given(case=cnn_models(), fraction=fractions, zseed=seeds)
-def test_shrink_exact_and_predicted_size_affine_zeroed(case, fraction, zseed):
-    _, gm, analysis, zeroed = prepare(case, fraction, zseed, affine=True)
+def shrink_zeroed(case, fraction: float, zseed: int, affine: bool):
+    """Zero, shrink (exactly), check what was removed and the parameter count; (gm, small, stats, zeroed)."""
+    _, gm, analysis, zeroed = prepare(case, fraction, zseed, affine=affine)
     small, stats = shrink_and_check(case, gm, analysis)
-
     assert_removed_what_was_zeroed(stats, zeroed)
     assert_predicted_size(gm, small, analysis, stats)
+    return gm, small, stats, zeroed
+
+
+@given(case=cnn_models(), fraction=fractions, zseed=seeds)
+def test_shrink_exact_and_predicted_size_affine_zeroed(case, fraction, zseed):
+    gm, small, stats, zeroed = shrink_zeroed(case, fraction, zseed, affine=True)
     if zeroed and not stats.kept:
         assert n_params(small) < n_params(gm), "channels were zeroed but nothing got smaller"
 
@@ -155,10 +160,7 @@ def test_shrink_exact_and_predicted_size_affine_zeroed(case, fraction, zseed):
 def test_shrink_exact_when_removed_channels_are_constants(case, fraction, zseed):
     # affine=False: biases and norm affines stay, so a removed channel is a non-zero constant
     # downstream (bias -> bn -> sigmoid ...) that shrink must fold into a bias or keep.
-    _, gm, analysis, zeroed = prepare(case, fraction, zseed, affine=False)
-    small, stats = shrink_and_check(case, gm, analysis)
-    assert_removed_what_was_zeroed(stats, zeroed)
-    assert_predicted_size(gm, small, analysis, stats)
+    shrink_zeroed(case, fraction, zseed, affine=False)
 
 
 @given(case=cnn_models(), fraction=fractions, zseed=seeds, affine=st.booleans())

@@ -72,8 +72,7 @@ def assert_hidden_shrinks(model: nn.Module, run) -> None:
 CASES = tm.names()
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_every_attention_model_has_a_head_check():
+def test_head_checks_are_disjoint_and_name_their_reasons():
     """A model is in at most one of HEADS (heads shrink), PINNED_HEADS (pinned,
     with the reason checked) or OPAQUE_ATTENTION (inside a leaf with no rule, named)."""
     kinds = [tm.HEADS, set(tm.PINNED_HEADS), set(tm.OPAQUE_ATTENTION)]
