@@ -72,7 +72,9 @@ def assert_share_kept(key: str, analysis: otofx.Analysis) -> None:
     records = json.loads(SHARES.read_text()) if SHARES.exists() else {}
     if os.environ.get(UPDATE):
         records[key] = int(share * 1e4) / 1e4
-        SHARES.write_text(json.dumps(dict(sorted(records.items())), indent=1) + "\n")
+        part = SHARES.with_suffix(".part")       # written whole, then renamed: a reader never sees half
+        part.write_text(json.dumps(dict(sorted(records.items())), indent=1) + "\n")
+        part.replace(SHARES)
         return
     assert key in records, f"no prunable share recorded for '{key}' in {SHARES.name}: run {UPDATE}=1 (see {__name__})"
     assert share >= records[key], (
