@@ -342,7 +342,7 @@ def _op_name(gm: GraphModule, node: Node) -> str:
     return str(name).lower().removeprefix("_").split(".")[0]
 
 
-_PRODUCTS = {"matmul", "bmm", "baddbmm", "einsum", "matmul_"}
+_PRODUCTS = {"matmul", "bmm", "baddbmm", "einsum"}
 _MLP_OPS = {"linear", "addmm", "gelu", "relu", "silu", "dropout", "mul", "add", "to", "type_as", "pow", "mean",
             "rsqrt", "layernorm", "layer_norm", "rmsnorm", "rms_norm", "identity"}
 
