@@ -54,15 +54,21 @@ def analysis_report(analysis: Analysis, max_rows: int = 60) -> str:
 
 
 def structures_table(analysis: Analysis, max_rows: int = 60) -> str:
-    """Erasable structures (``passes.erasable``): kind, parameters, parent, pinned and why."""
-    shown = analysis.structures[:max_rows]
+    """The structures (``passes.erasable``) that could be erased: kind, parameters, parent,
+    erasable or pinned and why. Join operands that never could are counted, not listed: those
+    without parameters (a rotary embedding's ``mul``/``neg``, an ``arange``) and the terms of a sum
+    that broadcasts (attention scores plus a mask)."""
+    owning = [s for s in analysis.structures if s.params and s.kind != "sum term"]
     rows = [[s.name, s.kind, f"{s.numel:,}", ", ".join(s.parents) or "-",
              "erasable" if s.erasable else "pinned: " + "; ".join(s.why_pinned[:1])]
-            for s in shown]
-    text = (f"structures: {len(analysis.structures)} ({len(analysis.erasable)} erasable)\n"
+            for s in owning[:max_rows]]
+    bare = len(analysis.structures) - len(owning)
+    text = (f"structures: {len(owning)} ({len(analysis.erasable)} erasable)"
+            + (f"; {bare} join operands that cannot be erased not listed (no parameters, or a "
+               f"broadcasting sum's terms)" if bare else "") + "\n"
             + _table(rows, ["structure", "kind", "params", "inside", "state"]))
-    if len(analysis.structures) > max_rows:
-        text += f"\n... and {len(analysis.structures) - max_rows} more structures"
+    if len(owning) > max_rows:
+        text += f"\n... and {len(owning) - max_rows} more structures"
     return text
 
 

@@ -273,7 +273,8 @@ def _candidates(gm: GraphModule) -> list[tuple[Node, Node, str, int | None, int]
             nodes = [t for t in terms if isinstance(t, Node)]
             if any(not isinstance(t, Node) and not zero_literal(t) for t in terms):
                 continue            # a literal other than 0 would be left alone
-            label = "residual branch" if len(nodes) == 2 else "mixed-edge candidate"
+            skip = any(len(t.users) > 1 or t.op in ("placeholder", "get_attr") for t in nodes)
+            label = "residual branch" if len(nodes) == 2 and skip else "mixed-edge candidate"
             same = all(t.meta.get(SHAPE) == node.meta.get(SHAPE) for t in nodes)
             for t in nodes:
                 join = next(u for u in t.users) if len(t.users) == 1 else node
@@ -320,7 +321,8 @@ def find_structures(gm: GraphModule, example_inputs: Sequence[Any]) -> list[Eras
             s.kind = _sublayer(gm, region) or kind
         base = _common_name(params, operand.name)
         if base in taken:
-            base = next((n.target for n in reversed(region) if n.op == "call_module"), base)
+            base = next((n.target for n in reversed(region) if n.op == "call_module"
+                         and not n.target.startswith("otofx_")), base)     # not a module of ours
         taken[base] = taken.get(base, 0) + 1
         s.name = base if taken[base] == 1 else f"{base}#{taken[base]}"
         s.erasable, s.why_pinned = not why, why
@@ -331,15 +333,33 @@ def find_structures(gm: GraphModule, example_inputs: Sequence[Any]) -> list[Eras
     return structures
 
 
+def _op_name(gm: GraphModule, node: Node) -> str:
+    """What a call node computes, lower case: a module's class (``linear``, ``layernorm``) or a
+    function's name (``linear``, ``softmax``, ``scaled_dot_product_attention``; aten's too)."""
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__.lower()
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return str(name).lower().removeprefix("_").split(".")[0]
+
+
+_PRODUCTS = {"matmul", "bmm", "baddbmm", "einsum"}
+_MLP_OPS = {"linear", "addmm", "gelu", "relu", "silu", "dropout", "mul", "add", "to", "type_as", "pow", "mean",
+            "rsqrt", "layernorm", "layer_norm", "rmsnorm", "rms_norm", "identity"}
+
+
 def _sublayer(gm: GraphModule, region: list[Node]) -> str | None:
-    """A transformer block's sub-layer: ``"attention sub-layer"`` when the branch attends,
-    ``"MLP sub-layer"`` when its layers are all linear (a label; erasing is the same)."""
-    names = [type(gm.get_submodule(n.target)).__name__ if n.op == "call_module"
-             else str(getattr(n.target, "__name__", n.target)) for n in region]
-    if any("attention" in x.lower() or "softmax" in x for x in names):
-        return "attention sub-layer"
-    layers = [x for n, x in zip(region, names) if n.op == "call_module" and "Norm" not in x]
-    if layers and all(x == "Linear" or x in ("GELU", "ReLU", "SiLU", "Dropout") for x in layers):
+    """A transformer block's sub-layer: ``"attention sub-layer"`` when the branch attends (a
+    softmax, an attention op, or a product of two computed tensors such as the weights times the
+    values), ``"MLP sub-layer"`` when it is linear layers, activations and norms (a label; erasing
+    is the same). Parameter names never decide it (a Llama MLP reads ``post_attention_layernorm``)."""
+    calls = [n for n in region if n.op in ("call_module", "call_function", "call_method")]
+    ops = [_op_name(gm, n) for n in calls]
+    inside = {n.name for n in region if n.op != "get_attr"}
+    for n, op in zip(calls, ops):
+        computed = [a for a in n.all_input_nodes if a.name in inside]
+        if "attention" in op or "softmax" in op or (op in _PRODUCTS and len(computed) == 2):
+            return "attention sub-layer"
+    if "linear" in ops and set(ops) <= _MLP_OPS | {o for o in ops if o.endswith("norm")}:
         return "MLP sub-layer"
     return None
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 from hypothesis import strategies as st
+from strategies_kinds import drew, grammar
 from torch import nn
 
 # ---- what every generated script starts with -----------------------------------------------------
@@ -173,6 +174,13 @@ def _out(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1
 
 
+def _instead(g: _Gen, build, f: Feat, keep: bool, depth: int) -> Feat:
+    """Build block ``build`` in place of the one drawn, whose preconditions do not hold here: the
+    record of kinds (``g.kinds``, the last entry being the drawn block) names what was built."""
+    g.kinds[-1] = build.__name__
+    return build(g, f, keep, depth)
+
+
 # ---- blocks ---------------------------------------------------------------------------------------
 # Each takes (gen, feat, keep_spatial, depth) and returns the new Feat. ``keep_spatial``: the block
 # sits inside a branch that is joined with others, so H and W must not change.
@@ -282,7 +290,7 @@ def depthwise(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
 def grouped(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
     options = [n for n in (2, 4) if f.c % n == 0]
     if not options:
-        return conv(g, f, keep, depth)
+        return _instead(g, conv, f, keep, depth)
     n = g.pick(options)
     cout = n * g.int(1, max(1, 12 // n))
     k = g.pick([1, 3])
@@ -326,7 +334,7 @@ def se(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
 def shuffle(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
     options = [n for n in (2, 3, 4) if f.c % n == 0 and f.c > n]
     if not options:
-        return activation(g, f, keep, depth)
+        return _instead(g, activation, f, keep, depth)
     n = g.pick(options)
     style = g.pick(["unpack", "size", "module"])
     x = f.var
@@ -354,7 +362,7 @@ def groupnorm(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
 
 def instancenorm(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
     if f.h * f.w == 1:    # instance norm of a single pixel raises in training mode
-        return batchnorm(g, f, keep, depth)
+        return _instead(g, batchnorm, f, keep, depth)
     spelling = g.pick([f"nn.InstanceNorm2d({f.c})", f"nn.InstanceNorm2d({f.c}, affine=True)",
                        "F.instance_norm"])
     if spelling.startswith("nn."):
@@ -378,7 +386,7 @@ def pool(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
 
 def adaptive(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
     if keep:
-        return pool(g, f, keep, depth)
+        return _instead(g, pool, f, keep, depth)
     oh, ow = g.int(1, min(f.h, 3)), g.int(1, min(f.w, 3))
     size = str(oh) if oh == ow else f"({oh}, {ow})"
     if g.bool():
@@ -390,7 +398,7 @@ def adaptive(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
 
 def upsample(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
     if keep or max(f.h, f.w) > 8:
-        return activation(g, f, keep, depth)
+        return _instead(g, activation, f, keep, depth)
     spelling = g.pick(["F.interpolate({x}, scale_factor=2, mode='nearest')",
                        "F.interpolate({x}, scale_factor=2, mode='bilinear', align_corners=False)",
                        "nn.Upsample(scale_factor=2, mode='nearest')",
@@ -401,7 +409,7 @@ def upsample(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
 
 def split(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
     if f.c < 2:
-        return conv(g, f, keep, depth)
+        return _instead(g, conv, f, keep, depth)
     c1 = g.int(1, f.c - 1)
     style = g.pick(["split", "method", "slice", "chunk"])
     x = f.var
@@ -427,7 +435,7 @@ def split(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
 def input_cat(g: _Gen, f: Feat, keep: bool, depth: int) -> Feat:
     """Concatenate the model's input (channels otofx does not track) to the features."""
     if (f.h, f.w) != g.input_hw:
-        return conv(g, f, keep, depth)
+        return _instead(g, conv, f, keep, depth)
     first = g.bool()
     xs = f"{f.var}, x" if first else f"x, {f.var}"
     return Feat(g.emit(f"torch.cat([{xs}], dim=1)"), f.c + g.input_c, f.h, f.w)
@@ -456,6 +464,7 @@ BLOCKS = {
     "groupnorm": groupnorm, "instancenorm": instancenorm, "pool": pool, "adaptive": adaptive,
     "upsample": upsample, "split": split, "input_cat": input_cat,
 }
+grammar("cnn", [*BLOCKS, "unknown"])
 _NESTING = {"residual", "cat", "split"}
 _SPATIAL = {"pool", "adaptive", "upsample"}
 
@@ -544,5 +553,6 @@ def cnn_models(draw, min_blocks: int = 1, max_blocks: int = 5, allow_unknown: bo
         if i < n:
             f = block(g, f, False, 0, kinds)
     y = head(g, f)
+    drew("cnn", g.kinds)
     return ModelCase(render(g, y.var), (2, cin, h, w), draw(st.integers(0, 2**16)),
                      tuple(sorted(g.leaves)), tuple(g.unknown), tuple(g.kinds))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
+from strategies_kinds import drew, grammar
 from torch import nn
 from zoo.supernets import PoolBN
 
@@ -138,6 +139,32 @@ def blocks(draw, depth: int = 0):
     return ("plain",)
 
 
-def supernets(max_blocks: int = 3):
+grammar("supernet", ["residual", "sum", "sum with skip", "cat", "cat with skip", "plain", "conv 1",
+                      "conv 3", "relu conv", "pool max", "pool avg", "nested block"])
+
+
+def kinds(spec, depth: int = 0) -> set[str]:
+    """The kinds of the grammar a spec (or part of one) holds."""
+    if isinstance(spec, list):
+        return set().union(*(kinds(b) for b in spec))
+    kind, *rest = spec
+    if kind == "conv":
+        return {f"conv {rest[0]}"} | ({"relu conv"} if rest[1] else set())
+    if kind == "pool":
+        return {f"pool {rest[0]}"}
+    if kind == "seq":
+        return set().union(*(kinds(op, depth) for op in rest[0]))
+    out = {"nested block"} if depth else set()
+    if kind == "plain":
+        return out | {"plain"}
+    branches = [rest[0]] if kind == "residual" else rest[0]
+    out.add(f"{kind} with skip" if kind != "residual" and rest[1] else kind)
+    return out.union(*(kinds(b, depth + 1) for b in branches))
+
+
+@st.composite
+def supernets(draw, max_blocks: int = 3):
     """Specs of random super-networks (build them with :func:`build`)."""
-    return st.lists(blocks(), min_size=1, max_size=max_blocks)
+    spec = draw(st.lists(blocks(), min_size=1, max_size=max_blocks))
+    drew("supernet", kinds(spec))
+    return spec

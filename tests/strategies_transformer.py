@@ -20,12 +20,30 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
+from strategies_kinds import drew, grammar
 from torch import nn
 
 ATTENTIONS = ("manual", "chunk", "split", "sdpa", "gqa", "gqa_sdpa", "mha")
 MASKS = ("none", "additive", "masked_fill", "is_causal")
 NORMS = ("layernorm", "rmsnorm", "rmsnorm_stock", "none")
 MLPS = ("gelu", "swiglu", "none")
+grammar("transformer", [*(f"attention {a}" for a in ATTENTIONS), *(f"mask {m}" for m in MASKS),
+                        *(f"norm {n}" for n in NORMS), *(f"mlp {m}" for m in MLPS), "pre-norm",
+                        "post-norm", "rotary", "layer scale", "width from shape", "grouped kv heads",
+                        "tied embeddings", *(f"final norm {n}" for n in NORMS)])
+
+
+def kinds(spec: TransformerSpec) -> set[str]:
+    """The kinds of the grammar ``spec`` holds."""
+    out = {"tied embeddings"} if spec.tied else set()
+    out.add(f"final norm {spec.final_norm}")
+    for b in spec.blocks:
+        out |= {f"attention {b.attention}", f"mask {b.mask}", f"norm {b.norm}", f"mlp {b.mlp}",
+                "pre-norm" if b.pre_norm else "post-norm"}
+        out |= {k for k, on in (("rotary", b.rotary), ("layer scale", b.layer_scale),
+                                ("width from shape", b.width_from_shape),
+                                ("grouped kv heads", b.kv_heads < b.heads)) if on}
+    return out
 
 
 @dataclass(frozen=True)
@@ -225,7 +243,9 @@ def transformer_specs(draw, max_blocks: int = 3) -> TransformerSpec:
     width = draw(st.sampled_from([8, 16, 24]))
     blocks = tuple(draw(block_specs(width)) for _ in range(draw(st.integers(1, max_blocks))))
     tied = draw(st.booleans())
-    return TransformerSpec(features=draw(st.sampled_from([7, 11] if tied else [3, 6])), width=width,
+    spec = TransformerSpec(features=draw(st.sampled_from([7, 11] if tied else [3, 6])), width=width,
                            seq=draw(st.integers(2, 6)), blocks=blocks,
                            classes=draw(st.sampled_from([2, 5])), seed=draw(st.integers(0, 2**16)),
                            tied=tied, final_norm=draw(st.sampled_from(NORMS)))
+    drew("transformer", kinds(spec))
+    return spec

@@ -282,7 +282,9 @@ def test_h2spg_erases_exactly_the_target_count():
     assert len(report["erased_structures"]) == report["target_structures"] == 3
     assert not report["structure_warning"]
     small = job.subnet()
-    assert set(small.meta["otofx.shrink"].erased) <= set(report["erased_structures"])
+    deleted = small.meta["otofx.shrink"].erased          # outermost only: with what they hold
+    assert closure(job.analysis.structures, deleted) & {s.name for s in job.analysis.erasable} == set(
+        report["erased_structures"])
     _same(job.module, small, X)
     text = job.report(small)
     assert "structures: target 3" in text and "erased 3" in text
@@ -333,3 +335,43 @@ def test_erase_digits_example_runs_quick(capsys):
     assert "erased" in out and "accuracy:   full" in out and "structures: target" in out
     assert result["erased"] and result["subnet_params"] < result["dense_params"]
     assert result["subnet_flops"] < result["dense_flops"]
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_the_report_lists_llama_sub_layers_by_what_they_are_and_nothing_that_cannot_go(attention):
+    """A Llama's MLP reads ``post_attention_layernorm.weight``: still an MLP sub-layer. Rotary
+    embedding's ``mul``/``neg``/``arange`` are join operands without parameters: not listed."""
+    from zoo import hf_models as hf
+
+    from otofx.report import structures_table
+    model, inputs, _ = hf.build(f"llama:{attention}")
+    a = otofx.analyze(otofx.trace(model, inputs), inputs)
+    kinds = {}
+    for s in a.erasable:
+        roles = {p.split(".")[2] for p in s.params if p.startswith("layers.")}
+        kinds.setdefault(s.kind, set()).update(roles)
+    assert kinds == {"attention sub-layer": {"self_attn"} | ({"input_layernorm"} if attention == "sdpa" else set()),
+                     "MLP sub-layer": {"mlp", "post_attention_layernorm"}}, kinds
+    table = structures_table(a)
+    rows = table.splitlines()[3:]
+    assert len(rows) == sum(1 for s in a.structures if s.params and s.kind != "sum term") >= 4
+    assert all(" 0 " not in r and not r.split()[0].startswith(("mul", "neg", "arange", "slice")) for r in rows), table
+    bare = len(a.structures) - len(rows)
+    assert bare >= 19 and f"; {bare} join operands that cannot be erased not listed" in table.splitlines()[0]
+    assert "otofx_" not in table, "a structure named after a module otofx inserted"
+
+
+class TwoParallel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = conv_bn(3, 8), conv_bn(8, 8, 3), conv_bn(8, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        return self.head(self.a(x) + self.b(x))
+
+
+def test_two_parallel_ops_without_a_skip_are_mixed_edge_candidates():
+    _, a = _analyze(TwoParallel(), torch.randn(2, 3, 6, 6))
+    assert {s.name: s.kind for s in a.structures} == {"a": "mixed-edge candidate", "b": "mixed-edge candidate"}

@@ -21,13 +21,14 @@ from unittest import mock
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import note as hypothesis_note
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from otofx.passes.capture import REFERENCE
 from otofx.passes.shrink import _mutates
 from strategies import cnn_models, handwritten
+from strategies_budget import examples
 
 import otofx
 from otofx.testing import zero_groups
@@ -110,14 +111,8 @@ def shrink_and_check(case, gm, analysis):
     return small, stats
 
 
-# ---- 1 & 2: exactness and parameter count ---------------------------------------------------------
-
-
-@given(case=cnn_models(), fraction=fractions, zseed=seeds)
-def test_shrink_exact_and_predicted_size_affine_zeroed(case, fraction, zseed):
-    _, gm, analysis, zeroed = prepare(case, fraction, zseed, affine=True)
-    small, stats = shrink_and_check(case, gm, analysis)
-
+def assert_removed_what_was_zeroed(stats, zeroed: dict) -> None:
+    """Shrink removed only zeroed channels, and every zeroed channel is removed or reported kept."""
     for name, idx in stats.removed_channels.items():
         assert name in zeroed, f"shrink removed channels of '{name}', which nobody zeroed"
         assert set(idx.tolist()) <= set(zeroed[name].tolist()), (
@@ -128,9 +123,11 @@ def test_shrink_exact_and_predicted_size_affine_zeroed(case, fraction, zseed):
             f"'{name}': {idx.numel()} zeroed, {stats.removed.get(name, 0)} removed, "
             f"{stats.kept.get(name, 0)} reported kept")
 
-    # Exactly what the groups predict, plus any bias shrink had to create on a bias-less layer to
-    # fold a removed channel's constant (a BatchNorm without affine leaves -mean/std behind even
-    # when everything zero_groups can zero is zero).
+
+def assert_predicted_size(gm, small, analysis, stats) -> None:
+    """Exactly the parameters the groups predict, plus any bias shrink had to create on a bias-less
+    layer to fold a removed channel's constant (a BatchNorm without affine leaves -mean/std behind
+    even when everything zero_groups can zero is zero; with ``affine=False`` every bias does)."""
     old_names = {n for n, _ in gm.named_parameters()}
     created = {n: p.numel() for n, p in small.named_parameters() if n not in old_names}
     for name in created:
@@ -138,6 +135,23 @@ def test_shrink_exact_and_predicted_size_affine_zeroed(case, fraction, zseed):
             f"shrink created parameter '{name}' without folding into it")
     assert n_params(small) == analysis.params_after(stats.removed_channels) + sum(
         created.values()), f"created biases: {created}"
+
+
+# ---- 1 & 2: exactness and parameter count ---------------------------------------------------------
+
+
+def shrink_zeroed(case, fraction: float, zseed: int, affine: bool):
+    """Zero, shrink (exactly), check what was removed and the parameter count; (gm, small, stats, zeroed)."""
+    _, gm, analysis, zeroed = prepare(case, fraction, zseed, affine=affine)
+    small, stats = shrink_and_check(case, gm, analysis)
+    assert_removed_what_was_zeroed(stats, zeroed)
+    assert_predicted_size(gm, small, analysis, stats)
+    return gm, small, stats, zeroed
+
+
+@given(case=cnn_models(), fraction=fractions, zseed=seeds)
+def test_shrink_exact_and_predicted_size_affine_zeroed(case, fraction, zseed):
+    gm, small, stats, zeroed = shrink_zeroed(case, fraction, zseed, affine=True)
     if zeroed and not stats.kept:
         assert n_params(small) < n_params(gm), "channels were zeroed but nothing got smaller"
 
@@ -146,14 +160,11 @@ def test_shrink_exact_and_predicted_size_affine_zeroed(case, fraction, zseed):
 def test_shrink_exact_when_removed_channels_are_constants(case, fraction, zseed):
     # affine=False: biases and norm affines stay, so a removed channel is a non-zero constant
     # downstream (bias -> bn -> sigmoid ...) that shrink must fold into a bias or keep.
-    _, gm, analysis, zeroed = prepare(case, fraction, zseed, affine=False)
-    small, stats = shrink_and_check(case, gm, analysis)
-    for name, idx in stats.removed_channels.items():
-        assert set(idx.tolist()) <= set(zeroed.get(name, torch.empty(0)).tolist())
+    shrink_zeroed(case, fraction, zseed, affine=False)
 
 
 @given(case=cnn_models(), fraction=fractions, zseed=seeds, affine=st.booleans())
-@settings(max_examples=20)
+@examples(0.5)
 def test_shrink_reusing_the_analysis_run_matches_a_fresh_run(case, fraction, zseed, affine):
     _, gm, _, _ = prepare(case, fraction, zseed, affine)
     x = case.input(0)
@@ -270,17 +281,12 @@ def test_trace_analyze_shrink_never_mutate(case, fraction, zseed):
     gm_state = snapshot(gm)
     graph_nodes = [(n.op, n.target, n.args, n.kwargs) for n in gm.graph.nodes]
 
-    try:
-        small = otofx.shrink(gm, analysis)
-    except otofx.ShrinkError:    # a shrink bug: the exactness tests report it; here only the
-        small = None             # inputs matter, and a failed shrink must leave them alone too
+    small = otofx.shrink(gm, analysis)      # raises ShrinkError on a shrink bug: a failure here too
     assert gm.code == code, "shrink changed the GraphModule's code"
     assert [(n.op, n.target, n.args, n.kwargs) for n in gm.graph.nodes] == graph_nodes
     assert_same_state(gm_state, gm, "shrink changed the GraphModule")
     assert_same_state(model_state, model, "shrink changed the model")
 
-    if small is None:
-        return
     # and the smaller model owns its tensors: training it cannot write into gm
     gm_ptrs = {t.data_ptr() for t in gm.state_dict().values() if t.numel()}
     shared = [k for k, t in small.state_dict().items() if t.numel() and t.data_ptr() in gm_ptrs]
@@ -364,7 +370,7 @@ def test_head_output_group_is_pinned_and_groups_are_well_formed(case):
 # ---- 5: torch.compile ------------------------------------------------------------------------------
 
 
-@settings(max_examples=2)
+@examples(0.05)      # each example compiles a model: seconds
 @given(case=cnn_models(min_blocks=2, max_blocks=3), zseed=seeds)
 def test_compiled_smaller_model_matches(case, zseed):
     torch._dynamo.reset()

@@ -72,13 +72,24 @@ def assert_hidden_shrinks(model: nn.Module, run) -> None:
 CASES = tm.names()
 
 
+def test_pinned_head_checks_name_their_reasons():
+    """A model whose heads stay is checked one way (PINNED_HEADS or OPAQUE_ATTENTION, which take
+    precedence over HEADS), each with a reason to find: an empty one would match any reason."""
+    assert not set(tm.PINNED_HEADS) & set(tm.OPAQUE_ATTENTION)
+    assert all(tm.PINNED_HEADS.values()) and all(tm.OPAQUE_ATTENTION.values())
+    assert {"levit_128s", "mobilevit_xxs", "efficientformerv2_s0"} <= set(tm.PINNED_HEADS) | set(tm.OPAQUE_ATTENTION)
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_timm_model_shrinks_exactly(name):
     model, x = tm.build(name)
-    run = roundtrip(model, (x,), leaf_modules=tm.leaf_modules())
+    run = roundtrip(model, (x,), leaf_modules=tm.leaf_modules(), key=f"timm:{name}")
     if name in tm.HIDDEN:
         assert_hidden_shrinks(model, run)
     if name in tm.PINNED_HEADS:
-        assert_heads_pinned(run.analysis)
+        assert_heads_pinned(run.analysis, tm.PINNED_HEADS[name])
+    elif name in tm.OPAQUE_ATTENTION:
+        reasons = [w for g in run.analysis.pinned for w in g.why_pinned]
+        assert any(tm.OPAQUE_ATTENTION[name] in w for w in reasons), reasons
     elif name in tm.HEADS:
         assert_heads_shrink(model, run.small)

@@ -1,5 +1,6 @@
 """The zoo: every torchvision classifier is analysed, 30% of its prunable channels zeroed, shrunk,
-and must compute the same outputs with fewer parameters."""
+and must compute the same outputs with fewer parameters; its prunable share may not drop below its
+record (tests/zoo/zoo_checks.py)."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 import otofx
 from otofx.testing import zero_groups
 from zoo import torchvision_models as tv
+from zoo.zoo_checks import assert_share_kept
 
 CASES = [pytest.param(n, marks=pytest.mark.slow) if n in tv.BIG else n for n in tv.names()]
 
@@ -22,6 +24,7 @@ def test_torchvision_model_shrinks_exactly(name):
     crashed = [w for g in analysis.groups for w in g.why_pinned if "cannot handle" in w]
     assert not crashed, crashed
     assert analysis.prunable, analysis.report()
+    assert_share_kept(f"torchvision:{name}", analysis)
     zero_groups(gm, analysis, 0.3, seed=0)
     small = otofx.shrink(gm, analysis)
     gm.eval()

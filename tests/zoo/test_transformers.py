@@ -58,7 +58,7 @@ HEAD_DIM_CASES = ["bert:eager", "llama:sdpa", "gpt2:eager", "t5_encoder:eager"]
 @pytest.mark.parametrize("name", CASES)
 def test_transformer_shrinks_exactly(name):
     model, inputs, heads = hf.build(name)
-    run = roundtrip(model, inputs)
+    run = roundtrip(model, inputs, key=f"hf:{name}")
     if name in hf.PINNED_HEADS:
         assert_heads_pinned(run.analysis, hf.PINNED_HEADS[name])
     elif heads is not None:
@@ -84,7 +84,7 @@ def assert_head_dim_shrinks(model, small, heads: hf.Heads) -> None:
 @pytest.mark.parametrize("name", HEAD_DIM_CASES)
 def test_transformer_head_dim_unit_shrinks_exactly(name):
     model, inputs, heads = hf.build(name)
-    run = roundtrip(model, inputs, attention_unit="head_dim")
+    run = roundtrip(model, inputs, attention_unit="head_dim", key=f"hf:{name}:head_dim")
     assert_head_dim_shrinks(model, run.small, heads)
 
 
@@ -109,7 +109,7 @@ def test_hidden_size_shrinks_exactly(name):
     stream is one prunable group: every norm over it gets the dense divisor, the hidden size shrinks
     in the embeddings, every projection and the output layer, and the subnet is exact."""
     model, inputs = hf.build_hidden(name)
-    run = roundtrip(model, inputs)
+    run = roundtrip(model, inputs, key=f"hf-hidden:{name}")
     group = _hidden_group(run.analysis, model)
     if name in hf.PINNED_HIDDEN:
         assert not group.prunable and any(hf.PINNED_HIDDEN[name] in w for w in group.why_pinned), group

@@ -71,27 +71,31 @@ HEADS = {"vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_tiny_distilled_p
          "pit_ti_224", "swin_tiny_patch4_window7_224", "pvt_v2_b0", "twins_svt_small", "coat_lite_tiny",
          "xcit_nano_12_p16_224", "efficientformer_l1", "caformer_s18"}
 
-# Known failures (core rules missing), each with its precise cause; strict, so a fix shows up as XPASS.
-# Attention otofx cannot prove head-separable: its heads stay, pinned with a reason that names
-# the blocking op (checked), while the rest of the model shrinks exactly. What blocks each:
+# Attention otofx cannot prove head-separable: its heads stay, pinned, while the rest of the model
+# shrinks exactly. Each maps to the reason (a substring of some pinned head group's reasons) that the
+# test checks; the comment says what blocks it.
 PINNED_HEADS: dict[str, str] = {
-    "swin_tiny_patch4_window7_224": "heads pinned: the relative position bias, relative_position_bias_table["
-                                    "relative_position_index] (a gather of a (window cells, heads) parameter), "
-                                    "is 'joined with data that carries no channel' at the scores add; also no "
-                                    "rule for torch.roll (shifted windows)",
-    "twins_svt_small": "LocallyGroupedAttn is a timm no-trace leaf with no rule; GlobalSubSampleAttn's heads form "
-                       "one group of size 1 ('a single channel: removing it would leave the dim empty'): its "
-                       "q.reshape(B, N, num_heads, C // num_heads) takes C from x.shape",
-    "cait_xxs24_224": "TalkingHeadAttn heads pinned: 'joined with data that carries no channel' at the attn @ v "
-                      "matmul (proj_l / proj_w linears mix the head dim; q-k and v-o need separate head groups)",
-    "coat_lite_tiny": "FactorAttnConvRelPosEnc heads pinned: 'a product of channels with data that has no channel' "
-                      "and 'broadcast across the channels of another tensor' at k.softmax(2)^T @ v and q @ (...) "
-                      "matmuls; no rule for operator.eq (ConvRelPosEnc)",
-    "xcit_nano_12_p16_224": "XCA heads pinned: no rule for torch.nn.functional.normalize (q, k normalised over "
-                            "tokens); the per-head temperature parameter (heads, 1, 1) is 'joined with data that "
-                            "carries no channel' at the scores mul",
-    "efficientformer_l1": "Attention heads pinned: the per-head attention_biases[:, attention_bias_idxs] added to the "
-                          "scores is 'joined with data that carries no channel' (add_28)",
+    # the relative position bias, relative_position_bias_table[relative_position_index] (a gather of
+    # a (window cells, heads) parameter), is added to the scores; also no rule for torch.roll
+    "swin_tiny_patch4_window7_224": "joined with data that carries no channel",
+    # GlobalSubSampleAttn's q.reshape(B, N, num_heads, C // num_heads) takes C from x.shape, so its
+    # heads form one group of size 1; LocallyGroupedAttn is a timm no-trace leaf with no rule
+    "twins_svt_small": "a single channel: removing it would leave the dim empty",
+    # TalkingHeadAttn: proj_l / proj_w linears mix the head dim between q-k and v-o
+    "cait_xxs24_224": "joined with data that carries no channel",
+    # FactorAttnConvRelPosEnc: k.softmax(2)^T @ v and q @ (...) multiply heads with head-free data
+    "coat_lite_tiny": "a product of channels with data that has no channel",
+    # XCA: q and k normalised over tokens; a per-head temperature (heads, 1, 1) scales the scores
+    "xcit_nano_12_p16_224": "no rule for function torch.nn.functional.normalize",
+    # the per-head attention_biases[:, attention_bias_idxs] added to the scores
+    "efficientformer_l1": "joined with data that carries no channel",
+    "levit_128s": "joined with data that carries no channel",
+    "efficientformerv2_s0": "joined with data that carries no channel",
+}
+
+# Attention inside a timm no-trace leaf with no rule: the leaf pins the channels it reads, named.
+OPAQUE_ATTENTION: dict[str, str] = {
+    "mobilevit_xxs": "no rule for MobileVitBlock module",
 }
 
 # Models whose last stage's width (the residual stream of the transformers, through every LayerNorm

@@ -1,9 +1,18 @@
 """The zoo's round trip, shared by the timm and transformers zoos: trace, analyse, zero 30% of every
-prunable group, shrink, and check outputs (every tensor leaf) and the predicted parameter count."""
+prunable group, shrink, and check outputs (every tensor leaf) and the predicted parameter count.
+
+Every zoo model's prunable share (parameters in prunable groups / all parameters) is recorded in
+``prunable_share.json`` beside this file; a share below its record fails. After a change that is
+meant to move a share (or to add a zoo model), rewrite the records of the models a run touches with
+``OTOFX_UPDATE_PRUNABLE_SHARE=1 .venv/bin/python -m pytest -q tests/zoo`` and commit the file; the
+diff shows what moved."""
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +24,8 @@ import otofx
 from otofx.testing import zero_groups
 
 FRACTION = 0.3
+SHARES = Path(__file__).with_name("prunable_share.json")
+UPDATE = "OTOFX_UPDATE_PRUNABLE_SHARE"
 
 
 @dataclass
@@ -53,10 +64,30 @@ def assert_leaves_close(got: Any, expected: Any) -> None:
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5 * scale, msg=lambda m, i=i: f"leaf {i}: {m}")
 
 
-def roundtrip(model: nn.Module, inputs: tuple, leaf_modules=(), attention_unit: str = "head") -> Roundtrip:
+def assert_share_kept(key: str, analysis: otofx.Analysis) -> None:
+    """The prunable share of ``key``'s analysis is at least its record in ``SHARES`` (rounded
+    down to 4 decimals when recorded); with ``OTOFX_UPDATE_PRUNABLE_SHARE=1`` it is recorded instead."""
+    removable, total = analysis.prunable_params()
+    share = removable / max(total, 1)
+    records = json.loads(SHARES.read_text()) if SHARES.exists() else {}
+    if os.environ.get(UPDATE):
+        records[key] = int(share * 1e4) / 1e4
+        part = SHARES.with_suffix(".part")       # written whole, then renamed: a reader never sees half
+        part.write_text(json.dumps(dict(sorted(records.items())), indent=1) + "\n")
+        part.replace(SHARES)
+        return
+    assert key in records, f"no prunable share recorded for '{key}' in {SHARES.name}: run {UPDATE}=1 (see {__name__})"
+    assert share >= records[key], (
+        f"'{key}': the prunable share dropped from {records[key]:.4f} to {share:.4f} of {total:,} parameters "
+        f"(if that is intended, rerun with {UPDATE}=1 and commit {SHARES.name}); pinned:\n{analysis.report()}")
+
+
+def roundtrip(model: nn.Module, inputs: tuple, leaf_modules=(), attention_unit: str = "head",
+              key: str | None = None) -> Roundtrip:
     """Analyse ``model``, zero ``FRACTION`` of each prunable group, shrink; assert the shrunk
     graph computes the same outputs with exactly the parameter count the analysis predicts,
-    fewer than before, and that the user's model was not touched."""
+    fewer than before, and that the user's model was not touched. With ``key``, the prunable share
+    is checked against its record (:func:`assert_share_kept`)."""
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = n_params(model)
     gm = otofx.trace(model, inputs, leaf_modules=leaf_modules)
@@ -64,6 +95,8 @@ def roundtrip(model: nn.Module, inputs: tuple, leaf_modules=(), attention_unit: 
     crashed = [w for g in analysis.groups for w in g.why_pinned if "cannot handle" in w]
     assert not crashed, crashed
     assert analysis.prunable, analysis.report()
+    if key is not None:
+        assert_share_kept(key, analysis)
     zero_groups(gm, analysis, FRACTION, seed=0)
     small = otofx.shrink(gm, analysis)
     gm.eval()
@@ -113,12 +146,13 @@ def heads_kept(rows: list[int], n: int, head_dim: int, offset: int = 0) -> dict[
     return kept
 
 
-def assert_heads_pinned(analysis, reason: str = "") -> None:
+def assert_heads_pinned(analysis, reason: str) -> None:
     """Some attention projection's head group is pinned (never pruned), with ``reason`` among its
     reasons: otofx could not prove the heads separable and said so instead of guessing."""
     pinned = [g for g in analysis.pinned
               if any(s.role == "producer" and any(k in s.param for k in ("qkv", "q.", "query", "q_proj"))
                      for s in g.members)]
     assert pinned, "expected a pinned attention head group"
+    assert reason, "an empty reason would match any reason"
     reasons = [w for g in pinned for w in g.why_pinned]
     assert any(reason in w for w in reasons), reasons
