@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.otofx-installed
 
-.PHONY: demo inspect test test-slow fuzz bench lint clean
+.PHONY: demo inspect test test-slow fuzz bench ruff lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,8 +30,10 @@ bench: $(STAMP)  ## every benchmark, side by side with the peers; regenerates be
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
 	$(PY) -m benchmarks $(if $(QUICK),--quick)
 
-lint: $(STAMP)  ## ruff, and every RESULTS.md section current with the code it measures
+ruff: $(STAMP)  ## ruff alone (what CI runs before the tests)
 	$(VENV)/bin/ruff check otofx passes tests benchmarks examples
+
+lint: ruff  ## ruff, and every RESULTS.md section current with the code it measures
 	$(PY) -m benchmarks --check
 
 clean:
