@@ -79,7 +79,7 @@ class H2SPG(DHSPG):
 
     def __init__(self, module: nn.Module, analysis: Analysis, config: H2SPGConfig) -> None:
         super().__init__(module, analysis, config)
-        if not config.target_group_sparsity:
+        if not config.target_group_sparsity and self.budget is None:
             self.views = GroupedViews(module, [])
             self.target = 0
             self.otofx_state["pruned"] = torch.zeros(0, dtype=torch.bool)
@@ -102,10 +102,16 @@ class H2SPG(DHSPG):
     def _partition_structures(self, directions: dict[int, torch.Tensor]) -> Plan:
         """The structures to erase (exactly those: no tolerance, no per-group limit)."""
         importance = -self._scores(self.structure_views, directions)
-        order = torch.argsort(importance, stable=True).tolist()
-        chosen, erased = select_structures(self.graph, self.all_structures,
-                                           [self.structures[i] for i in order],
+        order = [self.structures[i] for i in torch.argsort(importance, stable=True).tolist()]
+        chosen, erased = select_structures(self.graph, self.all_structures, order,
                                            self.structure_target)
+        while self.budget is not None and self.structure_target and \
+                self.budget.erasing(c.name for c in chosen).full() < self.budget.goal():
+            self.structure_target -= 1      # a budget: erase no more than it leaves room for
+            chosen, erased = select_structures(self.graph, self.all_structures, order,
+                                               self.structure_target)
+        if self.budget is not None:         # the channels land the rest of the budget
+            self.budget = self.budget.erasing(c.name for c in chosen)
         st = self.otofx_state[STRUCTURES]
         st["erased"] = erased
         if erased < self.structure_target:

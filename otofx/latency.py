@@ -170,13 +170,16 @@ def latency_table(analysis, repeats: int = 5, cache: bool = True) -> LatencyTabl
 
 class LatencyModel:
     """Predicted seconds for a tensor of widths of ``groups`` (others at full width): each node's
-    time interpolated (piecewise linear, clamped at the measured ends) at its work."""
+    time interpolated (piecewise linear, clamped at the measured ends) at its work. The nodes
+    ``skip`` (an erased structure's region) cost nothing; ``zero`` sets widths to zero in the
+    others' work (the segment an erased cat operand leaves)."""
 
-    def __init__(self, table: LatencyTable, analysis, groups) -> None:
+    def __init__(self, table: LatencyTable, analysis, groups, skip: set[str] = frozenset(),
+                 zero: dict | None = None) -> None:
         cost = analysis.cost
-        self.names = [n for n in table.nodes if n in cost.node_work]
-        self.works = PolynomialEvaluator([cost.node_work[n] for n in self.names], analysis.prunable,
-                                         groups)
+        self.names = [n for n in table.nodes if n in cost.node_work and n not in skip]
+        self.works = PolynomialEvaluator([cost.node_work[n].xreplace(zero or {})
+                                          for n in self.names], analysis.prunable, groups)
         width = max(len(table.nodes[n]) for n in self.names) if self.names else 1
         self.x = torch.full((len(self.names), width), float("inf"), dtype=torch.float64)
         self.y = torch.zeros((len(self.names), width), dtype=torch.float64)
