@@ -723,7 +723,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=None, help="seeds (default 5, --quick 2)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 10, --quick 4)")
     parser.add_argument("--targets", default=None,
-                        help="one grid for every method instead of each row's own")
+                        help="one grid of channel shares for every grid method instead of each "
+                             "row's own")
+    parser.add_argument("--levels", default=None,
+                        help="the FLOPs levels (default 0.5,0.3,0.15,0.07; --quick 0.5,0.15)")
     parser.add_argument("--methods", default=None,
                         help=f"comma-separated rows of METHODS (default all): "
                              f"{', '.join(s.name for s in METHODS)}; dense always runs")
@@ -742,7 +745,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.targets = tuple(float(t) for t in args.targets.split(","))
     elif args.quick:
         args.targets = QUICK_TARGETS
-    args.levels = QUICK_LEVELS if args.quick else LEVELS
+    args.levels = tuple(float(t) for t in args.levels.split(",")) if args.levels else (
+        QUICK_LEVELS if args.quick else LEVELS)
     args.seeds = args.seeds or (2 if args.quick else 5)
     args.epochs = args.epochs or (4 if args.quick else 10)
     if args.jobs < 1:

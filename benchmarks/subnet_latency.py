@@ -305,10 +305,12 @@ output difference from eager full on the same input. Medians of n interleaved re
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="resnet50 only, fewer repeats")
+    parser.add_argument("--quick", action="store_true",
+                        help="resnet50 only at 112x112, fewer repeats (compiling dominates)")
     parser.add_argument("--models", help="comma-separated subset of resnet50,vit_b_16,yolov8n")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
-    parser.add_argument("--size", type=int, default=224, help="resnet50 input size (default 224)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="resnet50 input size (default 224, --quick 112)")
     parser.add_argument("--vit-size", type=int, default=224, help="vit_b_16 input size (default 224)")
     parser.add_argument("--yolo-size", type=int, default=None,
                         help="yolov8n input size (default 640, --quick 320)")
@@ -319,6 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (5 if args.quick else 10)
+    args.size = args.size or (112 if args.quick else 224)
     args.yolo_size = args.yolo_size or (320 if args.quick else 640)
     args.budget = args.budget or (4.0 if args.quick else 10.0)
     return args

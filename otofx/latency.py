@@ -106,7 +106,7 @@ def interleaved_node_times(gms: list[GraphModule], example_inputs: tuple, repeat
     ``repeats`` rounds), so a change in the machine's load falls on all of them alike."""
     device = next((p.device for gm in gms for p in gm.parameters()), torch.device("cpu"))
     timers = [_NodeTimer(gm, device.type == "cuda") for gm in gms]
-    with ExitStack() as stack, torch.no_grad():
+    with torch.no_grad(), ExitStack() as stack:   # no_grad outermost: restored last
         for gm in gms:
             stack.enter_context(evaluation(gm))
         for timer in timers:
