@@ -292,17 +292,22 @@ def run_tp(spec: Spec, s: Setting, target: float) -> tuple[nn.Module, str]:
         if iterative:                      # train an epoch of the pruning phase, then prune
             s.fit(model, optimizer, 1, first=epoch)
             epoch += 1
-        if importance == "taylor":
-            taylor_gradients(model, s, epoch)
-        model.eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pruner.step()
-        model.zero_grad(set_to_none=True)
+        tp_step(pruner, model, s, importance, epoch)
         optimizer = sgd(model)             # the pruned parameters are new tensors
     s.fit(model, optimizer, s.epochs - epoch, first=epoch)
     how = f"ratio {target:.3f} bisected for FLOPs {level:g}; " if level is not None else ""
     return model, f"{how}{target:g} of the channels, {steps} step{'s' * (steps > 1)}"
+
+
+def tp_step(pruner, model: nn.Module, s: Setting, importance: str, epoch: int) -> None:
+    """One pruning step of torch-pruning (Taylor importance: gradients first), in eval mode."""
+    if importance == "taylor":
+        taylor_gradients(model, s, epoch)
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner.step()
+    model.zero_grad(set_to_none=True)
 
 
 def tp_ratio_for(tp, model: nn.Module, s: Setting, level: float, importance: str,
@@ -317,13 +322,7 @@ def tp_ratio_for(tp, model: nn.Module, s: Setting, level: float, importance: str
         trial = copy.deepcopy(model)
         pruner = peers.tp_pruner(tp, trial, x, ratio, importance, global_pruning, steps, **options)
         for _ in range(steps):
-            if importance == "taylor":
-                taylor_gradients(trial, s, epoch)
-            trial.eval()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                pruner.step()
-            trial.zero_grad(set_to_none=True)
+            tp_step(pruner, trial, s, importance, epoch)
         return count_flops(trial, (x,)) / dense
 
     lo, hi = 0.0, 0.99                     # FLOPs kept falls as the ratio grows
