@@ -8,6 +8,13 @@ evaluated on the cost polynomial of ``otofx.cost`` (for ``target_latency``, on t
 latency table of ``otofx.latency``), lands nearest the budget. The cost never rises
 as the count grows, so a binary search over counts finds it in a few dozen evaluations of the
 polynomial. Within 1% of the budget, or as near as the width rounding allows.
+
+H2SPG: erased structures are priced by the same model. Erasing a set takes out of the sum the
+nodes shrink deletes (the regions, an add left with no operand, whatever only those use: see
+:func:`erased_terms`), the parameters only they read, and a surviving cat's segment (that
+width set to zero in its consumers). H2SPG chooses its structures first (never so many that
+erasing them alone lands below the budget), then the channel count on this reduced cost.
+Property-tested against the shrunk subnet on the erasing grammar (``tests/test_budget.py``).
 """
 
 from __future__ import annotations
