@@ -6,7 +6,8 @@ noise), the same total epochs, SGD (lr 0.05, momentum 0.9, batch 64), initialisa
 order for every method at a seed. The methods are the rows of ``METHODS`` below:
 
 - otofx DHSPG and otofx HESSO (``otofx.compress``): warm-up for the first sixth of the steps,
-  pruning over the next third, training on for the rest; measured on ``job.subnet()``;
+  pruning over the next third, training on for the rest; measured on ``job.subnet()``. Each asks
+  for the FLOPs level itself (``target_flops``), so it lands on it;
 - only-train-once HESSO (its package, ``benchmarks/peers.py``'s torch-compat shims), the same
   schedule, measured on the model its ``construct_subnet`` writes;
 - torch-pruning 1.6 at its strongest documented setting: global, iterative pruning
@@ -17,16 +18,27 @@ order for every method at a seed. The methods are the rows of ``METHODS`` below:
 - torch-pruning's uniform one-shot L2 prune (every layer by the same share, half the epochs
   dense, then fine-tuning), kept as the simplest baseline.
 
+torch-pruning has no FLOPs target: each of its rows reaches a FLOPs level by bisecting its
+``pruning_ratio`` (``tp_ratio_for``: 10 halvings, on a copy of the model at the end of the dense
+warm-up, all its pruning steps applied at once with the same importance) until the pruned copy's
+FLOPs is nearest the level; the run then prunes with that ratio while it trains, so it lands
+where the importance during training takes it (its FLOPs kept is measured and printed).
+only-train-once has no FLOPs target either and its FLOPs are only known once it has trained, so
+it runs a grid of channel shares whose final models bracket the levels, and its accuracy at a
+level is interpolated (below).
+
 Every final model (the dense one too) gets its batch-norm statistics recomputed over the first
 ``CALIBRATION_BATCHES`` training batches (``otofx.recalibrate_batchnorm``) before it is
 measured, the same for every method: statistics that lag behind the last steps' weights add
 seed noise that hides differences between methods.
 
-Every method runs a grid of targets chosen so its final models bracket 0.5, 0.3, 0.15 and 0.07
-of the dense FLOPs (one counter, ``otofx.flops.count_flops``, on every final model). Per seed,
-each method's accuracy at those FLOPs is interpolated linearly in log(FLOPs) between its two
-bracketing points (never extrapolated); each otofx method is then paired with each peer by seed:
-"beats"/"loses" only when the mean paired difference is more than twice its standard error.
+The FLOPs levels are 0.5, 0.3, 0.15 and 0.07 of the dense FLOPs (one counter,
+``otofx.flops.count_flops``, on every final model; ``--quick``: 0.5 and 0.15). A method that
+targets the levels (``Spec.flops``) is read at its run for the level, wherever it landed (the
+table shows where); a grid method's accuracy is interpolated linearly in log(FLOPs) between its
+two bracketing points (never extrapolated). Each otofx method is then paired with each peer by
+seed: "beats"/"loses" only when the mean paired difference is more than twice its standard
+error.
 
     python -m benchmarks.compress_quality [--quick] [--jobs N] [--out PATH.md]
 
@@ -37,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -76,7 +89,8 @@ class Spec:
     """One contestant: ``kind`` says who runs it ("otofx": ``otofx.<config>(**options)``;
     "only-train-once"; "torch-pruning": ``peers.tp_pruner`` options plus ``iterative``);
     ``targets`` is its grid of channel shares to remove (chosen so the final models bracket
-    ``LEVELS``)."""
+    ``LEVELS``), or with ``flops`` the FLOPs levels it lands on itself (otofx: ``target_flops``;
+    torch-pruning: its ratio bisected)."""
 
     name: str
     kind: str
@@ -84,6 +98,7 @@ class Spec:
     config: str = ""
     options: dict = field(default_factory=dict)
     peer: bool = True
+    flops: bool = False
 
 
 # ---- the methods: one line each; add a config option by editing its line ---------------------
@@ -99,18 +114,20 @@ class Spec:
 # 0.078 of the FLOPs at one seed, leaving 0.07 unbracketed there.)
 GLOBAL_GRID = (0.2, 0.38, 0.52, 0.63, 0.72, 0.85)
 METHODS: tuple[Spec, ...] = (
-    Spec("otofx DHSPG", "otofx", GLOBAL_GRID, "DHSPGConfig", {}, peer=False),
-    Spec("otofx HESSO", "otofx", GLOBAL_GRID, "HESSOConfig", {"pruning_periods": 4}, peer=False),
+    Spec("otofx DHSPG", "otofx", LEVELS, "DHSPGConfig", {}, peer=False, flops=True),
+    Spec("otofx HESSO", "otofx", LEVELS, "HESSOConfig", {"pruning_periods": 4}, peer=False,
+         flops=True),
     Spec("only-train-once HESSO", "only-train-once", GLOBAL_GRID, "", {"pruning_periods": 4}),
-    Spec("torch-pruning L2 global iterative", "torch-pruning", (0.2, 0.35, 0.48, 0.6, 0.7, 0.8),
-         "", {"importance": "l2", "global_pruning": True, "iterative": True}),
-    Spec("torch-pruning Taylor global iterative", "torch-pruning",
-         (0.3, 0.5, 0.62, 0.72, 0.8, 0.87), "",
-         {"importance": "taylor", "global_pruning": True, "iterative": True}),
-    Spec("torch-pruning L2 uniform one-shot", "torch-pruning", (0.22, 0.4, 0.55, 0.68, 0.76), "",
-         {"importance": "l2", "global_pruning": False, "iterative": False}),
+    Spec("torch-pruning L2 global iterative", "torch-pruning", LEVELS, "",
+         {"importance": "l2", "global_pruning": True, "iterative": True}, flops=True),
+    Spec("torch-pruning Taylor global iterative", "torch-pruning", LEVELS, "",
+         {"importance": "taylor", "global_pruning": True, "iterative": True}, flops=True),
+    Spec("torch-pruning L2 uniform one-shot", "torch-pruning", LEVELS, "",
+         {"importance": "l2", "global_pruning": False, "iterative": False}, flops=True),
 )
-QUICK_TARGETS = (0.25, 0.65)
+QUICK_TARGETS = (0.25, 0.75)          # grid methods at --quick (0.65 left 0.15 unbracketed) ...
+QUICK_LEVELS = (0.5, 0.15)            # ... and the FLOPs levels
+BISECT_STEPS = 10
 CALIBRATION_BATCHES = 8
 DENSE = "dense (SGD)"
 TAYLOR_BATCHES = 4
@@ -140,9 +157,11 @@ def check_spec(spec: Spec) -> None:
                             f"({otofx.__version__}, {Path(otofx.__file__).parent}) has no option "
                             f"{', '.join(unknown)}; it has {', '.join(sorted(known))}. Remove the "
                             "option from the row or install the otofx that has it.")
+        budget = dict(target_flops=spec.targets[0]) if spec.flops else dict(
+            target_group_sparsity=spec.targets[0])
         try:
-            cls(**{**dict(lr=LR, momentum=MOMENTUM, target_group_sparsity=spec.targets[0],
-                          start_pruning_step=10, pruning_steps=100), **spec.options})
+            cls(**{**dict(lr=LR, momentum=MOMENTUM, start_pruning_step=10, pruning_steps=100,
+                          **budget), **spec.options})
         except Exception as exc:  # noqa: BLE001 - the config's own message, with the row named
             raise SpecError(f"{where}: {peers.one_line(exc)}") from exc
     elif spec.kind == "torch-pruning":
@@ -206,8 +225,8 @@ def schedule(s: Setting) -> dict:
 
 def run_otofx(spec: Spec, s: Setting, target: float) -> tuple[nn.Module, str]:
     cls = getattr(otofx, spec.config)
-    config = cls(**{**dict(lr=LR, momentum=MOMENTUM, target_group_sparsity=target,
-                           **schedule(s)), **spec.options})
+    budget = dict(target_flops=target) if spec.flops else dict(target_group_sparsity=target)
+    config = cls(**{**dict(lr=LR, momentum=MOMENTUM, **budget, **schedule(s)), **spec.options})
     job = otofx.compress(s.model(), config, (s.x,))
     s.fit(job.module, job.optimizer, s.epochs)
     sp = job.optimizer.sparsity_report()
@@ -262,6 +281,10 @@ def run_tp(spec: Spec, s: Setting, target: float) -> tuple[nn.Module, str]:
     s.fit(model, optimizer, warm)
     model.eval()
     global_pruning = options.pop("global_pruning")
+    level = None
+    if spec.flops:                         # a FLOPs level: the ratio that reaches it
+        level, target = target, tp_ratio_for(tp, model, s, target, importance, global_pruning,
+                                             steps, warm, options)
     pruner = peers.tp_pruner(tp, model, s.data[0][0][:1], target, importance, global_pruning,
                              steps, **options)
     epoch = warm
@@ -269,16 +292,46 @@ def run_tp(spec: Spec, s: Setting, target: float) -> tuple[nn.Module, str]:
         if iterative:                      # train an epoch of the pruning phase, then prune
             s.fit(model, optimizer, 1, first=epoch)
             epoch += 1
-        if importance == "taylor":
-            taylor_gradients(model, s, epoch)
-        model.eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pruner.step()
-        model.zero_grad(set_to_none=True)
+        tp_step(pruner, model, s, importance, epoch)
         optimizer = sgd(model)             # the pruned parameters are new tensors
     s.fit(model, optimizer, s.epochs - epoch, first=epoch)
-    return model, f"{target:g} of the channels, {steps} step{'s' * (steps > 1)}"
+    how = f"ratio {target:.3f} bisected for FLOPs {level:g}; " if level is not None else ""
+    return model, f"{how}{target:g} of the channels, {steps} step{'s' * (steps > 1)}"
+
+
+def tp_step(pruner, model: nn.Module, s: Setting, importance: str, epoch: int) -> None:
+    """One pruning step of torch-pruning (Taylor importance: gradients first), in eval mode."""
+    if importance == "taylor":
+        taylor_gradients(model, s, epoch)
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner.step()
+    model.zero_grad(set_to_none=True)
+
+
+def tp_ratio_for(tp, model: nn.Module, s: Setting, level: float, importance: str,
+                 global_pruning: bool, steps: int, epoch: int, options: dict) -> float:
+    """torch-pruning's ``pruning_ratio`` whose pruned model keeps FLOPs nearest ``level`` of
+    ``model``'s: bisected (``BISECT_STEPS`` halvings) on copies of ``model`` as it is, each
+    pruned by all ``steps`` of the schedule at once with the same importance."""
+    x = s.data[0][0][:1]
+    dense = count_flops(model, (x,))
+
+    def kept(ratio: float) -> float:
+        trial = copy.deepcopy(model)
+        pruner = peers.tp_pruner(tp, trial, x, ratio, importance, global_pruning, steps, **options)
+        for _ in range(steps):
+            tp_step(pruner, trial, s, importance, epoch)
+        return count_flops(trial, (x,)) / dense
+
+    lo, hi = 0.0, 0.99                     # FLOPs kept falls as the ratio grows
+    at = {lo: 1.0, hi: kept(hi)}
+    for _ in range(BISECT_STEPS):
+        mid = (lo + hi) / 2
+        at[mid] = kept(mid)
+        lo, hi = (mid, hi) if at[mid] > level else (lo, mid)
+    return min((lo, hi), key=lambda r: abs(at[r] - level))
 
 
 RUNNERS: dict[str, Callable[[Spec, Setting, float], tuple[nn.Module, str]]] = {
@@ -352,8 +405,13 @@ def _unit(args: tuple) -> list[dict]:
     return run_unit(*args)
 
 
+def grid_of(spec: Spec, args: argparse.Namespace) -> tuple[float, ...]:
+    """The targets ``spec`` runs: the FLOPs levels, or its grid of channel shares."""
+    return args.levels if spec.flops else (args.targets or spec.targets)
+
+
 def run_all(args: argparse.Namespace, specs: list[Spec]) -> list[dict]:
-    grid = [(spec.name, t) for spec in specs for t in (args.targets or spec.targets)]
+    grid = [(spec.name, t) for spec in specs for t in grid_of(spec, args)]
     units = [(task, seed, args.epochs, grid, args.threads) for task in args.tasks
              for seed in range(args.seeds)]
     if args.jobs <= 1:
@@ -364,16 +422,23 @@ def run_all(args: argparse.Namespace, specs: list[Spec]) -> list[dict]:
 
 # ---- the analysis ----------------------------------------------------------------------------
 
-def levels_of(records: list[dict], task: str, method: str, seeds: list[int]
+def levels_of(records: list[dict], task: str, method: str, seeds: list[int],
+              levels: tuple[float, ...] = LEVELS
               ) -> dict[float, tuple[dict[int, float | None], str]]:
-    """Per FLOPs level: the method's interpolated accuracy by seed, and why a seed has none."""
+    """Per FLOPs level: the method's accuracy by seed (its run for the level when the method
+    targets FLOPs, else interpolated), and why a seed has none."""
     out = {}
-    for level in LEVELS:
+    targets_flops = method in by_name() and by_name()[method].flops
+    for level in levels:
         by_seed, whys = {}, {}
         for seed in seeds:
-            pts = [(r["flops"], r["accuracy"]) for r in records if r["task"] == task
-                   and r["method"] == method and r["seed"] == seed and "error" not in r]
-            value, why = paired.at_flops(pts, level)
+            runs = [r for r in records if r["task"] == task and r["method"] == method
+                    and r["seed"] == seed and "error" not in r]
+            if targets_flops:
+                hit = [r["accuracy"] for r in runs if math.isclose(r["target"], level)]
+                value, why = (hit[0], "") if hit else (None, "no measured point")
+            else:
+                value, why = paired.at_flops([(r["flops"], r["accuracy"]) for r in runs], level)
             by_seed[seed] = value
             if why:
                 whys.setdefault(why.replace("outside its points (FLOPs ", "").rstrip(")"),
@@ -385,17 +450,17 @@ def levels_of(records: list[dict], task: str, method: str, seeds: list[int]
     return out
 
 
-def verdicts(records: list[dict], tasks: list[str], specs: list[Spec], seeds: list[int]
-             ) -> list[dict]:
+def verdicts(records: list[dict], tasks: list[str], specs: list[Spec], seeds: list[int],
+             levels: tuple[float, ...] = LEVELS) -> list[dict]:
     """One verdict per task, otofx method, peer and FLOPs level."""
     out = []
     mine = [s.name for s in specs if not s.peer]
     theirs = [s.name for s in specs if s.peer]
     for task in tasks:
-        at = {m: levels_of(records, task, m, seeds) for m in mine + theirs}
+        at = {m: levels_of(records, task, m, seeds, levels) for m in mine + theirs}
         for m in mine:
             for p in theirs:
-                for level in LEVELS:
+                for level in levels:
                     (a, why_a), (b, why_b) = at[m][level], at[p][level]
                     v = paired.verdict(a, b, why_a, why_b)
                     out.append(dict(task=task, method=m, peer=p, level=level, verdict=v.word,
@@ -466,25 +531,41 @@ def point_rows(records: list[dict], tasks: list[str], names: list[str]) -> list[
     return rows
 
 
-def level_rows(records: list[dict], tasks: list[str], names: list[str], seeds: list[int]
-               ) -> list[list[str]]:
+def level_rows(records: list[dict], tasks: list[str], names: list[str], seeds: list[int],
+               levels: tuple[float, ...] = LEVELS) -> list[list[str]]:
     """Each method's interpolated accuracy at each FLOPs level: mean ± SE over seeds."""
     rows = []
     for task in tasks:
         dense = [r["accuracy"] for r in records if r["task"] == task and r["method"] == DENSE
                  and "error" not in r]
         rows.append([task, f"{DENSE} (FLOPs 1.0)", _pm_se(dense) if dense else "—"]
-                    + [""] * (len(LEVELS) - 1))
+                    + [""] * (len(levels) - 1))
         for name in names:
-            at = levels_of(records, task, name, seeds)
+            at = levels_of(records, task, name, seeds, levels)
             cells = []
-            for level in LEVELS:
+            for level in levels:
                 by_seed, why = at[level]
                 vals = [v for v in by_seed.values() if v is not None]
                 cells.append((_pm_se(vals) + (f" (n={len(vals)})" if len(vals) < len(seeds)
                                               else "")) if vals else f"n/a: {why}")
             rows.append([task, name] + cells)
     return rows
+
+
+def landing_lines(records: list[dict], tasks: list[str], specs: list[Spec],
+                  levels: tuple[float, ...]) -> list[str]:
+    """Per FLOPs-targeting method: FLOPs kept over the level asked, worst over runs."""
+    lines = []
+    for spec in [s for s in specs if s.flops]:
+        off = [r["flops"] / r["target"] - 1 for r in records if r["method"] == spec.name
+               and r["task"] in tasks and "error" not in r and r["target"] in levels]
+        if off:
+            worst = max(off, key=abs)
+            how = "target_flops" if spec.kind == "otofx" else "pruning_ratio bisected"
+            lines.append(f"- {spec.name} ({how}): FLOPs kept / level asked, median "
+                         f"{1 + statistics.median(off):.3f}, worst {1 + worst:.3f} over "
+                         f"{len(off)} runs")
+    return lines or ["- none ran"]
 
 
 def _pm(values: list[float]) -> str:
@@ -580,8 +661,8 @@ def report(records: list[dict], table: list[dict], args: argparse.Namespace, spe
                      "—" if r["method_acc"] is None else f"{r['method_acc']:.3f}",
                      "—" if r["peer_acc"] is None else f"{r['peer_acc']:.3f}", r["cell"]]
                     for r in table]
-    grids = "; ".join(f"{s.name} {', '.join(f'{t:g}' for t in (args.targets or s.targets))}"
-                      for s in specs)
+    grids = "; ".join(f"{s.name} {'FLOPs ' if s.flops else ''}"
+                      f"{', '.join(f'{t:g}' for t in grid_of(s, args))}" for s in specs)
     rel = os.path.relpath(plot_path, args.out.parent) if args.out else str(plot_path)
     skipped_lines = [f"- {n}: {why}" for n, why in skipped.items()]
     parts = [
@@ -589,23 +670,28 @@ def report(records: list[dict], table: list[dict], args: argparse.Namespace, spe
         f"Settings: tasks {', '.join(args.tasks)}; {args.epochs} epochs; seeds 0-{args.seeds - 1} "
         f"(paired: the same initialisation and batch order for every method at a seed); "
         f"{'quick size; ' if args.quick else ''}jobs {args.jobs}, torch threads {args.threads} "
-        f"per job; total {seconds:.0f} s. Target grids (share of the channels): {grids}.",
+        f"per job; total {seconds:.0f} s. Targets (FLOPs levels, landed on by the method; "
+        f"otherwise shares of the channels): {grids}.",
         "### Summary (generated from the verdicts below)",
         "\n".join(summary_lines(table, specs, args.tasks)),
         "### Verdicts: each otofx method against each peer at equal FLOPs",
         f"Every final model's batch-norm statistics are recomputed over the first "
         f"{CALIBRATION_BATCHES} training batches before it is measured, the same for every method. "
-        "Accuracy at a FLOPs level is interpolated per seed, linearly in log(FLOPs) between the "
-        "method's two measured points that bracket the level (no extrapolation: a level outside "
-        "a method's points is n/a with the reason). The paired difference is otofx minus peer, "
+        "A method that targets FLOPs (otofx's target_flops, torch-pruning's bisected ratio) is "
+        "read at its run for the level (where it landed: the last table and the landing lines). "
+        "A grid method's accuracy at a FLOPs level is interpolated per seed, linearly in "
+        "log(FLOPs) between its two measured points that bracket the level (no extrapolation: "
+        "a level outside its points is n/a with the reason). The paired difference is otofx minus peer, "
         "in accuracy points, mean ± standard error over seeds; 'beats' / 'loses' only when the "
         "mean is more than twice its standard error, otherwise 'ties'.",
         markdown_table(["task", "otofx method", "peer", "FLOPs", "otofx acc", "peer acc",
                         "verdict: paired difference"], verdict_rows)
         if verdict_rows else "(no otofx method and peer both ran)",
         "### Accuracy at each FLOPs level (mean ± SE over seeds, interpolated as above)",
-        markdown_table(["task", "method"] + [f"FLOPs {lv:g}" for lv in LEVELS],
-                       level_rows(records, args.tasks, names, seeds)),
+        markdown_table(["task", "method"] + [f"FLOPs {lv:g}" for lv in args.levels],
+                       level_rows(records, args.tasks, names, seeds, args.levels)),
+        "### Where the FLOPs-targeting methods landed",
+        "\n".join(landing_lines(records, args.tasks, specs, args.levels)),
         "### Every measured point",
         "Accuracy: top-1 on the fixed test split (397 images) of the final (compressed) model, "
         "mean ± sd over seeds; FLOPs / params kept: mean (range over seeds) of the final model "
@@ -636,7 +722,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=None, help="seeds (default 5, --quick 2)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 10, --quick 4)")
     parser.add_argument("--targets", default=None,
-                        help="one grid for every method instead of each row's own")
+                        help="one grid of channel shares for every grid method instead of each "
+                             "row's own")
+    parser.add_argument("--levels", default=None,
+                        help="the FLOPs levels (default 0.5,0.3,0.15,0.07; --quick 0.5,0.15)")
     parser.add_argument("--methods", default=None,
                         help=f"comma-separated rows of METHODS (default all): "
                              f"{', '.join(s.name for s in METHODS)}; dense always runs")
@@ -655,6 +744,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.targets = tuple(float(t) for t in args.targets.split(","))
     elif args.quick:
         args.targets = QUICK_TARGETS
+    args.levels = tuple(float(t) for t in args.levels.split(",")) if args.levels else (
+        QUICK_LEVELS if args.quick else LEVELS)
     args.seeds = args.seeds or (2 if args.quick else 5)
     args.epochs = args.epochs or (4 if args.quick else 10)
     if args.jobs < 1:
@@ -680,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(threads)
     seconds, end = time.perf_counter() - t0, paired.stamp()
-    table = verdicts(records, args.tasks, specs, list(range(args.seeds)))
+    table = verdicts(records, args.tasks, specs, list(range(args.seeds)), args.levels)
     plot(records, args.tasks, [s.name for s in specs], args.plot)
     body = report(records, table, args, specs, skipped, start, end, seconds, args.plot)
     print("\n" + body)
@@ -690,10 +781,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.with_suffix(".json").write_text(json.dumps(dict(
             stamp=start, stamp_end=end, seconds=seconds,
             settings=dict(tasks=args.tasks, seeds=args.seeds, epochs=args.epochs,
-                          jobs=args.jobs, quick=args.quick, levels=LEVELS,
-                          methods=[dataclasses.asdict(s) for s in specs]
-                          if args.targets is None else
-                          [{**dataclasses.asdict(s), "targets": args.targets} for s in specs]),
+                          jobs=args.jobs, quick=args.quick, levels=args.levels,
+                          methods=[{**dataclasses.asdict(s), "targets": grid_of(s, args)}
+                                   for s in specs]),
             skipped=skipped, runs=records, verdicts=table), indent=1, default=str))
     return 0
 

@@ -8,16 +8,28 @@ evaluated on the cost polynomial of ``otofx.cost`` (for ``target_latency``, on t
 latency table of ``otofx.latency``), lands nearest the budget. The cost never rises
 as the count grows, so a binary search over counts finds it in a few dozen evaluations of the
 polynomial. Within 1% of the budget, or as near as the width rounding allows.
+
+H2SPG: erased structures are priced by the same model. Erasing a set takes out of the sum the
+nodes shrink deletes (the regions, an add left with no operand, whatever only those use: see
+:func:`erased_terms`), the parameters only they read, and a surviving cat's segment (that
+width set to zero in its consumers). H2SPG chooses its structures first (never so many that
+erasing them alone lands below the budget), then the channel count on this reduced cost.
+Property-tested against the shrunk subnet on the erasing grammar (``tests/test_budget.py``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
+from typing import Any
 
+import sympy
 import torch
 
+from otofx.config import resolve_group_divisible
+from otofx.cost import PolynomialEvaluator
 from otofx.errors import ConfigError
 from otofx.partition import choose, choose_within
 
@@ -83,16 +95,76 @@ def pick_for_budget(score: torch.Tensor, group_of: torch.Tensor, sizes: torch.Te
     return _pick(score, count, group_of, sizes, available, already, divisible, allocation)
 
 
+def erased_terms(analysis, names: Iterable[str]) -> tuple[set[str], set[str], dict]:
+    """What erasing the structures ``names`` (and those nested in them) takes out of the cost
+    model, as shrink deletes it: the nodes that vanish (the structures' regions, an add left
+    with no operand, and every node only they used), the parameters only those nodes read, and
+    the widths that become zero (a surviving cat loses an erased operand's segment, when its
+    width is one prunable group's symbol)."""
+    from otofx.passes.erasable import _ParamIndex, closure, join_kind
+    gm = analysis.gm
+    by_name = {s.name: s for s in analysis.structures}
+    erased = [by_name[name] for name in closure(analysis.structures, names)]
+    gone = {n for s in erased for n in s.nodes}
+    for node in gm.graph.nodes:           # an add whose every operand is gone is gone
+        ins = node.all_input_nodes
+        if node.name not in gone and ins and all(a.name in gone for a in ins) \
+                and join_kind(gm, node) == "add":
+            gone.add(node.name)
+    for node in reversed(gm.graph.nodes):  # and so is whatever only gone nodes use
+        if node.op in ("call_module", "call_function", "call_method", "get_attr") \
+                and node.users and all(u.name in gone for u in node.users):
+            gone.add(node.name)
+    index = _ParamIndex(gm)
+    params = {p for p, readers in index.readers.items() if readers <= gone}
+    zero = {}
+    for s in erased:
+        dims = analysis.cost.node_dims.get(s.output)
+        if s.cat_dim is not None and s.join not in gone and dims is not None \
+                and isinstance(dims[s.cat_dim], sympy.Symbol):
+            zero[dims[s.cat_dim]] = 0
+    return gone, params, zero
+
+
+def cost_of_widths(field: str, analysis, groups, erased: Iterable[str] = ()) -> CostOfWidths:
+    """The cost ``field`` asks about as a function of the widths of ``groups`` (the other
+    prunable groups at full size), with the structures ``erased`` gone."""
+    nodes, params, zero = erased_terms(analysis, erased)
+    if field == "target_latency":
+        from otofx.latency import LatencyModel, latency_table
+        return LatencyModel(latency_table(analysis), analysis, groups, nodes, zero)
+    cost = analysis.cost
+    if field == "target_flops":
+        expr = sympy.Add(*(e for n, e in cost.node_flops.items() if n not in nodes))
+    else:
+        expr = sympy.Add(*(e for p, e in cost.param_count.items() if p not in params))
+    return PolynomialEvaluator([expr.xreplace(zero)], analysis.prunable, groups)
+
+
 @dataclass
 class Budget:
-    """A config's ``target_flops`` or ``target_params`` over an optimizer's grouped views:
-    ``cost`` evaluates widths of ``views.groups`` (other groups at full size)."""
+    """A config's ``target_flops``, ``target_params`` or ``target_latency`` over an optimizer's
+    grouped views: ``cost`` evaluates widths of ``views.groups`` (other groups at full size), with
+    the structures ``erased`` gone (H2SPG)."""
 
     field: str               # "target_flops", "target_params" or "target_latency"
     fraction: float
     dense: float
     cost: CostOfWidths
     sizes: torch.Tensor
+    analysis: Any = None
+    groups: list = dataclass_field(default_factory=list)
+    erased: tuple[str, ...] = ()
+
+    def erasing(self, names: Iterable[str]) -> Budget:
+        """This budget over the same channels once the structures ``names`` are erased."""
+        names = tuple(sorted(names))
+        return replace(self, cost=cost_of_widths(self.field, self.analysis, self.groups, names),
+                       erased=names)
+
+    def full(self) -> float:
+        """The cost with every channel kept (and the ``erased`` structures gone)."""
+        return float(self.cost(self.sizes))
 
     @property
     def what(self) -> str:
@@ -109,25 +181,29 @@ class Budget:
               share: float = 1.0, allocation: str | None = None) -> int:
         """The count for ``choose`` that lands on the budget; ``share`` < 1 aims at that share
         of the saving (a pruning period of several)."""
-        goal = self.dense - (self.dense - self.fraction * self.dense) * share
-        return count_for_budget(score, group_of, sizes, self.cost, goal, divisible, available,
-                                already, allocation)
+        return count_for_budget(score, group_of, sizes, self.cost, self.goal(share), divisible,
+                                available, already, allocation)
+
+    def goal(self, share: float = 1.0) -> float:
+        """The cost to land on (``share`` of the saving the budget asks for)."""
+        return self.dense - (self.dense - self.fraction * self.dense) * share
 
 
 def budget_for(config, analysis, views) -> Budget | None:
-    """The budget ``config`` asks for (None without ``target_flops``/``target_params``),
-    checked against what pruning the prunable groups can reach."""
+    """The budget ``config`` asks for (None without ``target_flops``/``target_params``/
+    ``target_latency``), checked against what pruning the prunable groups can reach. Resolves
+    ``group_divisible="auto"`` for the model's device first (every optimizer calls this once,
+    when it is built)."""
+    param = next(iter(analysis.gm.parameters()), None)
+    resolve_group_divisible(config, param.device if param is not None else torch.device("cpu"))
     field = next((f for f in BUDGETS if getattr(config, f, None) is not None), None)
     if field is None:
         return None
-    if field == "target_latency":
-        from otofx.latency import LatencyModel, latency_table
-        cost = LatencyModel(latency_table(analysis), analysis, views.groups)
-        budget = Budget(field, config.target_latency, float(cost(views.sizes)), cost, views.sizes)
-    else:
-        poly = analysis.cost.flops if field == "target_flops" else analysis.cost.params
-        budget = Budget(field, getattr(config, field), poly.dense, poly.evaluator(views.groups),
-                        views.sizes)
+    cost = cost_of_widths(field, analysis, views.groups)
+    dense = {"target_flops": analysis.cost.flops.dense, "target_params": analysis.cost.params.dense
+             }.get(field) or float(cost(views.sizes))
+    budget = Budget(field, getattr(config, field), dense, cost, views.sizes, analysis,
+                    list(views.groups))
     floor = budget.floor(config.group_divisible)
     if budget.fraction * budget.dense < floor:
         smallest = math.ceil(floor / budget.dense * 1e4) / 1e4
@@ -139,3 +215,18 @@ def budget_for(config, analysis, views) -> Budget | None:
             f"channel(s), pinned groups and layers outside any group still cost that much. Set "
             f"{field} >= {smallest}.")
     return budget
+
+
+@torch.no_grad()
+def zero_chosen(gm, views, chosen: torch.Tensor) -> None:
+    """Zero the producers and affines of the channels ``chosen`` (a bool mask over ``views``'
+    channels, as :func:`pick_for_budget` returns), in place: what a finished pruning phase
+    leaves, so ``otofx.shrink`` removes exactly them."""
+    from otofx.passes.channels import tensor_named
+    from otofx.passes.table import AFFINE, PRODUCER
+    for gi, g in enumerate(views.groups):
+        lo, hi = int(views.offsets[gi]), int(views.offsets[gi + 1])
+        idx = torch.nonzero(chosen[lo:hi]).view(-1)
+        for m in g.slices(PRODUCER, AFFINE):
+            t = tensor_named(gm, m.param)
+            t.index_fill_(m.dim, m.index[idx].reshape(-1).to(t.device), 0.0)

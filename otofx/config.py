@@ -4,10 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import torch
+
 from otofx.errors import ConfigError
 from otofx.partition import ALLOCATIONS
 
 VARIANTS = ("sgd", "adam", "adamw")
+
+# group_divisible="auto": the multiple of channels each device's kernels run fastest.
+# cpu: measured with otofx.latency's timer (benchmarks/budget_landing.py --divisible; resnet18
+#   convs and linears, one thread): see AUTO_DIVISIBLE_NOTE. cuda: 8, NVIDIA's Tensor Core
+#   requirement for FP16/BF16 GEMMs and convolutions (channels a multiple of 8 elements, 16 bytes;
+#   "Deep Learning Performance Documentation: Matrix Multiplication Background User's Guide",
+#   Tensor Core Requirements), not measured here (no GPU was lent to this work).
+AUTO_DIVISIBLE = {"cpu": 8, "cuda": 8}
+
+
+def resolve_group_divisible(config, device: torch.device) -> int:
+    """``config.group_divisible`` for a model on ``device``: itself, or for ``"auto"`` the
+    device's multiple from ``AUTO_DIVISIBLE`` (1 on a device not listed). An optimizer calls it
+    when it is built (through ``otofx.budget.budget_for``): the int is set on the config it was
+    given, and ``config.group_divisible_asked`` keeps "auto" for the report."""
+    if config.group_divisible == "auto":
+        config.group_divisible_asked = "auto"
+        config.group_divisible = AUTO_DIVISIBLE.get(torch.device(device).type, 1)
+    return config.group_divisible
 
 
 def _check(cfg, name: str, ok: bool, want: str) -> None:
@@ -31,7 +52,7 @@ class _BaseConfig:
     target_latency: float | None = None   # (latency: measured on the model's device, cached)
     start_pruning_step: int = 0
     pruning_steps: int = 1
-    group_divisible: int = 1
+    group_divisible: int | str = 1   # or "auto": resolve_group_divisible per device
     allocation: str = "uniform"
     total_steps: int | None = None
     fused: bool = True        # the plain base step through torch's fused kernels (otofx.fused)
@@ -60,7 +81,11 @@ class _BaseConfig:
             _check(self, budgets[-1], False, f"set one budget, not {' and '.join(budgets)}")
         _check(self, "start_pruning_step", self.start_pruning_step >= 0, "must be >= 0")
         _check(self, "pruning_steps", self.pruning_steps >= 1, "must be >= 1")
-        _check(self, "group_divisible", self.group_divisible >= 1, "must be >= 1")
+        _check(self, "group_divisible", self.group_divisible == "auto" or (
+            isinstance(self.group_divisible, int) and not isinstance(self.group_divisible, bool)
+            and self.group_divisible >= 1), "must be an int >= 1 (every kept width a multiple "
+               "of it) or 'auto' (the multiple the model's device runs fastest: "
+               f"{', '.join(f'{d} {n}' for d, n in AUTO_DIVISIBLE.items())})")
         _check(self, "allocation", self.allocation in ALLOCATIONS,
                f"must be one of {ALLOCATIONS}: how many channels each group may lose "
                "('uniform': the same share of every group; 'balanced': one global ranking, every "
@@ -175,6 +200,12 @@ class H2SPGConfig(DHSPGConfig):
     nested in an erased one counts as erased); ``target_structures`` an exact count instead.
     Candidates are taken in score order and one that would disconnect an output is skipped;
     when the target cannot be met that way the largest valid count is taken, with a warning.
+
+    With a budget (``target_flops``, ``target_params`` or ``target_latency``) the structures are
+    chosen as above, but never so many that erasing them alone costs less than the budget (the
+    structure target drops until it does not), and the channels outside them are pruned too
+    (``target_group_sparsity`` is then ignored): as many as land the subnet on the budget, priced
+    by the cost model with the erased structures' nodes and parameters gone.
     """
 
     target_group_sparsity: float = 0.0
@@ -183,11 +214,6 @@ class H2SPGConfig(DHSPGConfig):
 
     def validate(self) -> None:
         super().validate()
-        for budget in ("target_flops", "target_params", "target_latency"):
-            _check(self, budget, getattr(self, budget) is None, "H2SPG takes no FLOPs, parameter "
-                   "or latency budget yet (the cost model does not price erased structures): use "
-                   "DHSPGConfig or HESSOConfig for a budget, or target_structure_sparsity and "
-                   "target_group_sparsity")
         _check(self, "target_structure_sparsity", 0 <= self.target_structure_sparsity <= 1,
                "is the fraction of erasable structures to erase, in [0, 1]")
         if self.target_structures is not None:

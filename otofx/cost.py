@@ -127,12 +127,18 @@ class CostModel:
     maps nodes whose FLOPs depend on widths the model has no formula for to their dense FLOPs
     (held constant: the polynomial is then exact only for widths that leave them alone).
     ``node_work`` gives each call node's work in the widths: its FLOPs where the counter counts
-    any, else the elements of its output (what ``otofx.latency`` times against)."""
+    any, else the elements of its output (what ``otofx.latency`` times against); ``node_flops``
+    each counted node's FLOPs and ``param_count`` each parameter's size (the terms of ``flops``
+    and ``params``, which ``otofx.budget`` drops for erased structures); ``node_dims`` every
+    node's symbolic shape."""
 
     params: CostPolynomial
     flops: CostPolynomial
     fixed: dict[str, int] = field(default_factory=dict)
     node_work: dict[str, sympy.Expr] = field(default_factory=dict, repr=False)
+    node_flops: dict[str, sympy.Expr] = field(default_factory=dict, repr=False)
+    param_count: dict[str, sympy.Expr] = field(default_factory=dict, repr=False)
+    node_dims: dict[str, tuple[sympy.Expr, ...]] = field(default_factory=dict, repr=False)
 
     def marginals(self, widths: Widths | None = None) -> dict[str, tuple[int, int]]:
         """Per prunable group: (params, FLOPs) of one more channel at ``widths`` (default dense)."""
@@ -164,9 +170,8 @@ def build_cost_model(gm: GraphModule, groups: list[PruningGroup], example_inputs
     pinned = {g.symbol: g.size for g in groups if not g.prunable}
     free = {g.symbol for g in prunable}
     pdims = param_dims(gm, prunable)
-    params = sympy.Integer(0)
-    for name, _ in gm.named_parameters():
-        params += sympy.Mul(*pdims[name])
+    param_count = {name: sympy.expand(sympy.Mul(*pdims[name])) for name, _ in gm.named_parameters()}
+    params = sympy.Add(*param_count.values())
     node_dims = {n.name: tuple(sympy.sympify(d).xreplace(pinned) for d in n.meta[DIMS])
                  for n in gm.graph.nodes if DIMS in n.meta}
     ctx = FlopContext(gm, node_dims, pdims)
@@ -184,11 +189,13 @@ def build_cost_model(gm: GraphModule, groups: list[PruningGroup], example_inputs
             expr = sympy.Integer(measured)
         flops += expr
         work[node.name] = expr
+    node_flops = dict(work)
     for node in gm.graph.nodes:
         if node.op.startswith("call") and node.name not in work and node.name in node_dims:
             work[node.name] = sympy.expand(sympy.Mul(*node_dims[node.name]))
     return CostModel(CostPolynomial("params", sympy.expand(params), prunable),
-                     CostPolynomial("FLOPs", sympy.expand(flops), prunable), fixed, work)
+                     CostPolynomial("FLOPs", sympy.expand(flops), prunable), fixed, work,
+                     node_flops, param_count, node_dims)
 
 
 def _touches(ctx: FlopContext, node, node_dims, pdims, free: set) -> bool:

@@ -94,9 +94,12 @@ class H2SPG(DHSPG):
 
     @staticmethod
     def _channel_groups(module: nn.Module, analysis: Analysis, config: H2SPGConfig) -> list:
-        """Channels too only with a channel target (``target_group_sparsity > 0``)."""
-        return DHSPG._channel_groups(module, analysis, config) if config.target_group_sparsity \
-            else []
+        """Channels too only with a channel target (``target_group_sparsity > 0``) or a budget
+        (the channels land what erasing leaves of it)."""
+        budget = any(getattr(config, f) is not None
+                     for f in ("target_flops", "target_params", "target_latency"))
+        return DHSPG._channel_groups(module, analysis, config) \
+            if config.target_group_sparsity or budget else []
 
     def _has_targets(self) -> bool:
         return bool(self.views.num_channels) or bool(self.structure_views.num_channels)
@@ -104,10 +107,16 @@ class H2SPG(DHSPG):
     def _partition_structures(self, directions: dict[int, torch.Tensor]) -> Plan:
         """The structures to erase (exactly those: no tolerance, no per-group limit)."""
         importance = -self._scores(self.structure_views, directions)
-        order = torch.argsort(importance, stable=True).tolist()
-        chosen, erased = select_structures(self.graph, self.all_structures,
-                                           [self.structures[i] for i in order],
+        order = [self.structures[i] for i in torch.argsort(importance, stable=True).tolist()]
+        chosen, erased = select_structures(self.graph, self.all_structures, order,
                                            self.structure_target)
+        while self.budget is not None and self.structure_target and \
+                self.budget.erasing(c.name for c in chosen).full() < self.budget.goal():
+            self.structure_target -= 1      # a budget: erase no more than it leaves room for
+            chosen, erased = select_structures(self.graph, self.all_structures, order,
+                                               self.structure_target)
+        if self.budget is not None:         # the channels land the rest of the budget
+            self.budget = self.budget.erasing(c.name for c in chosen)
         st = self.otofx_state[STRUCTURES]
         st["erased"] = erased
         if erased < self.structure_target:

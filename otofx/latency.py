@@ -3,7 +3,8 @@
 A latency budget (``target_latency``) needs to know what a subnet will take before it exists.
 Measured once per model and device (as ZipLM does for its structures), then cached: the model is
 shrunk to a few uniform widths (every prunable group at 100%, 75%, 50%, 25% of its channels and
-at one channel), and at each every node's eager time is measured (median of repeats). Each node
+at one channel), and at each every node's eager time is measured (median of repeats, the levels'
+runs interleaved so that a change in the machine's load falls on all of them alike). Each node
 then has a small table of (work, seconds), its work being its FLOPs polynomial in the widths
 (``CostModel.node_work``; its output's size for nodes without FLOPs). A subnet's latency is
 predicted as the sum over nodes of their time interpolated at the subnet's work: exact in the
@@ -24,6 +25,7 @@ import os
 import platform
 import statistics
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -95,14 +97,25 @@ class _NodeTimer(Interpreter):
 
 def node_times(gm: GraphModule, example_inputs: tuple, repeats: int = 5) -> dict[str, float]:
     """Median eager time of every call node of ``gm`` over ``repeats`` runs (after one warm-up)."""
-    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
-    timer = _NodeTimer(gm, device.type == "cuda")
-    with evaluation(gm), torch.no_grad():
-        timer.run(*example_inputs)
-        timer.times.clear()
-        for _ in range(repeats):
+    return interleaved_node_times([gm], example_inputs, repeats)[0]
+
+
+def interleaved_node_times(gms: list[GraphModule], example_inputs: tuple, repeats: int = 5
+                           ) -> list[dict[str, float]]:
+    """:func:`node_times` of each of ``gms``, their runs interleaved (one run of each in turn,
+    ``repeats`` rounds), so a change in the machine's load falls on all of them alike."""
+    device = next((p.device for gm in gms for p in gm.parameters()), torch.device("cpu"))
+    timers = [_NodeTimer(gm, device.type == "cuda") for gm in gms]
+    with torch.no_grad(), ExitStack() as stack:   # no_grad outermost: restored last
+        for gm in gms:
+            stack.enter_context(evaluation(gm))
+        for timer in timers:
             timer.run(*example_inputs)
-    return {name: statistics.median(ts) for name, ts in timer.times.items()}
+            timer.times.clear()
+        for _ in range(repeats):
+            for timer in timers:
+                timer.run(*example_inputs)
+    return [{name: statistics.median(ts) for name, ts in timer.times.items()} for timer in timers]
 
 
 @torch.no_grad()
@@ -125,12 +138,14 @@ def measure_latency_table(analysis, repeats: int = 5) -> LatencyTable:
     copy_analysis = analyze(work_copy, inputs)
     state = {k: v.clone() for k, v in work_copy.state_dict().items()}
     nodes: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
+    smalls, level_widths = [], []
     for level in LEVELS:
         widths = {g.name: max(1, round(level * g.size)) for g in analysis.prunable}
         work_copy.load_state_dict(state)
         _zero_beyond(work_copy, copy_analysis.prunable, widths)
-        small = shrink(work_copy, copy_analysis, verify=False)
-        times = node_times(small, inputs, repeats)
+        smalls.append(shrink(work_copy, copy_analysis, verify=False))
+        level_widths.append(widths)
+    for widths, times in zip(level_widths, interleaved_node_times(smalls, inputs, repeats)):
         work = works(torch.tensor([widths[g.name] for g in analysis.prunable])).reshape(-1)
         for name, w in zip(names, work.tolist()):
             nodes[name].append((int(w), times.get(name, 0.0)))
@@ -170,13 +185,16 @@ def latency_table(analysis, repeats: int = 5, cache: bool = True) -> LatencyTabl
 
 class LatencyModel:
     """Predicted seconds for a tensor of widths of ``groups`` (others at full width): each node's
-    time interpolated (piecewise linear, clamped at the measured ends) at its work."""
+    time interpolated (piecewise linear, clamped at the measured ends) at its work. The nodes
+    ``skip`` (an erased structure's region) cost nothing; ``zero`` sets widths to zero in the
+    others' work (the segment an erased cat operand leaves)."""
 
-    def __init__(self, table: LatencyTable, analysis, groups) -> None:
+    def __init__(self, table: LatencyTable, analysis, groups, skip: set[str] = frozenset(),
+                 zero: dict | None = None) -> None:
         cost = analysis.cost
-        self.names = [n for n in table.nodes if n in cost.node_work]
-        self.works = PolynomialEvaluator([cost.node_work[n] for n in self.names], analysis.prunable,
-                                         groups)
+        self.names = [n for n in table.nodes if n in cost.node_work and n not in skip]
+        self.works = PolynomialEvaluator([cost.node_work[n].xreplace(zero or {})
+                                          for n in self.names], analysis.prunable, groups)
         width = max(len(table.nodes[n]) for n in self.names) if self.names else 1
         self.x = torch.full((len(self.names), width), float("inf"), dtype=torch.float64)
         self.y = torch.zeros((len(self.names), width), dtype=torch.float64)

@@ -130,10 +130,13 @@ def budget_line(opt, sp: dict, base: dict, params: int, flops: int, removed: dic
         dense, reached = (base["flops"], flops) if b.field == "target_flops" else (base["params"], params)
     state = "pruning phase not finished" if not sp["pruning_done"] else (
         f"{100 * (reached / max(dense, 1e-30) - b.fraction):+.2f} points")
+    erasing = (f"erasing {len(b.erased)} structure(s) (the most the budget leaves room for, up to "
+               f"the structure target; listed below) and " if "erasable_structures" in sp else "")
     return (f"{b.what} budget ({b.field}): asked {b.fraction:.3f} of the dense model, reached "
-            f"{reached / max(dense, 1e-30):.3f} ({state}{how}) by pruning the {sp['zero_channels']} "
-            f"least important of {sp['prunable_channels']} prunable channels (score order, the "
-            f"count set by the budget; widths below)")
+            f"{reached / max(dense, 1e-30):.3f} ({state}{how}) by {erasing}pruning the "
+            f"{sp['zero_channels'] - sp.get('zero_channels_in_erased', 0)} least important of "
+            f"{sp['prunable_channels']} prunable channels (score order, the count set by the "
+            f"budget; widths below)")
 
 
 def compression_report(job, subnet) -> str:
@@ -164,6 +167,9 @@ def compression_report(job, subnet) -> str:
             + (f": {sp['zero_channels'] - in_erased} pruned + {in_erased} inside erased structures"
                if in_erased else "") + f"): {state}")
         lines += mechanism_lines(sp)
+    if getattr(opt.config, "group_divisible_asked", None):
+        lines.append(f"group_divisible: {opt.config.group_divisible_asked} -> "
+                     f"{opt.config.group_divisible} (otofx.config.AUTO_DIVISIBLE for the device)")
     if "erasable_structures" in sp:
         lines.append(structure_line(sp, stats))
         lines += mechanism_lines(sp, "structures_", "structures")

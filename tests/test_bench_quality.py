@@ -2,6 +2,7 @@
 checks, a missing peer or a failing run as a row with its reason, the peers' pruning and the
 erasing baseline."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -103,7 +104,7 @@ def test_missing_peers_are_rows_with_their_reason_and_every_run_is_kept(monkeypa
     monkeypatch.setattr(peers, "load_oto", lambda: (None, "not installed (test)"))
     monkeypatch.setattr(peers, "load_torch_pruning", lambda: (None, "No module (test)"))
     md = tmp_path / "q.md"
-    assert cq.main(["--tasks", "digits", "--seeds", "2", "--epochs", "1", "--targets", "0.3,0.6",
+    assert cq.main(["--tasks", "digits", "--seeds", "2", "--epochs", "1", "--levels", "0.3,0.6",
                     "--methods", "otofx DHSPG,only-train-once HESSO,torch-pruning L2 global "
                     "iterative", "--out", str(md)]) == 0
     text = md.read_text()
@@ -116,7 +117,8 @@ def test_missing_peers_are_rows_with_their_reason_and_every_run_is_kept(monkeypa
         [(cq.DENSE, s, 0.0) for s in (0, 1)] + [("otofx DHSPG", s, t) for s in (0, 1)
                                                   for t in (0.3, 0.6)])
     flops = {r["target"]: r["flops"] for r in runs if r["seed"] == 0}
-    assert flops[0.0] == 1.0 and flops[0.6] < flops[0.3] < 1.0
+    assert flops[0.0] == 1.0          # otofx DHSPG asks for the FLOPs level: it lands on it
+    assert flops[0.6] == pytest.approx(0.6, abs=0.03) and flops[0.3] == pytest.approx(0.3, abs=0.03)
     assert md.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -135,7 +137,7 @@ def test_a_failing_run_is_a_row_not_a_crash(monkeypatch):
 @pytest.mark.skipif(importlib.util.find_spec("torch_pruning") is None,
                     reason="torch-pruning is a bench extra (pip install -e '.[bench]')")
 def test_torch_pruning_global_iterative_prunes_in_steps_and_keeps_the_classifier(monkeypatch):
-    spec = cq.by_name()["torch-pruning Taylor global iterative"]
+    spec = dataclasses.replace(cq.by_name()["torch-pruning Taylor global iterative"], flops=False)
     s = cq.Setting("digits", digits(), 6, 0)        # warm-up 1 epoch, 2 pruning epochs, 3 more
     widths = []
     original = peers.tp_pruner
@@ -157,6 +159,44 @@ def test_torch_pruning_global_iterative_prunes_in_steps_and_keeps_the_classifier
     assert len(widths) == 2 and full > widths[0] > widths[1]
     assert widths[1] == pytest.approx(full * 0.5, abs=full * 0.1)
     assert model.fc.out_features == 10 and "2 steps" in note
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_pruning") is None,
+                    reason="torch-pruning is a bench extra (pip install -e '.[bench]')")
+@pytest.mark.parametrize("name", ["torch-pruning L2 global iterative",
+                                  "torch-pruning L2 uniform one-shot"])
+def test_torch_pruning_reaches_a_flops_level_by_bisecting_its_ratio(name):
+    """The bisected ratio prunes the warm-up model to the level (within what one channel more
+    or less moves); the run itself lands near it, and its note says how it got there."""
+    tp, _ = peers.load_torch_pruning()
+    spec = cq.by_name()[name]
+    s = cq.Setting("digits", digits(), 4, 0)
+    model = s.model()
+    x = s.data[0][0][:1]
+    options = {k: v for k, v in spec.options.items()
+               if k not in ("importance", "iterative", "global_pruning")}
+    ratio = cq.tp_ratio_for(tp, model, s, 0.3, "l2", spec.options["global_pruning"], 1, 0, options)
+    trial = peers.tp_pruner(tp, model, x, ratio, "l2", spec.options["global_pruning"], 1, **options)
+    dense = cq.count_flops(model, (x,))
+    trial.step()
+    assert 0 < ratio < 1
+    assert cq.count_flops(model, (x,)) / dense == pytest.approx(0.3, abs=0.03)
+    small, note = cq.run_tp(spec, s, 0.15)
+    assert "bisected for FLOPs 0.15" in note
+    assert cq.count_flops(small, (x,)) / dense == pytest.approx(0.15, abs=0.05)
+
+
+def test_flops_targeting_methods_are_read_at_their_run_for_the_level():
+    """A FLOPs-targeting row is read where it landed (no interpolation, no bracketing needed);
+    a grid row is interpolated."""
+    mine = cq.by_name()["otofx DHSPG"]
+    records = [record(mine.name, 0, 0.5, 0.497, 0.91), record(mine.name, 0, 0.3, 0.302, 0.88)]
+    at = cq.levels_of(records, "digits", mine.name, [0], (0.5, 0.3, 0.15))
+    assert at[0.5][0] == {0: 0.91} and at[0.3][0] == {0: 0.88}
+    assert at[0.15][0] == {0: None} and "no measured point" in at[0.15][1]
+    grid = [record("grid", 0, t, f, a) for t, f, a in ((0.2, 0.6, 0.9), (0.5, 0.4, 0.8))]
+    assert cq.levels_of(grid, "digits", "grid", [0], (0.5,))[0.5][0][0] == pytest.approx(
+        0.8 + 0.1 * math.log(0.5 / 0.4) / math.log(0.6 / 0.4))
 
 
 def test_erasing_baseline_drops_the_smallest_norm_structures_and_shrinks():

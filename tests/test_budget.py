@@ -1,6 +1,8 @@
 """FLOPs and parameter budgets (``target_flops`` / ``target_params``, ``otofx.budget``): the
 subnet lands within 1% of the budget, or as near as ``group_divisible`` allows, measured on the
-shrunk model; budgets out of reach are ``ConfigError``s that say what is reachable."""
+shrunk model, for DHSPG, HESSO and H2SPG (erased structures priced exactly, on the erasing
+grammar); budgets out of reach are ``ConfigError``s that say what is reachable;
+``group_divisible="auto"`` resolves per device."""
 
 from __future__ import annotations
 
@@ -8,33 +10,27 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
-from otofx.passes.channels import tensor_named
-from otofx.passes.table import AFFINE, PRODUCER
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
+from strategies_erase import INPUT, build, supernets
 from strategies_transformer import BlockSpec, RandomTransformer, TransformerSpec
 from zoo.small import TinyCNN
+from zoo.supernets import DartsSuperNet
 
 import otofx
-from otofx.budget import count_for_budget, pick_for_budget
+from otofx.budget import cost_of_widths, count_for_budget, pick_for_budget, zero_chosen
+from otofx.config import AUTO_DIVISIBLE
 from otofx.errors import ConfigError
 from otofx.flops import count_flops
 from otofx.grouped import GroupedViews
 from otofx.partition import choose
+from otofx.testing import erase_structures
 
 
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-@torch.no_grad()
-def zero_channels(gm, views: GroupedViews, chosen: torch.Tensor) -> None:
-    """Zero the producers and affines of the channels ``chosen`` (global index over views)."""
-    for gi, g in enumerate(views.groups):
-        lo, hi = int(views.offsets[gi]), int(views.offsets[gi + 1])
-        idx = torch.nonzero(chosen[lo:hi]).view(-1)
-        for m in g.slices(PRODUCER, AFFINE):
-            t = tensor_named(gm, m.param)
-            t.index_fill_(m.dim, m.index[idx].reshape(-1), 0.0)
 
 
 def _resnet():
@@ -66,7 +62,7 @@ def test_budget_lands_within_one_percent_or_the_nearest_width(build, what, divis
         chosen = pick_for_budget(score, views.group_of, views.sizes, cost, budget, divisible)
         trial = otofx.trace(model, (x,))
         trial_analysis = otofx.analyze(trial, (x,))
-        zero_channels(trial, GroupedViews(trial, trial_analysis.prunable), chosen)
+        zero_chosen(trial, GroupedViews(trial, trial_analysis.prunable), chosen)
         small = otofx.shrink(trial, trial_analysis)
         reached = count_flops(small, (x,)) if what == "flops" else n_params(small)
         kept = views.sizes - torch.bincount(views.group_of[chosen], minlength=len(views.sizes))
@@ -131,11 +127,125 @@ def test_budget_out_of_range_is_a_config_error(value):
         otofx.HESSOConfig(target_params=value)
 
 
-def test_two_budgets_or_an_h2spg_budget_are_config_errors():
+def test_two_budgets_are_a_config_error():
     with pytest.raises(ConfigError, match="set one budget"):
         otofx.DHSPGConfig(target_flops=0.5, target_params=0.5)
-    with pytest.raises(ConfigError, match="H2SPG takes no FLOPs"):
-        otofx.H2SPGConfig(target_flops=0.5)
+    with pytest.raises(ConfigError, match="set one budget"):
+        otofx.H2SPGConfig(target_flops=0.5, target_latency=0.5)
+
+
+# ---- H2SPG: erased structures priced by the cost model ------------------------------------------
+
+@settings(max_examples=max(5, settings.default.max_examples // 3))
+@given(spec=supernets(), fraction=st.sampled_from([0.3, 0.6, 0.99]), share=st.floats(0, 0.8),
+       what=st.sampled_from(["target_flops", "target_params"]), seed=st.integers(0, 2**16))
+def test_cost_with_erased_structures_equals_the_shrunk_subnet(spec, fraction, share, what, seed):
+    """Erasing structures (nested ones, cat operands too) and pruning channels: the cost model
+    without the erased regions predicts the subnet's FLOPs / parameters exactly."""
+    note(f"spec = {spec!r}")
+    torch.manual_seed(seed)
+    x = torch.randn(INPUT)
+    gm = otofx.trace(build(spec))
+    analysis = otofx.analyze(gm, (x,))
+    erased = erase_structures(gm, analysis, fraction, seed)
+    views = GroupedViews(gm, analysis.prunable)
+    score = torch.rand(views.num_channels, generator=torch.Generator().manual_seed(seed))
+    chosen = choose(score, int(share * views.num_channels), views.group_of, views.sizes,
+                    torch.ones(views.num_channels, dtype=torch.bool),
+                    torch.zeros_like(views.sizes))
+    zero_chosen(gm, views, chosen)
+    widths = views.sizes - torch.bincount(views.group_of[chosen], minlength=len(views.sizes))
+    small = otofx.shrink(gm, analysis)
+    assert set(small.meta["otofx.shrink"].erased) == set(erased)
+    reached = count_flops(small, (x,)) if what == "target_flops" else n_params(small)
+    assert int(cost_of_widths(what, analysis, views.groups, erased)(widths)) == reached
+
+
+def _train_h2spg(job, x, steps: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        xb = torch.randn(x.shape, generator=gen)
+        y = torch.randint(0, 10, (x.shape[0],), generator=gen)
+        loss = F.cross_entropy(job.module(xb), y)
+        job.optimizer.zero_grad()
+        loss.backward()
+        job.optimizer.step()
+
+
+@pytest.mark.parametrize("field", ["target_flops", "target_params"])
+@pytest.mark.parametrize("fraction,structures", [(0.5, 0.5), (0.3, 0.5), (0.8, 0.9)])
+def test_h2spg_lands_on_the_budget_by_structures_and_channels(field, fraction, structures):
+    """A DARTS-like supernet: H2SPG erases structures (no more than the budget leaves room for)
+    and prunes channels until the subnet lands within 1% of the budget, or one channel's cost;
+    the report states asked, reached and by which choice."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 16, 16)
+    cfg = otofx.H2SPGConfig(lr=0.05, momentum=0.9, start_pruning_step=2, pruning_steps=6,
+                            target_structure_sparsity=structures, **{field: fraction})
+    job = otofx.compress(DartsSuperNet(c=16, cells=2), cfg, (x,))
+    _train_h2spg(job, x, 10)
+    small = job.subnet()
+    base = job.baseline()
+    dense = base["flops"] if field == "target_flops" else base["params"]
+    reached = count_flops(small, (x,)) if field == "target_flops" else n_params(small)
+    opt = job.optimizer
+    sp = opt.sparsity_report()
+    assert set(small.meta["otofx.shrink"].erased) <= set(sp["erased_structures"])
+    assert len(opt.budget.erased) == sp["planned_structures"] > 0
+    removed = small.meta["otofx.shrink"].removed
+    widths = torch.tensor([g.size - removed.get(g.name, 0) for g in opt.budget.groups])
+    assert int(opt.budget.cost(widths)) == reached       # the prediction is the subnet's cost
+    # erasing alone stays above the budget: the channels land the rest
+    assert opt.budget.full() >= fraction * dense
+    unit = torch.eye(len(widths), dtype=torch.long)
+    one_channel = max(abs(float(opt.budget.cost(widths + sign * unit[gi])) - reached)
+                      for gi in range(len(widths)) for sign in (1, -1)
+                      if 1 <= int(widths[gi]) + sign <= int(opt.budget.sizes[gi]))
+    assert abs(reached / dense - fraction) <= max(0.01, one_channel / dense), (reached / dense,
+                                                                               one_channel / dense)
+    text = job.report(small)
+    assert re.search(rf"budget \({field}\): asked {fraction:.3f} of the dense model, reached "
+                     rf"{reached / dense:.3f} .* by erasing {sp['planned_structures']} structure",
+                     text), text
+
+
+def test_h2spg_budget_below_what_erasing_reaches_erases_fewer_structures():
+    """A budget near dense leaves room for few structures: the structure target drops."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 16, 16)
+    cfg = otofx.H2SPGConfig(lr=0.05, momentum=0.9, start_pruning_step=2, pruning_steps=6,
+                            target_structure_sparsity=0.9, target_flops=0.95)
+    job = otofx.compress(DartsSuperNet(c=16, cells=2), cfg, (x,))
+    _train_h2spg(job, x, 10)
+    sp = job.optimizer.sparsity_report()
+    asked = round(0.9 * sp["erasable_structures"])
+    assert sp["target_structures"] < asked
+    small = job.subnet()
+    assert abs(count_flops(small, (x,)) / job.baseline()["flops"] - 0.95) <= 0.01
+
+
+# ---- group_divisible="auto" ---------------------------------------------------------------------
+
+def test_auto_group_divisible_resolves_for_the_device_and_the_report_says_so():
+    x = torch.randn(16, 3, 8, 8)
+    job = otofx.compress(TinyCNN(), otofx.DHSPGConfig(lr=0.05, start_pruning_step=1, pruning_steps=2,
+                                                      target_group_sparsity=0.5,
+                                                      group_divisible="auto"), (x[:2],))
+    assert job.optimizer.config.group_divisible == AUTO_DIVISIBLE["cpu"]
+    _train(job, x, torch.randint(0, 10, (16,)), 4)
+    small = job.subnet()
+    removed = small.meta["otofx.shrink"].removed
+    for g in job.analysis.prunable:
+        kept = g.size - removed.get(g.name, 0)
+        assert kept % AUTO_DIVISIBLE["cpu"] == 0 or kept == g.size, (g.name, kept)
+    assert sum(removed.values()) > 0
+    assert f"group_divisible: auto -> {AUTO_DIVISIBLE['cpu']}" in job.report(small)
+
+
+@pytest.mark.parametrize("value", [0, -8, 2.5, "fast", True, None])
+def test_bad_group_divisible_is_a_config_error(value):
+    with pytest.raises(ConfigError, match=r"group_divisible = .*int >= 1 .* or 'auto'"):
+        otofx.DHSPGConfig(group_divisible=value)
 
 
 @pytest.mark.parametrize("divisible", [1, 4])

@@ -88,5 +88,37 @@ def test_latency_budget_out_of_range_or_beside_another_is_a_config_error():
         otofx.DHSPGConfig(target_latency=1.2)
     with pytest.raises(ConfigError, match="set one budget"):
         otofx.HESSOConfig(target_latency=0.5, target_flops=0.5)
-    with pytest.raises(ConfigError, match="H2SPG takes no"):
-        otofx.H2SPGConfig(target_latency=0.5)
+
+
+def test_h2spg_lands_on_a_latency_budget_by_erasing_and_pruning(cache):
+    """H2SPG with ``target_latency``: the erased structures' nodes leave the table's sum, the
+    channels land the rest on the table's prediction (within one channel's step), and the report
+    states asked, reached (predicted) and the structures erased."""
+    from zoo.supernets import DartsSuperNet
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 16, 16)
+    cfg = otofx.H2SPGConfig(lr=0.05, momentum=0.9, start_pruning_step=2, pruning_steps=6,
+                            target_structure_sparsity=0.3, target_latency=0.6)
+    job = otofx.compress(DartsSuperNet(c=8, cells=2), cfg, (x,))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        loss = torch.nn.functional.cross_entropy(job.module(torch.randn(x.shape, generator=gen)),
+                                                 torch.randint(0, 10, (4,), generator=gen))
+        job.optimizer.zero_grad()
+        loss.backward()
+        job.optimizer.step()
+    small = job.subnet()
+    b = job.optimizer.budget
+    assert b.erased and b.full() >= b.goal()           # erasing alone left room for channels
+    removed = small.meta["otofx.shrink"].removed
+    widths = torch.tensor([g.size - removed.get(g.name, 0) for g in b.groups])
+    reached = float(b.cost(widths)) / b.dense
+    unit = torch.eye(len(widths), dtype=torch.long)
+    step = max(abs(float(b.cost(widths + sign * unit[gi])) / b.dense - reached)
+               for gi in range(len(widths)) for sign in (1, -1)
+               if 1 <= int(widths[gi]) + sign <= int(b.sizes[gi]))
+    assert abs(reached - 0.6) <= max(0.01, step), (reached, step)
+    text = job.report(small)
+    assert re.search(rf"latency budget \(target_latency\): asked 0\.600 of the dense model, "
+                     rf"reached {reached:.3f} .*predicted by the latency table\) by erasing "
+                     rf"{len(b.erased)} structure", text), text
