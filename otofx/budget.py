@@ -204,7 +204,10 @@ def budget_for(config, analysis, views) -> Budget | None:
              }.get(field) or float(cost(views.sizes))
     budget = Budget(field, getattr(config, field), dense, cost, views.sizes, analysis,
                     list(views.groups))
-    floor = budget.floor(config.group_divisible)
+    # H2SPG may erase structures too: the bound is then the cost with every erasable structure
+    # gone (optimistic: which of them can go together is known only at the partition)
+    erasable = [s.name for s in analysis.erasable] if hasattr(config, "target_structures") else []
+    floor = (budget.erasing(erasable) if erasable else budget).floor(config.group_divisible)
     if budget.fraction * budget.dense < floor:
         smallest = math.ceil(floor / budget.dense * 1e4) / 1e4
         raise ConfigError(
@@ -212,7 +215,8 @@ def budget_for(config, analysis, views) -> Budget | None:
             f"{budget.what} budget, {smallest} of the dense model ({floor:,.6g} of {budget.dense:,.6g}"
             f"{' s, predicted from the latency table' if field == 'target_latency' else ''}): "
             f"with every prunable group at its minimum of {max(1, config.group_divisible)} "
-            f"channel(s), pinned groups and layers outside any group still cost that much. Set "
+            f"channel(s){' and every erasable structure erased' if erasable else ''}, pinned "
+            "groups and layers outside any group still cost that much. Set "
             f"{field} >= {smallest}.")
     return budget
 
