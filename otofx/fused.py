@@ -76,15 +76,23 @@ def step(params: list[torch.Tensor], states: list[dict], group: dict, variant: s
         torch._fused_sgd_(params, grads, bufs, weight_decay=wd, momentum=momentum, lr=lr,
                           dampening=0.0, nesterov=False, maximize=False, is_first_step=first)
         return
-    for p, s in zip(params, states):
-        if "exp_avg" not in s:
-            s["exp_avg"] = torch.zeros_like(p)
-            s["exp_avg_sq"] = torch.zeros_like(p)
-    t = torch.full((), float(step_index + 1), dtype=torch.float32, device=params[0].device)
     kernel = torch._fused_adamw_ if variant == "adamw" else torch._fused_adam_
+    _adam(kernel, params, grads, states, group, step_index, lr, wd)
+
+
+def _adam(kernel, tensors: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict],
+          group: dict, step_index: int, lr: float, wd: float) -> None:
+    """One call of torch's fused Adam/AdamW ``kernel`` stepping ``tensors`` with ``grads`` and
+    the moments in ``states`` (created here, zero, on a first step); ``step_index`` counts the
+    steps taken before this one (Adam's bias correction)."""
+    for x, s in zip(tensors, states):
+        if "exp_avg" not in s:
+            s["exp_avg"] = torch.zeros_like(x)
+            s["exp_avg_sq"] = torch.zeros_like(x)
+    t = torch.full((), float(step_index + 1), dtype=torch.float32, device=tensors[0].device)
     b1, b2 = group["betas"]
-    kernel(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
-           [t] * len(params), amsgrad=False, lr=lr, beta1=b1, beta2=b2, weight_decay=wd,
+    kernel(tensors, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+           [t] * len(tensors), amsgrad=False, lr=lr, beta1=b1, beta2=b2, weight_decay=wd,
            eps=group["eps"], maximize=False)
 
 
@@ -102,15 +110,6 @@ def adam_directions(params: list[torch.Tensor], states: list[dict], group: dict,
     wd = group["weight_decay"]
     if variant == "adam" and wd:
         grads = torch._foreach_add(grads, params, alpha=wd)
-    for p, s in zip(params, states):
-        if "exp_avg" not in s:
-            s["exp_avg"] = torch.zeros_like(p)
-            s["exp_avg_sq"] = torch.zeros_like(p)
     torch._foreach_zero_(scratch)
-    t = torch.full((), float(step_index + 1), dtype=torch.float32, device=params[0].device)
-    b1, b2 = group["betas"]
-    torch._fused_adam_(scratch, grads, [s["exp_avg"] for s in states],
-                       [s["exp_avg_sq"] for s in states], [], [t] * len(params), amsgrad=False,
-                       lr=-1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=group["eps"],
-                       maximize=False)
+    _adam(torch._fused_adam_, scratch, grads, states, group, step_index, -1.0, 0.0)
     return scratch

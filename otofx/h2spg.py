@@ -22,6 +22,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from otofx.analysis import Analysis
+from otofx.budget import BUDGETS
 from otofx.config import H2SPGConfig
 from otofx.dhspg import DHSPG, Plan, rank_among
 from otofx.grouped import GroupedViews
@@ -96,8 +97,7 @@ class H2SPG(DHSPG):
     def _channel_groups(module: nn.Module, analysis: Analysis, config: H2SPGConfig) -> list:
         """Channels too only with a channel target (``target_group_sparsity > 0``) or a budget
         (the channels land what erasing leaves of it)."""
-        budget = any(getattr(config, f) is not None
-                     for f in ("target_flops", "target_params", "target_latency"))
+        budget = any(getattr(config, f) is not None for f in BUDGETS)
         return DHSPG._channel_groups(module, analysis, config) \
             if config.target_group_sparsity or budget else []
 

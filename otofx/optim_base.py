@@ -252,10 +252,10 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
             if not momentum:
                 return [Direction(g) for g in grads]
             states = [self.state[p] for p in ps]
-            first = [i for i, st in enumerate(states) if "momentum_buffer" not in st]
+            first = {i for i, st in enumerate(states) if "momentum_buffer" not in st}
             for i in first:          # torch's first step: the buffer is the gradient
                 states[i]["momentum_buffer"] = grads[i].detach().clone()
-            rest = [i for i, st in enumerate(states) if i not in set(first)]
+            rest = [i for i in range(len(states)) if i not in first]
             bufs = [states[i]["momentum_buffer"] for i in rest]
             grads_rest = [grads[i] for i in rest]
             if ps[0].device.type in self.loop_devices:
