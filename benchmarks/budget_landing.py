@@ -8,6 +8,12 @@ shrinks, and measures the subnet (``FlopCounterMode``, parameter count): the mea
 equal the polynomial's. Target: within 1 point of every budget with ``group_divisible=1``, or
 on the floor (every prunable group at one channel) when the budget is below it.
 
+A second table runs the optimizers themselves, as a user would: ``otofx.compress`` with DHSPG,
+HESSO (2 periods) and H2SPG (erasing, where the model has erasable structures) at
+``target_flops=0.5`` and ``target_params=0.5`` (their default ``allocation``), a few steps of
+random data (the pruning phase over the first steps), then ``job.subnet()``, its FLOPs and
+parameters counted: where the subnet a user gets lands, erased structures and all.
+
 Run from the repository root: ``python -m benchmarks.budget_landing [--quick] [--out PATH]``.
 """
 
@@ -30,6 +36,7 @@ import otofx
 from otofx.budget import pick_for_budget
 from otofx.flops import count_flops
 from otofx.grouped import GroupedViews
+from otofx.h2spg import STRUCTURES
 
 MODELS = {"resnet50": 64, "mobilenet_v3_large": 64, "efficientnet_b0": 64, "densenet121": 64,
           "convnext_tiny": 64, "regnet_y_400mf": 64, "vit_b_16": 224, "swin_t": 224}
@@ -81,6 +88,40 @@ def measure(name: str, size: int) -> list[list[str]]:
     return rows
 
 
+OPTIMIZERS = ("DHSPG", "HESSO", "H2SPG")
+STEPS = 6            # training steps of the optimizer rows: pruning over the first 4
+
+
+def through_optimizer(name: str, size: int, kind: str, field: str) -> list[str]:
+    """One optimizer row: ``otofx.compress`` with ``{field}=0.5``, :data:`STEPS` steps of random
+    data, then ``job.subnet()`` counted."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    x = torch.randn(2, 3, size, size)
+    common = {"lr": 1e-3, field: 0.5, "start_pruning_step": 0, "pruning_steps": 4}
+    config = {"DHSPG": lambda: otofx.DHSPGConfig(**common),
+              "HESSO": lambda: otofx.HESSOConfig(pruning_periods=2, **common),
+              "H2SPG": lambda: otofx.H2SPGConfig(**common)}[kind]()
+    job = otofx.compress(model, config, (x[:1],))
+    if kind == "H2SPG" and not job.analysis.erasable:
+        return []
+    for _ in range(STEPS):
+        job.optimizer.zero_grad()
+        job.module(torch.randn_like(x)).square().mean().backward()
+        job.optimizer.step()
+    small = job.subnet()
+    one = x[:1]
+    dense = (count_flops(job.module, (one,)) if field == "target_flops"
+             else sum(p.numel() for p in job.module.parameters()))
+    got = (count_flops(small, (one,)) if field == "target_flops"
+           else sum(p.numel() for p in small.parameters()))
+    erased = job.optimizer.otofx_state[STRUCTURES]["erased"] if kind == "H2SPG" else 0
+    ratio = got / dense
+    verdict = "within 1%" if abs(ratio - 0.5) <= 0.005 else f"off by {ratio - 0.5:+.4f}"
+    return [name, kind, {"target_flops": "FLOPs", "target_params": "params"}[field],
+            f"{ratio:.4f}", verdict, str(erased)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
@@ -94,9 +135,20 @@ def main(argv: list[str] | None = None) -> None:
         for row in measure(name, MODELS[name]):
             lines.append("| " + " | ".join(row) + " |")
             print(lines[-1], flush=True)
+    head = ["model", "optimizer", "budget 0.5 of", "subnet / dense", "verdict", "structures erased"]
+    opt = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in (QUICK if args.quick else MODELS):
+        for kind in OPTIMIZERS:
+            for field in ("target_flops", "target_params"):
+                row = through_optimizer(name, MODELS[name], kind, field)
+                if row:
+                    opt.append("| " + " | ".join(row) + " |")
+                    print(opt[-1], flush=True)
     text = ("Where the subnet lands, as a fraction of the dense model's cost, for budgets of "
             f"{', '.join(map(str, FRACTIONS))} (one thread, random weights and scores).\n\n"
-            + "\n".join(lines) + "\n")
+            + "\n".join(lines) + "\n\nThrough the optimizers (otofx.compress, "
+            f"{STEPS} steps of random data, pruning over the first 4; job.subnet() counted):\n\n"
+            + "\n".join(opt) + "\n")
     if args.out:
         args.out.write_text(text)
     print(text)

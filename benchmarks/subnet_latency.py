@@ -20,7 +20,8 @@ are reported too.
 
 Latency budget (issue 16), resnet50 and vit_b_16: ``target_latency=0.5`` picks the channels
 (random scores, ``uniform`` allocation, as ``otofx.budget`` does for DHSPG) from the model's
-latency table (``otofx.latency``, measured fresh here, eager, on this CPU and thread count);
+latency table (``otofx.latency``, measured fresh here, eager, on this CPU and thread count,
+and its aim corrected by end-to-end checks of the subnet, eager: ``otofx.budget.calibrate_latency``);
 those are zeroed and shrunk, and the subnet is timed eager and under inductor beside the full
 model ("eager latency-0.5" / "inductor latency-0.5"). The verdict: its measured latency ratio
 within 10% of 0.5 (0.45-0.55), eager and inductor.
@@ -209,6 +210,7 @@ def latency_subnet(name: str, model: nn.Module, x: torch.Tensor, case: Case) -> 
     zero_chosen(gm, views, chosen)
     subnet = otofx.shrink(gm, analysis).eval()
     case.budget = {"asked": LATENCY, "predicted": float(budget.cost(widths)) / budget.dense,
+                   "aim": budget.aim, "checks": budget.checks,
                    "table_s": table_s, "dense_s": budget.dense,
                    "flops": count_flops(subnet, (x,)) / analysis.cost.flops.dense,
                    "channels": int(chosen.sum()), "of": views.num_channels}
@@ -273,9 +275,12 @@ def targets(results: list[tuple[Case, Timings]]) -> list[str]:
         if case.budget:
             b = case.budget
             lines.append(f"  - target_latency={b['asked']}: latency table measured in "
-                         f"{b['table_s']:.0f} s (dense {1e3 * b['dense_s']:.1f} ms summed over "
-                         f"nodes), {b['channels']} of {b['of']} channels pruned, predicted "
-                         f"{b['predicted']:.3f}, FLOPs ratio {b['flops']:.2f}")
+                         f"{b['table_s']:.0f} s with its end-to-end checks (dense "
+                         f"{1e3 * b['dense_s']:.1f} ms summed over nodes; checks, aim -> "
+                         f"measured: {', '.join(f'{a:.3f} -> {m:.3f}' for a, _, m in b['checks'])}"
+                         f"), {b['channels']} of {b['of']} channels pruned, predicted "
+                         f"{b['predicted']:.3f} at the aim {b['aim']:.3f}, FLOPs ratio "
+                         f"{b['flops']:.2f}")
             for variant, full in zip(BUDGET_VARIANTS, ("eager full", "inductor full")):
                 ratio = _ratio(timings, variant, full)
                 if ratio is None:

@@ -15,6 +15,16 @@ nodes shrink deletes (the regions, an add left with no operand, whatever only th
 width set to zero in its consumers). H2SPG chooses its structures first (never so many that
 erasing them alone lands below the budget), then the channel count on this reduced cost.
 Property-tested against the shrunk subnet on the erasing grammar (``tests/test_budget.py``).
+
+``target_latency`` is checked end to end before it is used (:func:`calibrate_latency`): the
+subnet of the widths the budget picks is built and timed whole against the dense graph, and when
+the measured ratio misses the target by more than 2% the table's aim moves by the ratio of the
+two (``aim = predicted * target / measured``; between two checks on either side of the target,
+linearly), for up to three checks; the aim whose subnet measured nearest the target is kept (and cached beside the table). The checks use the first
+channels of each group at the widths the budget picks; under the default ``"uniform"``
+allocation those widths do not depend on the scores, so the subnet the optimizer ends with has
+the shapes that were timed. H2SPG's erased structures are not in the check (they are chosen
+later, from the scores): the aim's correction applies to the channels' part of the sum.
 """
 
 from __future__ import annotations
@@ -155,6 +165,8 @@ class Budget:
     analysis: Any = None
     groups: list = dataclass_field(default_factory=list)
     erased: tuple[str, ...] = ()
+    aim: float | None = None     # target_latency: the table's fraction whose subnet measured on it
+    checks: tuple[tuple[float, float, float], ...] = ()   # (aim, predicted, measured) per check
 
     def erasing(self, names: Iterable[str]) -> Budget:
         """This budget over the same channels once the structures ``names`` are erased."""
@@ -185,8 +197,15 @@ class Budget:
                                 available, already, allocation)
 
     def goal(self, share: float = 1.0) -> float:
-        """The cost to land on (``share`` of the saving the budget asks for)."""
-        return self.dense - (self.dense - self.fraction * self.dense) * share
+        """The cost to land on (``share`` of the saving the budget asks for; a latency budget's
+        corrected ``aim`` in place of its ``fraction``)."""
+        fraction = self.fraction if self.aim is None else self.aim
+        return self.dense - (self.dense - fraction * self.dense) * share
+
+    @property
+    def measured(self) -> float | None:
+        """A latency budget's end-to-end ratio at its aim (None before :func:`calibrate_latency`)."""
+        return next((m for a, _, m in self.checks if a == self.aim), None)
 
 
 def budget_for(config, analysis, views) -> Budget | None:
@@ -218,7 +237,62 @@ def budget_for(config, analysis, views) -> Budget | None:
             f"channel(s){' and every erasable structure erased' if erasable else ''}, pinned "
             "groups and layers outside any group still cost that much. Set "
             f"{field} >= {smallest}.")
+    if field == "target_latency":
+        budget = calibrate_latency(budget, views, config.group_divisible, config.allocation)
     return budget
+
+
+CHECKS, CLOSE = 3, 0.02    # end-to-end checks of a latency budget, and "on target" (relative)
+
+
+def _next_aim(checks: list[tuple[float, float, float]], target: float) -> float:
+    """The next aim: between the nearest checks on either side of the target, linearly (measured
+    against predicted); with all on one side, the nearest one's predicted ratio scaled by
+    target / measured."""
+    below = [c for c in checks if c[2] < target]
+    above = [c for c in checks if c[2] > target]
+    if below and above:
+        lo, hi = max(below, key=lambda c: c[2]), min(above, key=lambda c: c[2])
+        if hi[1] != lo[1]:
+            return lo[1] + (target - lo[2]) * (hi[1] - lo[1]) / (hi[2] - lo[2])
+    _, predicted, measured = min(checks, key=lambda c: abs(c[2] - target))
+    return min(1.0, predicted * target / measured)
+
+
+def calibrate_latency(budget: Budget, views, divisible: int, allocation: str | None,
+                      repeats: int = 9, cache: bool = True) -> Budget:
+    """``budget`` (a ``target_latency``) with the aim whose subnet, timed end to end, lands
+    nearest the target: see the module docstring. Cached per table, target, allocation and
+    rounding."""
+    import json
+
+    from otofx.latency import cache_dir, end_to_end_ratio, table_key
+    analysis = budget.analysis
+    path = cache_dir() / f"{table_key(analysis.gm, analysis.example_inputs)}.aims.json"
+    entry = f"{budget.fraction!r}|{allocation}|{divisible}|{len(views.groups)}"
+    known = json.loads(path.read_text()) if cache and path.exists() else {}
+    if entry in known:
+        aim, checks = known[entry]
+        return replace(budget, aim=aim, checks=tuple(tuple(c) for c in checks))
+    score = torch.zeros(views.num_channels)       # widths under "uniform" ignore the scores
+    aim, checks = budget.fraction, []
+    for _ in range(CHECKS):
+        goal = replace(budget, aim=aim).goal()
+        chosen = pick_for_budget(score, views.group_of, views.sizes, budget.cost, goal, divisible,
+                                 allocation=allocation)
+        widths = _widths(chosen, views.group_of, views.sizes, torch.zeros_like(views.sizes))
+        predicted = float(budget.cost(widths)) / budget.dense
+        measured = end_to_end_ratio(
+            analysis, [{g.name: int(w) for g, w in zip(views.groups, widths)}], repeats)[0]
+        checks.append((aim, predicted, measured))
+        if abs(measured - budget.fraction) <= CLOSE * budget.fraction:
+            break
+        aim = _next_aim(checks, budget.fraction)
+    aim = min(checks, key=lambda c: abs(c[2] - budget.fraction))[0]
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known | {entry: [aim, checks]}))
+    return replace(budget, aim=aim, checks=tuple(checks))
 
 
 @torch.no_grad()

@@ -11,9 +11,16 @@ predicted as the sum over nodes of their time interpolated at the subnet's work:
 shapes, measured in the speed, so a conv shrunk on both sides is priced by its real work rather
 than by one group's table.
 
+The sum of node times misjudges some widths: a kernel's speed depends on more than its work
+(oneDNN's convolutions run markedly slower at channel counts off a multiple of 8 or 16, and the
+uniform levels measured are mostly such multiples). So a budget is checked end to end before it
+is used (:func:`end_to_end_ratio`, :func:`otofx.budget.calibrate_latency`): the subnet of the
+widths the budget picks is built and timed whole against the dense graph, and the table's aim
+is corrected until the measured ratio lands on the target.
+
 Tables are JSON files under ``$OTOFX_CACHE_DIR`` (default ``~/.cache/otofx``)``/latency``,
 keyed by the graph's code, parameter and input shapes, the device, the torch version and the
-thread count.
+thread count; a budget's corrected aim is cached beside its table.
 """
 
 from __future__ import annotations
@@ -126,9 +133,49 @@ def _zero_beyond(gm: GraphModule, groups, widths: dict[str, int]) -> None:
             t.index_fill_(m.dim, m.index[widths[g.name]:].reshape(-1).to(t.device), 0.0)
 
 
+def _sized(copy_analysis, work_copy, state, widths: dict[str, int]) -> GraphModule:
+    """The analysed graph shrunk to ``widths`` (group name -> channels kept; the first ones)."""
+    from otofx.api import shrink
+    work_copy.load_state_dict(state)
+    _zero_beyond(work_copy, copy_analysis.prunable, widths)
+    return shrink(work_copy, copy_analysis, verify=False)
+
+
+def end_to_end_ratio(analysis, widths: list[dict[str, int]], repeats: int = 9) -> list[float]:
+    """For each of ``widths`` (group name -> channels kept, others at full width), the eager
+    latency of the graph shrunk to them over the dense graph's: whole forward calls, one of each
+    in turn per round (``repeats`` rounds after a warm-up), the median of the rounds' ratios (a
+    round's load falls on both sides of its ratio)."""
+    from otofx.api import analyze
+    gm, inputs = analysis.gm, analysis.example_inputs
+    work_copy = copy.deepcopy(gm)
+    copy_analysis = analyze(work_copy, inputs)
+    state = {k: v.clone() for k, v in work_copy.state_dict().items()}
+    full = {g.name: g.size for g in analysis.prunable}
+    models = [_sized(copy_analysis, work_copy, state, full | w) for w in widths]
+    models.insert(0, copy.deepcopy(gm))
+    sync = next((p.device for p in gm.parameters()), torch.device("cpu")).type == "cuda"
+    times: list[list[float]] = [[] for _ in models]
+    with torch.no_grad(), ExitStack() as stack:
+        for m in models:
+            stack.enter_context(evaluation(m))
+        for m in models:
+            m(*inputs)
+        for _ in range(repeats):
+            for m, ts in zip(models, times):
+                if sync:
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                m(*inputs)
+                if sync:
+                    torch.cuda.synchronize()
+                ts.append(time.perf_counter() - t)
+    return [statistics.median(t / d for t, d in zip(ts, times[0])) for ts in times[1:]]
+
+
 def measure_latency_table(analysis, repeats: int = 5) -> LatencyTable:
     """Shrink a copy of the analysed graph to each of ``LEVELS`` and time its nodes."""
-    from otofx.api import analyze, shrink
+    from otofx.api import analyze
     gm, inputs = analysis.gm, analysis.example_inputs
     cost = analysis.cost
     names = [n for n in cost.node_work]
@@ -141,9 +188,7 @@ def measure_latency_table(analysis, repeats: int = 5) -> LatencyTable:
     smalls, level_widths = [], []
     for level in LEVELS:
         widths = {g.name: max(1, round(level * g.size)) for g in analysis.prunable}
-        work_copy.load_state_dict(state)
-        _zero_beyond(work_copy, copy_analysis.prunable, widths)
-        smalls.append(shrink(work_copy, copy_analysis, verify=False))
+        smalls.append(_sized(copy_analysis, work_copy, state, widths))
         level_widths.append(widths)
     for widths, times in zip(level_widths, interleaved_node_times(smalls, inputs, repeats)):
         work = works(torch.tensor([widths[g.name] for g in analysis.prunable])).reshape(-1)

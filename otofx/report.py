@@ -123,13 +123,18 @@ def budget_line(opt, sp: dict, base: dict, params: int, flops: int, removed: dic
     it), and the channels that got it."""
     b = opt.budget
     how = ""
+    aimed_at = b.fraction
     if b.field == "target_latency":
         widths = torch.tensor([g.size - removed.get(g.name, 0) for g in opt.views.groups])
         dense, reached, how = b.dense, float(b.cost(widths)), ", predicted by the latency table"
+        if b.measured is not None:
+            aimed_at = b.aim
+            how += (f"; aimed at {b.aim:.3f}, where {len(b.checks)} end-to-end check(s) of the "
+                    f"subnet's shapes measured {b.measured:.3f} of the dense latency")
     else:
         dense, reached = (base["flops"], flops) if b.field == "target_flops" else (base["params"], params)
     state = "pruning phase not finished" if not sp["pruning_done"] else (
-        f"{100 * (reached / max(dense, 1e-30) - b.fraction):+.2f} points")
+        f"{100 * (reached / max(dense, 1e-30) - aimed_at):+.2f} points")
     erasing = (f"erasing {len(b.erased)} structure(s) (the most the budget leaves room for, up to "
                f"the structure target; listed below) and " if "erasable_structures" in sp else "")
     return (f"{b.what} budget ({b.field}): asked {b.fraction:.3f} of the dense model, reached "
