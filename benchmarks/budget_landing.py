@@ -14,7 +14,14 @@ HESSO (2 periods) and H2SPG (erasing, where the model has erasable structures) a
 random data (the pruning phase over the first steps), then ``job.subnet()``, its FLOPs and
 parameters counted: where the subnet a user gets lands, erased structures and all.
 
-Run from the repository root: ``python -m benchmarks.budget_landing [--quick] [--out PATH]``.
+Last, the measurement behind what ``group_divisible="auto"`` should be on this CPU: the time
+per output channel of a 3x3 convolution (64 input channels, 56x56, resnet18's first stage) and
+of a linear layer (768 inputs, 197 tokens, 12 outputs per channel: a ViT-B MLP slice) at every
+width from 32 to 64, one thread, medians of interleaved repeats, and the mean per-channel time at
+multiples of 8 and of 16 against the other widths (``--divisible``: that alone).
+
+Run from the repository root: ``python -m benchmarks.budget_landing [--quick] [--divisible]
+[--out PATH]``.
 """
 
 from __future__ import annotations
@@ -122,12 +129,44 @@ def through_optimizer(name: str, size: int, kind: str, field: str) -> list[str]:
             f"{ratio:.4f}", verdict, str(erased)]
 
 
+def divisible_sweep(widths: range = range(32, 65), repeats: int = 15) -> str:
+    """Per-channel time at each width (see the module docstring), and the verdict per multiple."""
+    import statistics
+    x, y = torch.randn(1, 64, 56, 56), torch.randn(197, 768)
+    layers = {c: (torch.nn.Conv2d(64, c, 3, padding=1).eval(), torch.nn.Linear(768, 12 * c).eval())
+              for c in widths}
+    times = {(c, k): [] for c in widths for k in (0, 1)}
+    with torch.no_grad():
+        for _ in range(repeats + 1):           # the first round warms up, uncounted
+            for c, pair in layers.items():
+                for k, (layer, inp) in enumerate(zip(pair, (x, y))):
+                    t = time.perf_counter()
+                    layer(inp)
+                    times[c, k].append(time.perf_counter() - t)
+    per = {key: statistics.median(ts[1:]) / key[0] for key, ts in times.items()}
+    lines = ["| layer | multiple | mean time per channel vs the other widths | widths |",
+             "|---|---|---|---|"]
+    for k, layer in enumerate(("conv 3x3", "linear")):
+        for m in (8, 16):
+            on = [per[c, k] for c in widths if c % m == 0]
+            off = [per[c, k] for c in widths if c % m]
+            lines.append(f"| {layer} | {m} | {statistics.mean(on) / statistics.mean(off):.3f} | "
+                         f"{len(on)} vs {len(off)} |")
+    return ("Time per output channel at widths 32-64 (one thread; below 1: the multiple runs "
+            "faster per channel):\n\n" + "\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     parser.add_argument("--out", type=Path, help="write the markdown table here too")
+    parser.add_argument("--divisible", action="store_true",
+                        help="only the width sweep behind group_divisible='auto' on this CPU")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.divisible:
+        print(divisible_sweep())
+        return
     header = ["model", "budget", "divisible", *[f"at {f}" for f in FRACTIONS],
               "subnet = polynomial at 0.5", "groups", "analysis + cost model (s)", "fixed nodes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -148,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{', '.join(map(str, FRACTIONS))} (one thread, random weights and scores).\n\n"
             + "\n".join(lines) + "\n\nThrough the optimizers (otofx.compress, "
             f"{STEPS} steps of random data, pruning over the first 4; job.subnet() counted):\n\n"
-            + "\n".join(opt) + "\n")
+            + "\n".join(opt) + "\n\n" + divisible_sweep())
     if args.out:
         args.out.write_text(text)
     print(text)

@@ -12,8 +12,10 @@ from otofx.partition import ALLOCATIONS
 VARIANTS = ("sgd", "adam", "adamw")
 
 # group_divisible="auto": the multiple of channels each device's kernels run fastest.
-# cpu: measured with otofx.latency's timer (benchmarks/budget_landing.py --divisible; resnet18
-#   convs and linears, one thread): see AUTO_DIVISIBLE_NOTE. cuda: 8, NVIDIA's Tensor Core
+# cpu: 8, measured (`python -m benchmarks.budget_landing --divisible`: per-channel time of a 3x3
+#   conv and a linear at widths 32-64, one thread; 2-core x86_64 on 2026-12-07: convs at
+#   multiples of 8 took 0.91x the per-channel time of the other widths, linears 0.97x; multiples
+#   of 16 no better, 0.90x and 0.99x; the section in benchmarks/RESULTS.md). cuda: 8, NVIDIA's Tensor Core
 #   requirement for FP16/BF16 GEMMs and convolutions (channels a multiple of 8 elements, 16 bytes;
 #   "Deep Learning Performance Documentation: Matrix Multiplication Background User's Guide",
 #   Tensor Core Requirements), not measured here (no GPU was lent to this work).
