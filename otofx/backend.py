@@ -33,6 +33,7 @@ from torch.fx import GraphModule
 
 from otofx.api import analyze, shrink
 from otofx.errors import ConfigError
+from otofx.passes.functional_mha import mha_as_modules
 from otofx.passes.params_as_attrs import INPUTS_KEPT, lifted_paths, params_as_attrs
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class _ShrunkGraph:
         self._shrink(example_inputs)
 
     def _shrink(self, args: Sequence[Any]) -> None:
-        lifted = params_as_attrs(self.gm, args, self.paths).graph_module
+        lifted = mha_as_modules(params_as_attrs(self.gm, args, self.paths).graph_module).graph_module
         self.kept = lifted.meta[INPUTS_KEPT]
         inputs = [args[i] for i in self.kept]
         small = shrink(lifted, analyze(lifted, inputs), inputs, verify=self.stage.verify)

@@ -103,6 +103,64 @@ def test_compiled_equals_eager_and_inner_backend_gets_the_smaller_graph():
     assert all(torch.equal(before[k], after[k]) for k in before)   # the user's model is untouched
 
 
+class TinyViT(nn.Module):
+    """A ViT block's shape: nn.MultiheadAttention (batch first, which dynamo inlines into
+    ``F.multi_head_attention_forward``), a residual stream under a LayerNorm, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Linear(6, 16), nn.Linear(16, 3)
+        self.attn, self.norm = nn.MultiheadAttention(16, 4, batch_first=True), nn.LayerNorm(16)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        h = h + self.mlp(self.norm(h))
+        return self.head(h.mean(1))
+
+
+def test_inlined_multihead_attention_prunes_heads_as_the_traced_module_does():
+    """Dynamo hands the backend ``F.multi_head_attention_forward`` with the weights as inputs;
+    the backend's graph loses the same heads and stream channels as ``otofx.trace``'s."""
+    torch.manual_seed(0)
+    model, x = TinyViT(), torch.randn(2, 5, 6)
+    analysis, removed = zeroed(model, x)
+    assert "attn" in removed and len(removed) == len(analysis.prunable), removed   # heads, stream
+    small = Recorder()
+    with torch.no_grad():
+        expected = model(x)
+        got = torch.compile(model, backend=otofx.backend(inner=small))(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    gm = small.graphs[0][0]
+    assert sum(p.numel() for p in gm.parameters()) == analysis.params_after(removed)
+    attn = gm.get_submodule("attn")
+    assert attn.in_proj_weight.shape[0] == 3 * 4 * (4 - len(removed["attn"]))   # head_dim 4
+    assert not any(n.target is F.multi_head_attention_forward for n in gm.graph.nodes)
+
+
+def test_functional_attention_the_module_cannot_express_stays_pinned():
+    """``add_zero_attn`` has no place in the module's rule: the call is left as it is, and the
+    analysis pins what it touches (never a silent guess)."""
+    from otofx.passes.functional_mha import mha_as_modules
+
+    class ZeroAttn(TinyViT):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True, add_zero_attn=True)
+
+    model, x = ZeroAttn().eval(), torch.randn(2, 5, 6)
+    recorder = Recorder()
+    with torch.no_grad():
+        torch.compile(model, backend=recorder)(x)
+    gm, inputs = recorder.graphs[0]
+    lifted = params_as_attrs(gm, inputs, recorder.paths[0]).graph_module
+    assert not mha_as_modules(lifted).modified
+    kept = [inputs[i] for i in lifted.meta[INPUTS_KEPT]]
+    pins = [w for g in otofx.analyze(lifted, kept).groups for w in g.why_pinned]
+    assert any("multi_head_attention_forward" in w for w in pins), pins
+
+
 class TorchBatchNorm(nn.Module):
     """``torch.batch_norm`` takes (weight, bias, mean, var); ``F.batch_norm`` (mean, var, weight, bias)."""
 
