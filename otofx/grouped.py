@@ -158,11 +158,11 @@ class GroupedViews:
         self.channel = torch.cat([r.channel for r in self.rows]) if self.rows \
             else torch.zeros(0, dtype=torch.long)
         # every (parameter, channel) pair with a row: which parameters a set of channels touches
-        pairs = torch.unique(torch.stack([torch.cat([torch.full_like(r.channel, i)
-                                                     for i, r in enumerate(self.rows)]),
-                                          self.channel]), dim=1) if self.rows \
-            else torch.zeros(2, 0, dtype=torch.long)
-        self._pair_entry, self._pair_channel = pairs[0], pairs[1]
+        # (a 1-d unique of entry * channels + channel: unique over dim=1 took 0.25 s on vit_b_16)
+        width = max(1, self.num_channels)
+        pairs = torch.unique(torch.cat([i * width + r.channel for i, r in enumerate(self.rows)])) \
+            if self.rows else torch.zeros(0, dtype=torch.long)
+        self._pair_entry, self._pair_channel = pairs // width, pairs % width
         self._cache: dict = {}
 
     @property
