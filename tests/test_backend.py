@@ -139,6 +139,31 @@ def test_inlined_multihead_attention_prunes_heads_as_the_traced_module_does():
     assert not any(n.target is F.multi_head_attention_forward for n in gm.graph.nodes)
 
 
+def test_one_attention_module_called_twice_stays_one_module():
+    """Dynamo inlines both calls of a shared ``nn.MultiheadAttention``; both become calls of one
+    module again, whose heads shrink once, and the output is unchanged."""
+
+    class Twice(TinyViT):
+        def forward(self, x):
+            h = self.embed(x)
+            h = h + self.attn(h, h, h, need_weights=False)[0]
+            h = h + self.attn(h, h, h, need_weights=False)[0]
+            return self.head(self.norm(h).mean(1))
+
+    torch.manual_seed(0)
+    model, x = Twice(), torch.randn(2, 5, 6)
+    analysis, removed = zeroed(model, x)
+    small = Recorder()
+    with torch.no_grad():
+        expected = model(x)
+        got = torch.compile(model, backend=otofx.backend(inner=small))(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    gm = small.graphs[0][0]
+    calls = [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target == "attn"]
+    assert len(calls) == 2
+    assert sum(p.numel() for p in gm.parameters()) == analysis.params_after(removed)
+
+
 def test_functional_attention_the_module_cannot_express_stays_pinned():
     """``add_zero_attn`` has no place in the module's rule: the call is left as it is, and the
     analysis pins what it touches (never a silent guess)."""
