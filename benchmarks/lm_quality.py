@@ -135,7 +135,11 @@ class Size:
 # says why); quick: a third of the steps, a smoke test
 SIZES = {"default": Size(64, 2, 4, 32, 16, 600, prune_start=0.05, prune_span=0.15),
          "quick": Size(64, 2, 4, 32, 16, 200, prune_start=0.05, prune_span=0.15),
-         # the size (width 128, 4 layers): about 66 s per dense run at one thread
+         # the size (width 128, 4 layers): about 66 s per dense run at one thread, and at
+         # 600 steps still in the noisy early phase: dense perplexity 9.65 / 10.45 on seeds 0 / 1
+         # at lr 3e-3 (the restarted dense 8.99 / 12.04), 11.02 / 12.16 at lr 1e-3; seed 0 of a
+         # full run (2026-12-07) had otofx DHSPG better at 0.3 of the FLOPs than at 0.5. A verdict
+         # at this size needs several times the steps (hours on two cores): not the default
          "wide": Size(128, 4, 4, 32, 16, 600, prune_start=0.05, prune_span=0.15)}
 
 
