@@ -40,13 +40,9 @@ import torch
 from torch.fx import GraphModule, Interpreter, Node
 from torch.fx.passes.infra.pass_base import PassResult
 
-from .channels import LABELS, TABLE
-from .groups import GROUPS
+from .common import evaluation
+from .meta import DTYPE, GROUPS, LABELS, SHAPE, STRUCTURE, STRUCTURES, TABLE
 from .registry import RULES, Method, aten, functions
-from .shapes import DTYPE, SHAPE, evaluation
-
-STRUCTURES = "otofx.structures"
-STRUCTURE = "otofx.structure"
 
 # The joins a structure can be erased from: how each spelling of add and cat is read.
 ADDS = {operator.add, operator.iadd, torch.add, Method("add"), *aten("add", "Tensor")}
