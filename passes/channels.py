@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +95,7 @@ class ChannelContext:
         """The node's argument by position or keyword."""
         return arg_of(self.node, index, name, default)
 
-    def channels_along(self, arg: Any, dim: int, why: str, others: Any = None
+    def channels_along(self, arg: Any, dim: int, why: str, others: Iterable[int] | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """For an op that handles channels along one ``dim`` of a tensor argument only (a
         layer's features, a norm's channels): ``(labels, ids)``, ``ids`` the 1-d channel of each

@@ -21,7 +21,7 @@ function. An op with no rule pins every channel it touches (see ``passes.channel
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,7 +75,7 @@ class PropagateContext(Protocol):
     def uses(self, target: str) -> int:
         """How many nodes call the module or read the tensor ``target``."""
 
-    def channels_along(self, arg: Any, dim: int, why: str, others: Any = None
+    def channels_along(self, arg: Any, dim: int, why: str, others: Iterable[int] | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(labels, ids along dim)`` of an argument; channels along the other dims pinned."""
 
