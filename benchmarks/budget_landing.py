@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a file: make the `benchmarks` package im
 
 import torch
 import torchvision
-from otofx.passes.channels import tensor_named
+from otofx.passes.common import tensor_named
 from otofx.passes.table import AFFINE, PRODUCER
 
 import otofx

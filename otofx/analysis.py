@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.fx import GraphModule
 
-from otofx.passes.erasable import STRUCTURES, ErasableStructure, erasable_pass
+from otofx.cost import CostModel, build_cost_model
+from otofx.passes.erasable import ErasableStructure, erasable_pass
 from otofx.passes.groups import PruningGroup
+from otofx.passes.meta import STRUCTURES
 from otofx.passes.table import AFFINE, PRODUCER
-
-if TYPE_CHECKING:
-    from otofx.cost import CostModel
+from otofx.report import analysis_report
 
 
 @dataclass
@@ -34,7 +34,6 @@ class Analysis:
         """Parameters and FLOPs as polynomials in the prunable groups' widths
         (``otofx.cost``; built on first use)."""
         if self._cost is None:
-            from otofx.cost import build_cost_model
             self._cost = build_cost_model(self.gm, self.groups, self.example_inputs)
         return self._cost
 
@@ -87,7 +86,6 @@ class Analysis:
 
     def report(self, max_rows: int = 60) -> str:
         """Groups, what is pinned and why, the prunable share of parameters and FLOPs."""
-        from otofx.report import analysis_report
         return analysis_report(self, max_rows=max_rows)
 
     def summary(self) -> dict[str, Any]:

@@ -7,17 +7,16 @@ import gc
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 from torch.fx import GraphModule
 
 from otofx.analysis import Analysis
-from otofx.errors import AnalysisError, OtofxError, ShapeError
+from otofx.errors import AnalysisError, OtofxError
+from otofx.inputs import bind_inputs, inputs_on_module_device, split_inputs
 from otofx.passes import channels_pass, groups_pass, shapes_pass, shrink_graph, trace_module
 from otofx.passes.capture import reference_pass
 from otofx.passes.channels import ATTENTION_UNITS
-from otofx.passes.export import split_inputs
-from otofx.passes.groups import GROUPS
+from otofx.passes.meta import GROUPS, SHRINK
 from otofx.passes.trace import analysis_module, copy_graph
 
 
@@ -37,45 +36,6 @@ def _without_gc(fn: Callable) -> Callable:
                 gc.enable()
 
     return wrapper
-
-
-_inputs = split_inputs
-
-
-def inputs_on_module_device(module: nn.Module, inputs: tuple) -> tuple:
-    """``inputs`` with their tensors moved to the device that holds all of ``module``'s
-    parameters and buffers (a model moved to the GPU after its analysis on CPU inputs); left as
-    they are when the module spans several devices or has no tensors."""
-    devices = {t.device for t in module.parameters()} | {t.device for t in module.buffers()}
-    if len(devices) != 1:
-        return inputs
-    device = devices.pop()
-    return tuple(x.to(device) if isinstance(x, torch.Tensor) and x.device != device else x
-                 for x in inputs)   # a tensor, a tuple/list, a dict by name, or an (args, kwargs) pair
-
-
-def bind_inputs(gm: GraphModule, example_inputs: Any) -> tuple:
-    """``example_inputs`` (see ``passes.export.split_inputs``) as positional inputs of ``gm``: keyword inputs
-    go to the placeholders of that name, and the ones left out take their defaults."""
-    args, kwargs = _inputs(example_inputs)
-    if not kwargs:
-        return args
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    names = [str(p.target).lstrip("*") for p in placeholders]
-    unknown = sorted(set(kwargs) - set(names[len(args):]))
-    if unknown:
-        raise ShapeError(f"keyword example inputs {unknown} are not inputs of the graph after its "
-                         f"{len(args)} positional ones; it takes ({', '.join(names)}).")
-    bound = list(args)
-    for name, p in list(zip(names, placeholders))[len(args):]:
-        if name in kwargs:
-            bound.append(kwargs[name])
-        elif p.args:
-            bound.append(p.args[0])
-        else:
-            raise ShapeError(f"the example inputs lack '{name}', which has no default; the graph "
-                             f"takes ({', '.join(names)}). Pass it by position or by name.")
-    return tuple(bound)
 
 
 def trace(model: nn.Module, example_inputs: Any = None,
@@ -107,7 +67,7 @@ def analyze(gm: nn.Module, example_inputs: Any, attention_unit: str = "head",
     """
     if attention_unit not in ATTENTION_UNITS:
         raise AnalysisError(f"attention_unit must be one of {ATTENTION_UNITS}, got {attention_unit!r}.")
-    if not any(_inputs(example_inputs)):
+    if not any(split_inputs(example_inputs)):
         raise AnalysisError("analyze needs example inputs, e.g. analyze(gm, (torch.randn(1, 3, "
                             "224, 224),)) or by name: analyze(gm, {'x': x, 'mask': mask}).")
     if not isinstance(gm, GraphModule):
@@ -141,7 +101,7 @@ def shrink(gm: GraphModule, analysis: Analysis | None = None, example_inputs: An
         analysis = analyze(gm, example_inputs)
     inputs = inputs_on_module_device(gm, bind_inputs(gm, example_inputs) or analysis.example_inputs)
     small, stats = shrink_graph(gm, analysis.gm, inputs, verify=verify)
-    small.meta["otofx.shrink"] = stats
+    small.meta[SHRINK] = stats
     return small
 
 

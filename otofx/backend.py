@@ -34,7 +34,8 @@ from torch.fx import GraphModule
 from otofx.api import analyze, shrink
 from otofx.errors import ConfigError
 from otofx.passes.functional_mha import mha_as_modules
-from otofx.passes.params_as_attrs import INPUTS_KEPT, lifted_paths, params_as_attrs
+from otofx.passes.meta import INPUTS_KEPT, SHRINK
+from otofx.passes.params_as_attrs import lifted_paths, params_as_attrs
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class _ShrunkGraph:
         self.kept = lifted.meta[INPUTS_KEPT]
         inputs = [args[i] for i in self.kept]
         small = shrink(lifted, analyze(lifted, inputs), inputs, verify=self.stage.verify)
-        stats = small.meta["otofx.shrink"]
+        stats = small.meta[SHRINK]
         self.removed = sum(stats.removed.values())
         self.stamp = _stamp(args, self.lifted)
         self.shrunk = self.stage.compile_inner(small, inputs) if self.removed else None

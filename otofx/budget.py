@@ -301,7 +301,7 @@ def zero_chosen(gm, views, chosen: torch.Tensor) -> None:
     """Zero the producers and affines of the channels ``chosen`` (a bool mask over ``views``'
     channels, as :func:`pick_for_budget` returns), in place: what a finished pruning phase
     leaves, so ``otofx.shrink`` removes exactly them."""
-    from otofx.passes.channels import tensor_named
+    from otofx.passes.common import tensor_named
     from otofx.passes.table import AFFINE, PRODUCER
     for gi, g in enumerate(views.groups):
         lo, hi = int(views.offsets[gi]), int(views.offsets[gi + 1])

@@ -20,7 +20,8 @@ import torch
 import otofx
 from otofx.errors import OtofxError
 from otofx.flops import count_flops
-from otofx.passes.shapes import evaluation
+from otofx.passes.common import evaluation
+from otofx.passes.meta import SHRINK
 
 
 def _factory(spec: str, kwargs: Sequence[str]):
@@ -86,7 +87,7 @@ def roundtrip(args, gm, analysis, x) -> int:
     p1 = sum(p.numel() for p in small.parameters())
     f0, f1 = count_flops(gm, (x,)), count_flops(small, (x,))
     l0, l1 = _latency(gm, x), _latency(small, x)
-    stats = small.meta["otofx.shrink"]
+    stats = small.meta[SHRINK]
     print(f"\nround trip: zeroed {args.fraction:.0%} of every prunable group (seed {args.seed}), "
           f"shrank in {took:.2f} s")
     print(f"  channels removed : {sum(stats.removed.values())} in {len(stats.removed)} groups"

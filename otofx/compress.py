@@ -9,10 +9,11 @@ from torch import nn
 from torch.fx import GraphModule
 
 from otofx.analysis import Analysis
-from otofx.api import analyze, inputs_on_module_device, shrink, trace
+from otofx.api import analyze, shrink, trace
 from otofx.config import DHSPGConfig, H2SPGConfig, HESSOConfig, _BaseConfig
 from otofx.errors import ConfigError
 from otofx.flops import count_flops
+from otofx.inputs import inputs_on_module_device
 from otofx.optim_base import GroupSparsityOptimizer
 
 

@@ -28,7 +28,8 @@ from torch.fx import GraphModule
 
 from otofx.errors import AnalysisError
 from otofx.flops import flops_by_node
-from otofx.passes.groups import DIMS, PruningGroup
+from otofx.passes.groups import PruningGroup
+from otofx.passes.meta import DIMS
 from otofx.passes.rules.flops import FlopContext, formula
 
 Widths = Mapping["str | PruningGroup", int]

@@ -19,7 +19,7 @@ import torch
 from torch.fx import GraphModule, Interpreter, Node
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from otofx.passes.shapes import evaluation
+from otofx.passes.common import evaluation
 
 
 def _sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

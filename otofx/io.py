@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from otofx.errors import TraceError
+from otofx.inputs import split_inputs
 
 
 def _batch_dims(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -32,8 +33,7 @@ def save(module: nn.Module, path: str | os.PathLike, example_inputs: Any,
          dynamic_batch: bool = True) -> torch.export.ExportedProgram:
     """Export ``module`` (in eval mode; its own mode is left as it was) on ``example_inputs`` (a
     tensor, a tuple, or an ``(args, kwargs)`` pair) and save the program to ``path``."""
-    from otofx.api import _inputs
-    args, kwargs = _inputs(example_inputs)
+    args, kwargs = split_inputs(example_inputs)
     flags = [(m, m.training) for m in module.modules()]
     module.eval()
     try:

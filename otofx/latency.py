@@ -41,8 +41,7 @@ import torch
 from torch.fx import GraphModule, Interpreter, Node
 
 from otofx.cost import PolynomialEvaluator
-from otofx.passes.channels import tensor_named
-from otofx.passes.shapes import evaluation
+from otofx.passes.common import evaluation, tensor_named
 from otofx.passes.table import AFFINE, PRODUCER
 
 LEVELS = (1.0, 0.75, 0.5, 0.25, 0.0)      # 0.0: every group at one channel

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from otofx.flops import count_flops, flops_by_node
+from otofx.inputs import inputs_on_module_device
+from otofx.passes.meta import SHRINK
 from otofx.passes.table import PRODUCER
 
 if TYPE_CHECKING:
@@ -150,9 +152,8 @@ def compression_report(job, subnet) -> str:
     sp = opt.sparsity_report()
     base = job.baseline()
     params = sum(p.numel() for p in subnet.parameters())
-    from otofx.api import inputs_on_module_device
     flops = count_flops(subnet, inputs_on_module_device(subnet, job.example_inputs))
-    stats = subnet.meta.get("otofx.shrink")
+    stats = subnet.meta.get(SHRINK)
     lines = [f"otofx compression report ({type(opt).__name__}, {opt.steps_taken} steps)"]
     if not sp["prunable_channels"] and "erasable_structures" in sp:
         lines.append("channels: not pruned (target_group_sparsity = 0)")

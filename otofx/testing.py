@@ -6,7 +6,7 @@ import torch
 from torch.fx import GraphModule
 
 from otofx.analysis import Analysis
-from otofx.passes.channels import tensor_named
+from otofx.passes.common import tensor_named
 from otofx.passes.table import AFFINE, PRODUCER
 
 

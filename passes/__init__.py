@@ -1,7 +1,9 @@
 """otofx's graph passes (``otofx.passes``): trace, shapes, channels, groups, erasable, shrink.
 
 Each pass is one file and one job; passes talk only through ``node.meta`` and ``gm.meta`` under
-``"otofx.*"`` keys. Op knowledge lives in ``registry.RULES`` (rules in ``rules/``).
+the ``"otofx.*"`` keys of ``meta`` (what each holds, who writes and reads it). Op knowledge lives
+in ``registry.RULES`` (rules in ``rules/``, typed by ``registry.PropagateContext`` and
+``registry.RewriteContext``); what passes and rules share besides, in ``common``.
 """
 
 from .channels import channels_pass

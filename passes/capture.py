@@ -26,13 +26,11 @@ import torch
 from torch.fx import GraphModule, Interpreter, Node
 from torch.fx.passes.infra.pass_base import PassResult
 
-from .channels import TABLE, tensor_named
-from .groups import GROUPS, PruningGroup
-from .shapes import OUTPUT, VALUES, evaluation
+from .common import evaluation, tensor_named
+from .groups import PruningGroup
+from .meta import GROUPS, OUTPUT, REFERENCE, TABLE, VALUES
 from .table import PRODUCER, ChannelTable, ConsumerSite
 from .trace import held_tensors
-
-REFERENCE = "otofx.reference"
 
 
 def dead_channels(gm: GraphModule, group: PruningGroup,

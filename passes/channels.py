@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +29,11 @@ from torch.fx import GraphModule, Node
 from torch.fx.passes.infra.pass_base import PassResult
 
 from . import labels as lb
+from . import rules  # noqa: F401  (registers the op rules)
+from .common import SizeDep, label_tensors
+from .meta import LABELS, SHAPE, TABLE
 from .registry import RULES, arg_of
 from .table import ChannelTable
-
-LABELS = "otofx.labels"
-TABLE = "otofx.table"
-SHAPE = "otofx.shape"
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,9 @@ class LazyElements:
     shape: torch.Size
 
 
-@dataclass
-class SizeDep:
-    """A python number computed from tensor sizes; ``ids`` are the channels it counts."""
-
-    ids: torch.Tensor
-
-
 class ChannelContext:
-    """What a rule's ``propagate`` sees: labels and shapes of arguments, the table, the module."""
+    """What a rule's ``propagate`` sees (``registry.PropagateContext``): labels and shapes of
+    arguments, the table, the module."""
 
     def __init__(self, gm: GraphModule, table: ChannelTable) -> None:
         self.gm = gm
@@ -101,6 +95,28 @@ class ChannelContext:
         """The node's argument by position or keyword."""
         return arg_of(self.node, index, name, default)
 
+    def channels_along(self, arg: Any, dim: int, why: str, others: Iterable[int] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For an op that handles channels along one ``dim`` of a tensor argument only (a
+        layer's features, a norm's channels): ``(labels, ids)``, ``ids`` the 1-d channel of each
+        position along ``dim`` (``UNTRACKED`` where a position has none). Channels along the
+        other dims (only those in ``others``, when given) are pinned with ``why``, and then
+        ``labels`` (else the argument's own) are untracked data of its shape."""
+        L, shape = self.labels(arg), self.shape(arg)
+        dim %= len(shape)
+        others = [d for d in range(len(shape)) if d != dim] if others is None else others
+        if any(L.size(d) > 1 for d in others):
+            self.pin(L, why)
+            L = lb.full(shape, lb.UNTRACKED)
+        return L, lb.along(lb.materialize(L, shape, [dim]), dim)
+
+    def output_along(self, ids: torch.Tensor, dim: int, ndim: int | None = None) -> torch.Tensor:
+        """Output labels holding ``ids`` along ``dim`` and size 1 along the other dims, of
+        which there are ``ndim`` in all (default: the node's output rank)."""
+        shape = [1] * (len(self.out_shape) if ndim is None else ndim)
+        shape[dim] = ids.numel()
+        return ids.view(shape).clone()
+
     def module(self, node: Node | None = None) -> torch.nn.Module:
         return self.gm.get_submodule((node or self.node).target)
 
@@ -141,6 +157,17 @@ class ChannelContext:
     def pin(self, L: Any, reason: str) -> None:
         for t in label_tensors(L):
             self.table.pin(t, f"{reason} (at node '{self.node.name}')")
+
+    def pin_soft(self, labels: Any, what: str) -> None:
+        """Pin the soft ids in ``labels`` (an op that does not carry them), saying where they
+        began."""
+        if not self.table.has_soft:
+            return
+        for t in label_tensors(labels):
+            soft = self.table.is_soft(t)
+            if bool(soft.any()):
+                for ids, origin in self.table.soft_origins(t[soft]):
+                    self.pin(ids, f"{origin}, {what}")
 
     def couple_along(self, L: torch.Tensor, dim: int, reason: str) -> torch.Tensor:
         """All channels on each line of ``L`` along ``dim`` become one (removed together); a
@@ -289,28 +316,6 @@ class ChannelContext:
         return out
 
 
-def label_tensors(L: Any) -> list[torch.Tensor]:
-    """The label tensors inside a node's labels (a tensor, or a tuple of them)."""
-    if isinstance(L, torch.Tensor):
-        return [L]
-    if isinstance(L, (list, tuple)):
-        return [t for x in L for t in label_tensors(x)]
-    if isinstance(L, dict):          # dict and ModelOutput graph outputs
-        return [t for x in L.values() for t in label_tensors(x)]
-    return []
-
-
-def pin_soft(ctx: ChannelContext, labels: Any, what: str) -> None:
-    """Pin the soft ids in ``labels`` (an op that does not carry them), saying where they began."""
-    if not ctx.table.has_soft:
-        return
-    for t in label_tensors(labels):
-        soft = ctx.table.is_soft(t)
-        if bool(soft.any()):
-            for ids, origin in ctx.table.soft_origins(t[soft]):
-                ctx.pin(ids, f"{origin}, {what}")
-
-
 def _stored(arg: Any) -> Any:
     """An argument's labels as stored, without allocating a parameter's lazy element labels
     (for checks that only look for sizes, soft ids or pins)."""
@@ -346,7 +351,7 @@ def propagate_node(ctx: ChannelContext, node: Node) -> Any:
         return ctx.untracked() if isinstance(shape, torch.Size) else None
     if node.op == "output":
         labels = torch.fx.node.map_aggregate(node.args[0], _stored)
-        pin_soft(ctx, labels, "then reaches a graph output")
+        ctx.pin_soft(labels, "then reaches a graph output")
         ctx.pin(labels, "reaches a graph output")
         return None
     rule = RULES.lookup(ctx.gm, node)
@@ -359,8 +364,7 @@ def propagate_node(ctx: ChannelContext, node: Node) -> Any:
         return ctx.unknown(f"rule '{rule.name}' cannot handle this call ({type(exc).__name__}: {exc})")
     if ctx.table.has_soft and not rule.carries_soft:
         for a in _flat_args(node):
-            pin_soft(ctx, _stored(a),
-                     f"then reaches {RULES.describe(ctx.gm, node)}")
+            ctx.pin_soft(_stored(a), f"then reaches {RULES.describe(ctx.gm, node)}")
     if not rule.accepts_sizes:
         for dep in _size_deps(ctx, node):
             ctx.table.pin(dep.ids, f"a channel count is used as a value (at node '{node.name}')")
@@ -381,8 +385,6 @@ def channels_pass(gm: GraphModule, attention_unit: str = "head", prune_hidden: b
     dense divisor, ``passes.dense_norm``), so a transformer's residual stream can shrink; False
     pins the channels they compute statistics over.
     """
-    from . import rules  # noqa: F401  (registers the op rules)
-
     if attention_unit not in ATTENTION_UNITS:
         raise ValueError(f"attention_unit must be one of {ATTENTION_UNITS}, got {attention_unit!r}")
     table = ChannelTable()
@@ -393,9 +395,3 @@ def channels_pass(gm: GraphModule, attention_unit: str = "head", prune_hidden: b
         node.meta[LABELS] = propagate_node(ctx, node)
     gm.meta[TABLE] = table
     return PassResult(gm, False)
-
-
-def tensor_named(gm: GraphModule, name: str) -> torch.Tensor:
-    """The parameter or buffer ``name`` of ``gm``."""
-    module_path, _, attr = name.rpartition(".")
-    return getattr(gm.get_submodule(module_path), attr)

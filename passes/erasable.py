@@ -40,13 +40,10 @@ import torch
 from torch.fx import GraphModule, Interpreter, Node
 from torch.fx.passes.infra.pass_base import PassResult
 
-from .channels import LABELS, TABLE
-from .groups import GROUPS
+from .common import evaluation
+from .meta import DTYPE, GROUPS, LABELS, SHAPE, STRUCTURE, STRUCTURES, TABLE
 from .registry import RULES, Method, aten, functions
-from .shapes import DTYPE, SHAPE, evaluation
-
-STRUCTURES = "otofx.structures"
-STRUCTURE = "otofx.structure"
+from .table import PRODUCER
 
 # The joins a structure can be erased from: how each spelling of add and cat is read.
 ADDS = {operator.add, operator.iadd, torch.add, Method("add"), *aten("add", "Tensor")}
@@ -395,7 +392,7 @@ def _cat_segment(gm: GraphModule, s: ErasableStructure, join: Node, dim: int, po
         g = owner.get(r)
         if g is None or not g.prunable:
             return [f"its channels are pinned ({'; '.join(g.why_pinned[:1]) if g else 'no group'})"]
-        if any(m.param not in mine for m in g.slices("producer")):
+        if any(m.param not in mine for m in g.slices(PRODUCER)):
             return [f"its channels are also produced outside it (group '{g.name}')"]
     return []
 

@@ -28,9 +28,10 @@ from torch.fx import GraphModule, Node
 
 from otofx.errors import ShrinkError
 
-from .channels import tensor_named
-from .erasable import STRUCTURES, ErasableStructure, connected, join_kind, zero_literal
+from .common import tensor_named
+from .erasable import ErasableStructure, connected, join_kind, zero_literal
 from .groups import PruningGroup
+from .meta import STRUCTURES
 from .table import PRODUCER
 
 

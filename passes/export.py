@@ -36,14 +36,14 @@ k, v, None, p)``: dropout while training, none after ``gm.eval()``.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
+from .meta import EXPORTED
+
 aten = torch.ops.aten
-EXPORTED = "otofx.exported"   # gm.meta flag: the graph came through torch.export
 
 
 def export_module(model: nn.Module, args: tuple, kwargs: dict) -> GraphModule:
@@ -187,17 +187,3 @@ def _modes_as_modules(gm: GraphModule) -> None:
     gm.delete_all_unused_submodules()
     gm.recompile()
 
-
-def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    """Positional and keyword example inputs: a tensor, a tuple/list, a dict (keywords), or a
-    ``(args, kwargs)`` pair whose second item is a dict."""
-    if example_inputs is None:
-        return (), {}
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    items = tuple(example_inputs)
-    if len(items) == 2 and isinstance(items[0], (tuple, list)) and isinstance(items[1], dict):
-        return tuple(items[0]), dict(items[1])
-    return items, {}

@@ -23,11 +23,9 @@ from torch.fx import GraphModule
 from torch.fx.passes.infra.pass_base import PassResult
 
 from . import labels as lb
-from .channels import LABELS, SHAPE, TABLE, tensor_named
+from .common import tensor_named
+from .meta import DIMS, GROUPS, LABELS, SHAPE, TABLE
 from .table import AFFINE, PRODUCER, member_mask, stable_argsort
-
-GROUPS = "otofx.groups"
-DIMS = "otofx.dims"
 
 
 @dataclass

@@ -32,8 +32,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 from torch.fx.passes.infra.pass_base import PassResult
 
-INPUTS_KEPT = "otofx.inputs_kept"
-LIFTED = "otofx.lifted"
+from .meta import INPUTS_KEPT, LIFTED
 
 _MEMBER = re.compile(r"\._(?:modules|parameters|buffers)\[['\"]([^'\"]+)['\"]\]")
 

@@ -15,8 +15,7 @@ Before: ``conv1 = self.conv1(x)``; after, with x of shape (2, 3, 8, 8):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,26 +24,12 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from otofx.errors import ShapeError
 
+from . import rules  # noqa: F401  (registers the op rules the recorder asks)
+from .common import evaluation
+from .meta import DTYPE, OUTPUT, SHAPE, VALUES
 from .registry import RULES
 
-SHAPE = "otofx.shape"
-DTYPE = "otofx.dtype"
-VALUES = "otofx.values"
-OUTPUT = "otofx.output"
 KEEP_BYTES = 1 << 30      # node values kept after the run at most (else only shapes are kept)
-
-
-@contextmanager
-def evaluation(module: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and no_grad for the block; every training flag is put back afterwards."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _describe(value: Any) -> Any:
@@ -129,8 +114,6 @@ def shapes_pass(gm: GraphModule, example_inputs: Sequence[Any], keep_values: boo
             f"got {len(example_inputs)} example inputs but the graph takes {len(placeholders)} "
             f"({', '.join(p.name for p in placeholders)})."
         )
-    if keep_values:
-        from . import rules  # noqa: F401  (registers the op rules the recorder asks)
     recorder = _Recorder(gm, keep_values)
     with evaluation(gm):
         try:

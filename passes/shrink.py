@@ -28,13 +28,13 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from otofx.errors import AnalysisError, ShrinkError
 
-from .capture import REFERENCE, Capture, Reference, candidates_of, captures_for, dead_roots, record
-from .channels import LABELS, SHAPE, TABLE, SizeDep, label_tensors, tensor_named
+from .capture import Capture, Reference, candidates_of, captures_for, dead_roots, record
+from .common import SizeDep, evaluation, label_tensors, tensor_named
 from .erase import apply_erase, erase_plan
-from .groups import GROUPS, PruningGroup
+from .groups import PruningGroup
+from .meta import GROUPS, LABELS, REFERENCE, SHAPE, TABLE
 from .registry import RULES, arg_of
-from .shapes import evaluation
-from .table import member_mask
+from .table import FOLD_BIAS, member_mask
 from .trace import copy_module, finish_copy, own_tensors
 
 
@@ -50,11 +50,13 @@ class ShrinkStats:
 
 
 class ShrinkContext:
-    """What a rule's ``rewrite`` sees: old and new shapes of any node, the module being rebuilt."""
+    """What a rule's ``rewrite`` sees (``registry.RewriteContext``): the node being rewritten,
+    old and new shapes of any node, the module being rebuilt."""
 
     def __init__(self, gm: GraphModule, analysis_gm: GraphModule, removed_roots: torch.Tensor):
         self.gm = gm
         self.table = analysis_gm.meta[TABLE]
+        self.node: Node | None = None
         self._meta = {n.name: n.meta for n in analysis_gm.graph.nodes}
         self._removed_root = torch.zeros(self.table.uf.size + 1, dtype=torch.bool)
         self._removed_root[removed_roots] = True
@@ -80,7 +82,8 @@ class ShrinkContext:
         return [pieces[i].view(t.shape) if hit else None
                 for i, (t, hit) in enumerate(zip(tensors, hits.tolist()))]
 
-    def _labels(self, arg: Node) -> Any:
+    def labels(self, arg: Node) -> Any:
+        """``arg``'s labels as the channels pass left them (before anything was removed)."""
         return self._meta[arg.name].get(LABELS)
 
     def old_shape(self, arg: Node) -> Any:
@@ -88,7 +91,7 @@ class ShrinkContext:
 
     def kept_mask(self, arg: Node, dim: int, L: torch.Tensor | None = None,
                   shape: torch.Size | None = None) -> torch.Tensor | None:
-        L = self._labels(arg) if L is None else L
+        L = self.labels(arg) if L is None else L
         shape = self.old_shape(arg) if shape is None else shape
         if not isinstance(L, torch.Tensor):
             return None
@@ -113,14 +116,14 @@ class ShrinkContext:
     def new_shape(self, arg: Node) -> Any:
         shape = self._new_shapes.get(arg.name, self)
         if shape is self:
-            shape = self._new_shapes[arg.name] = self._new(self._labels(arg), self.old_shape(arg))
+            shape = self._new_shapes[arg.name] = self._new(self.labels(arg), self.old_shape(arg))
         return shape
 
     def changed(self, arg: Node) -> bool:
         """Whether ``arg``'s shape changes, or, for a size (``x.size(-1)``), its value."""
         done = self._changed.get(arg.name)
         if done is None:
-            dep = self._labels(arg)
+            dep = self.labels(arg)
             if isinstance(dep, SizeDep):
                 done = dep.ids.numel() > 0 and bool(self.removed(dep.ids).any())
             elif not isinstance(dep, (torch.Tensor, list, tuple)):
@@ -130,13 +133,16 @@ class ShrinkContext:
             self._changed[arg.name] = done
         return done
 
-    def module(self, node: Node) -> nn.Module:
-        return self.gm.get_submodule(node.target)
+    def module(self, node: Node | None = None) -> nn.Module:
+        return self.gm.get_submodule((node or self.node).target)
 
-    arg_of = staticmethod(arg_of)
+    def arg(self, index: int, name: str, default: Any = None) -> Any:
+        """The node's argument by position or keyword."""
+        return arg_of(self.node, index, name, default)
 
-    @staticmethod
-    def set_arg(node: Node, index: int, name: str, value: Any) -> None:
+    def set_arg(self, index: int, name: str, value: Any) -> None:
+        """Replace the node's argument ``name`` (at ``index`` when given by position)."""
+        node = self.node
         if name in node.kwargs or len(node.args) <= index:
             node.kwargs = {**node.kwargs, name: value}
         else:
@@ -191,7 +197,7 @@ def _fold_delta(gm: GraphModule, node: Node, cap: Capture, removed: torch.Tensor
 def _bias_holder(gm: GraphModule, node: Node) -> tuple[nn.Module, str] | None:
     if node.op == "call_module":
         return gm.get_submodule(node.target), "bias"
-    bias = ShrinkContext.arg_of(node, 2, "bias")
+    bias = arg_of(node, 2, "bias")
     if isinstance(bias, Node) and bias.op == "get_attr":
         path, _, attr = bias.target.rpartition(".")
         return gm.get_submodule(path), attr
@@ -216,7 +222,7 @@ def _decide(gm: GraphModule, ctx: ShrinkContext, captures: dict[str, list[Captur
                 keep |= set(roots[varies].tolist())   # not one value everywhere: no bias
             if not bool(nonzero.any()):
                 continue
-            if cap.site.fold != "bias" or _bias_holder(gm, nodes[name]) is None:
+            if cap.site.fold != FOLD_BIAS or _bias_holder(gm, nodes[name]) is None:
                 keep |= set(roots[nonzero].tolist())
                 continue
             delta = _fold_delta(gm, nodes[name], cap, removed & ~varies)
@@ -527,6 +533,7 @@ def _shrink(gm: GraphModule, analysis_gm: GraphModule, example_inputs: Sequence[
             # modules are rebuilt from their (sliced) weights even when no shape around them
             # changes: heads removed inside nn.MultiheadAttention leave its input and output alone
             if node.op == "call_module" or ctx.changed(node) or any(ctx.changed(a) for a in node.all_input_nodes):
+                ctx.node = node
                 rule.rewrite(ctx, node)
         sub.graph.eliminate_dead_code(is_impure_node=_mutates)
     if plan:

@@ -24,6 +24,9 @@ BUFFER = "buffer"          # per-channel buffers removed with the channel (runni
 CONSUMER = "consumer"      # input slices of the next layers, removed with the channel
 ROLES = (PRODUCER, AFFINE, BUFFER, CONSUMER)
 
+FOLD_BIAS = "bias"         # a consumer site whose removed channels' constant joins the node's bias
+FOLD_ZERO = "zero"         # a consumer site that only exactly-zero channels may leave
+
 
 class UnionFind:
     """Vectorised union-find over int64 ids; the root of a set is its smallest id.
@@ -134,8 +137,8 @@ class ConsumerSite:
     """A place that reads channels: ``node``'s input ``arg`` along ``dim``, one id per position.
 
     ``fold`` says what a removed channel whose value is a non-zero constant may do here:
-    ``"bias"`` (its contribution, when uniform along every dim but ``out_dim``, is added to the
-    node's bias) or ``"zero"`` (only channels that are exactly zero may be removed).
+    ``FOLD_BIAS`` (its contribution, when uniform along every dim but ``out_dim``, is added to the
+    node's bias) or ``FOLD_ZERO`` (only channels that are exactly zero may be removed).
     """
 
     node: str

@@ -22,8 +22,9 @@ from torch import nn
 from torch.fx import GraphModule, Tracer
 
 from otofx.errors import TraceError
+from otofx.inputs import split_inputs
 
-from .export import export_module, split_inputs
+from .export import export_module
 
 
 def default_leaves() -> list[type[nn.Module]]:

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from digits import DigitsCNN, digits, steps_per_epoch, train
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from otofx.passes.table import AFFINE, PRODUCER
+from strategies_budget import examples
 
 import otofx
 from otofx.partition import group_limits
@@ -84,7 +85,7 @@ def _naive_dhspg_step(job, x, d, state, lr):
 
 
 @pytest.mark.filterwarnings("ignore:DHSPG. the half-space projection")
-@settings(max_examples=6, deadline=None)
+@examples(0.15)
 @given(seed=st.integers(0, 10_000), pull=st.sampled_from(["scheduled", "reference"]),
        epsilon=st.sampled_from([0.0, 0.3]), capped=st.booleans())
 def test_vectorised_step_is_the_naive_loop(seed, pull, epsilon, capped):
@@ -268,7 +269,7 @@ def test_hesso_normalises_saliencies_over_live_channels():
 
 # ---- allocation ---------------------------------------------------------------------------------
 
-@settings(max_examples=30, deadline=None)
+@examples(0.75)
 @given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=8), share=st.floats(0, 0.95))
 def test_allocation_limits(sizes, share):
     sizes = torch.tensor(sizes)

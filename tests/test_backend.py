@@ -8,7 +8,8 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from otofx.passes.params_as_attrs import INPUTS_KEPT, LIFTED, lifted_paths, params_as_attrs
+from otofx.passes.meta import INPUTS_KEPT, LIFTED
+from otofx.passes.params_as_attrs import lifted_paths, params_as_attrs
 from torch import nn
 
 import otofx

@@ -9,9 +9,10 @@ from unittest import mock
 import pytest
 import sympy
 import torch
-from hypothesis import given, note, settings
+from hypothesis import given, note
 from hypothesis import strategies as st
 from strategies import cnn_models
+from strategies_budget import examples
 from strategies_transformer import RandomTransformer, example_input, transformer_specs
 from zoo import hf_models as hf
 from zoo.small import SEBlock, Shuffle, TinyCNN
@@ -46,7 +47,7 @@ def assert_cost_matches_shrunk(gm, analysis, inputs: tuple, fraction: float, see
     assert cost.flops.at(widths) == count_flops(small, inputs), widths
 
 
-@settings(max_examples=20)
+@examples(0.5)
 @given(case=cnn_models(), fraction=fractions, seed=seeds)
 def test_cost_polynomials_equal_the_shrunk_cnn(case, fraction, seed):
     model, leaves = case.build()
@@ -58,7 +59,7 @@ def test_cost_polynomials_equal_the_shrunk_cnn(case, fraction, seed):
     assert_cost_matches_shrunk(gm, analysis, (x,), fraction, seed)
 
 
-@settings(max_examples=12)
+@examples(0.3)
 @given(spec=transformer_specs(), fraction=fractions, seed=seeds,
        unit=st.sampled_from(["head", "head_dim"]))
 def test_cost_polynomials_equal_the_shrunk_transformer(spec, fraction, seed, unit):

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from otofx.passes.channels import tensor_named
+from otofx.passes.common import tensor_named
 from otofx.passes.erasable import closure, connected
 from torch import nn
 from zoo.supernets import DartsSuperNet, SuperResNet, UNetStack

@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 from digits import DigitsCNN
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from strategies_budget import examples
 
 import otofx
 import otofx.fused
@@ -36,7 +37,7 @@ TORCH = {"sgd": lambda ps, c: torch.optim.SGD(ps, lr=c.lr, momentum=c.momentum,
          "adamw": lambda ps, c: torch.optim.AdamW(ps, lr=c.lr, weight_decay=c.weight_decay)}
 
 
-@settings(max_examples=8)
+@examples(0.2)
 @given(variant=st.sampled_from(sorted(TORCH)), kind=st.sampled_from(["dhspg", "hesso"]),
        momentum=st.sampled_from([0.0, 0.9]), weight_decay=st.sampled_from([0.0, 1e-2]),
        zero_target=st.booleans(), foreach=st.booleans(), fused=st.booleans())
@@ -76,7 +77,7 @@ def _naive_products(views, directions):
     return out
 
 
-@settings(max_examples=6)
+@examples(0.15)
 @given(seed=st.integers(0, 1000), divisor=st.sampled_from([1.0, 0.3]),
        decay=st.sampled_from([0.0, 0.1]), masked=st.booleans())
 def test_products_match_a_loop_over_channels(seed, divisor, decay, masked):
@@ -93,7 +94,7 @@ def test_products_match_a_loop_over_channels(seed, divisor, decay, masked):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-@settings(max_examples=6)
+@examples(0.15)
 @given(seed=st.integers(0, 1000))
 def test_row_coefficients_are_the_update_they_stand_for(seed):
     """Rows of active channels become a (x - lr d) + b d, rows of frozen channels stay as they
@@ -151,7 +152,6 @@ def _greedy(score, count, group_of, sizes, available, already, divisible):
     return chosen
 
 
-@settings(max_examples=40)
 @given(data=st.data(), sizes=st.lists(st.integers(1, 9), min_size=1, max_size=5),
        divisible=st.integers(1, 3), ties=st.booleans())
 def test_vectorised_choose_is_the_greedy_pick(data, sizes, divisible, ties):

@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import note as hypothesis_note
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
-from otofx.passes.capture import REFERENCE
+from otofx.passes.meta import REFERENCE
 from otofx.passes.shrink import _mutates
 from strategies import cnn_models, handwritten
 from strategies_budget import examples

@@ -11,7 +11,7 @@ from __future__ import annotations
 from unittest import mock
 
 import torch
-from otofx.passes.capture import REFERENCE
+from otofx.passes.meta import REFERENCE
 from torch import nn
 
 import otofx

@@ -33,7 +33,7 @@ from otofx.errors import ConfigError
 from otofx.flops import count_flops
 from otofx.integrations import require
 from otofx.io import save
-from otofx.passes.export import EXPORTED
+from otofx.passes.meta import EXPORTED
 
 transformers = require("transformers", purpose="otofx.integrations.hf (the Hugging Face Trainer)")
 require("accelerate", purpose="transformers.Trainer")

@@ -27,6 +27,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from otofx.errors import ExportError
+from otofx.inputs import split_inputs
 from otofx.integrations import require
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -56,11 +57,10 @@ def export_onnx(module: nn.Module, example_inputs: Any, path: str | os.PathLike,
     only when they pass 1.5 GiB (protobuf's limit is 2 GiB), so a small model is one file.
     ``OnnxExport.bytes`` counts both files.
     """
-    from otofx.api import _inputs
     from otofx.io import _batch_dims
     require("onnxscript", purpose="ONNX export (torch.onnx.export(dynamo=True))")
     require("onnx", purpose="ONNX export")
-    args, kwargs = _inputs(example_inputs)
+    args, kwargs = split_inputs(example_inputs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = [(m, m.training) for m in module.modules()]

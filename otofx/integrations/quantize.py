@@ -27,6 +27,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from otofx.errors import ConfigError, ExportError
+from otofx.inputs import split_inputs
 from otofx.integrations import require
 
 
@@ -40,7 +41,6 @@ def quantize_int8(module: nn.Module, example_inputs: Any, calibration: Iterable[
     ``quantizer``: a torchao pt2e quantizer; by default ``X86InductorQuantizer`` with its default
     static config.
     """
-    from otofx.api import _inputs
     from otofx.io import _batch_dims
     purpose = "int8 quantization (quantize_int8, PyTorch's pt2e flow)"
     pt2e = require("torchao.quantization.pt2e.quantize_pt2e", "torchao", purpose)
@@ -48,7 +48,7 @@ def quantize_int8(module: nn.Module, example_inputs: Any, calibration: Iterable[
         x86 = require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "torchao", purpose)
         quantizer = x86.X86InductorQuantizer()
         quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
-    args, kwargs = _inputs(example_inputs)
+    args, kwargs = split_inputs(example_inputs)
     flags = [(m, m.training) for m in module.modules()]
     module.eval()
     try:

@@ -24,19 +24,22 @@ import operator
 
 import torch
 import torch.nn.functional as F
+from torch.fx import Node
 
 from .. import labels as lb
-from ..registry import RULES, aten
+from ..modules import HeadPrunedAttention
+from ..registry import RULES, PropagateContext, RewriteContext, aten
+from ..table import AFFINE, CONSUMER, FOLD_ZERO, PRODUCER
 
 
-def _whole_rows(ctx, L: torch.Tensor, dim: int, why: str) -> torch.Tensor | None:
+def _whole_rows(ctx: PropagateContext, L: torch.Tensor, dim: int, why: str) -> torch.Tensor | None:
     """Couple the channels of ``L`` along ``dim`` (one channel per head); None if some of those
     lines also hold data without a channel (then they are pinned)."""
     L = ctx.couple_along(L, dim, why)
     return L if L.size(dim) == 1 else None
 
 
-def product(ctx, node, a, b) -> torch.Tensor:
+def product(ctx: PropagateContext, node: Node, a: Node, b: Node) -> torch.Tensor:
     """Labels of ``a @ b`` (batched) when channels run along batch, row or column dims.
 
     Each output element ``[..., m, n]`` is zero when row ``m`` of ``a`` or column ``n`` of ``b``
@@ -61,7 +64,7 @@ def product(ctx, node, a, b) -> torch.Tensor:
     return ctx.join([rows, cols], out, [True, True])
 
 
-def _heads(ctx, L: torch.Tensor, shape, what: str) -> torch.Tensor | None:
+def _heads(ctx: PropagateContext, L: torch.Tensor, shape, what: str) -> torch.Tensor | None:
     """One label per head of a (..., H, T, D) attention operand; None (pinned) if labels vary
     along batch or sequence dims or part of a head has no channel."""
     nd = len(shape)
@@ -76,7 +79,7 @@ def _heads(ctx, L: torch.Tensor, shape, what: str) -> torch.Tensor | None:
     return lb.along(L, nd - 3) if L.size(nd - 3) > 1 else L.reshape(-1)[:1].expand(shape[nd - 3])
 
 
-def _sdpa_rewrite(ctx, node):
+def _sdpa_rewrite(ctx: RewriteContext, node: Node) -> None:
     """Fewer head_dim channels change the default scale ``1/sqrt(E)``: keep the original one."""
     q = node.args[0]
     old, new = ctx.old_shape(q)[-1], ctx.new_shape(q)[-1]
@@ -86,10 +89,10 @@ def _sdpa_rewrite(ctx, node):
 
 @RULES.register(F.scaled_dot_product_attention, *aten("scaled_dot_product_attention"),
                 rewrite=_sdpa_rewrite, reads_channels=True, name="scaled_dot_product_attention")
-def sdpa(ctx, node):
+def sdpa(ctx: PropagateContext, node: Node) -> torch.Tensor:
     q, k, v = node.args[0], ctx.arg(1, "key"), ctx.arg(2, "value")
     mask = ctx.arg(3, "attn_mask")
-    sq, sk, sv, out = ctx.shape(q), ctx.shape(k), ctx.shape(v), ctx.out_shape
+    sq, sk, sv = ctx.shape(q), ctx.shape(k), ctx.shape(v)
     if min(len(sq), len(sk), len(sv)) < 3:
         return ctx.unknown("attention without a head dim")
     if ctx.attention_unit == "head_dim":
@@ -118,13 +121,10 @@ def sdpa(ctx, node):
             ctx.pin(ctx.labels(mask), "channels in an attention mask")
     ctx.table.unify(hq, hk)
     ctx.table.unify(hq, hv)
-    labels = torch.where(whole, hv, torch.full_like(hv, lb.UNTRACKED))
-    shape = [1] * len(out)
-    shape[-3] = n
-    return labels.view(shape).clone()
+    return ctx.output_along(torch.where(whole, hv, torch.full_like(hv, lb.UNTRACKED)), -3)
 
 
-def _sdpa_head_dim(ctx, q, k, v) -> torch.Tensor:
+def _sdpa_head_dim(ctx: PropagateContext, q: Node, k: Node, v: Node) -> torch.Tensor:
     """head_dim as the unit: q and k channel ``d`` are summed over in the scores (removable once
     zero, coupled), v's channel ``d`` goes to the output. Channels must not vary across heads."""
     dims = []
@@ -141,66 +141,15 @@ def _sdpa_head_dim(ctx, q, k, v) -> torch.Tensor:
     both = (dq >= 0) & (dk >= 0)
     ctx.pin(torch.cat([dq[~both], dk[~both]]), "a query/key channel whose partner carries no channel")
     ctx.table.unify(dq, dk)
-    ctx.table.consume(ctx.node.name, 0, len(ctx.shape(q)) - 1, dq, "zero", out_dim=-1)
-    ctx.table.consume(ctx.node.name, 1, len(ctx.shape(k)) - 1, dk, "zero", out_dim=-1)
-    shape = [1] * len(ctx.out_shape)
-    shape[-1] = dv.numel()
-    return dv.view(shape).clone()
+    ctx.table.consume(ctx.node.name, 0, len(ctx.shape(q)) - 1, dq, FOLD_ZERO, out_dim=-1)
+    ctx.table.consume(ctx.node.name, 1, len(ctx.shape(k)) - 1, dk, FOLD_ZERO, out_dim=-1)
+    return ctx.output_along(dv, -1)
 
 
 # ---- nn.MultiheadAttention ----------------------------------------------------------------------
 
 
-def multihead_attention(ctx, node):
-    """Self-attention through ``nn.MultiheadAttention``: each head's rows of the packed q/k/v
-    projection (and bias) produce one channel, the out projection's columns consume it; the input
-    is consumed by the projection's columns, the output is a fresh channel per out feature."""
-    m = ctx.module(node)
-    query = node.args[0]
-    key, value = ctx.arg(1, "key"), ctx.arg(2, "value")
-    if key is not query or value is not query or not m._qkv_same_embed_dim or m.bias_k is not None \
-            or m.add_zero_attn:
-        return ctx.unknown("a MultiheadAttention that is not plain self-attention")
-    E, H = m.embed_dim, m.num_heads
-    Dh = E // H
-    table = ctx.table
-    x_ids = _feature_ids(ctx, query)
-    in_w = ctx.module_param("in_proj_weight")
-    out_w, out_b = (ctx.param_named(f"{node.target}.out_proj.{n}") for n in ("weight", "bias"))
-    table.read_slices(in_w, 1, x_ids, "consumer")
-    rows = table.param_slices(in_w, 0, 3 * E, "producer").view(3, H, Dh)
-    heads = rows[0, :, 0].clone()
-    table.unify(rows, heads.view(1, H, 1).expand(3, H, Dh))
-    if m.in_proj_bias is not None:
-        table.unify(table.param_slices(ctx.module_param("in_proj_bias"), 0, 3 * E, "affine").view(3, H, Dh),
-                    heads.view(1, H, 1).expand(3, H, Dh))
-    cols = table.param_slices(out_w, 1, E, "consumer").view(H, Dh)
-    table.unify(cols, heads.view(H, 1).expand(H, Dh))
-    mask = ctx.arg(5, "attn_mask")
-    if isinstance(mask, torch.fx.Node) and len(ctx.shape(mask)) == 3:
-        ctx.pin(heads, "a per-head attention mask (it would need slicing with the heads)")
-    if any(u.op != "call_function" or u.target is not operator.getitem or u.args[1] != 0
-           for u in node.users) and ctx.arg(4, "need_weights", True):
-        ctx.pin(heads, "the attention weights, averaged over heads, are used")
-    out_ids = table.param_slices(out_w, 0, E, "producer")
-    if out_b is not None:
-        table.unify(table.param_slices(out_b, 0, E, "affine"), out_ids)
-    shape = [1] * len(ctx.shape(query))
-    shape[-1] = E
-    return (out_ids.view(shape).clone(), ctx.untracked(ctx.out_shape[1]) if isinstance(
-        ctx.out_shape, tuple) and len(ctx.out_shape) > 1 else None)
-
-
-def _feature_ids(ctx, x) -> torch.Tensor:
-    L, shape = ctx.labels(x), ctx.shape(x)
-    if any(L.size(d) > 1 for d in range(len(shape) - 1)):
-        ctx.pin(L, "channels along a dim that attention treats as a batch or sequence dim")
-        L = lb.full(shape, lb.UNTRACKED)
-    return lb.along(lb.materialize(L, shape, [len(shape) - 1]), len(shape) - 1)
-
-
-def multihead_attention_rewrite(ctx, node):
-    from ..modules import HeadPrunedAttention
+def multihead_attention_rewrite(ctx: RewriteContext, node: Node) -> None:
     m = ctx.module(node)
     if not isinstance(m, torch.nn.MultiheadAttention):
         return
@@ -216,5 +165,43 @@ def multihead_attention_rewrite(ctx, node):
     ctx.gm.add_submodule(node.target, new)
 
 
-RULES.register(torch.nn.MultiheadAttention, rewrite=multihead_attention_rewrite,
-               name="multihead_attention")(multihead_attention)
+@RULES.register(torch.nn.MultiheadAttention, rewrite=multihead_attention_rewrite,
+                name="multihead_attention")
+def multihead_attention(ctx: PropagateContext, node: Node) -> tuple:
+    """Self-attention through ``nn.MultiheadAttention``: each head's rows of the packed q/k/v
+    projection (and bias) produce one channel, the out projection's columns consume it; the input
+    is consumed by the projection's columns, the output is a fresh channel per out feature."""
+    m = ctx.module(node)
+    query = node.args[0]
+    key, value = ctx.arg(1, "key"), ctx.arg(2, "value")
+    if key is not query or value is not query or not m._qkv_same_embed_dim or m.bias_k is not None \
+            or m.add_zero_attn:
+        return ctx.unknown("a MultiheadAttention that is not plain self-attention")
+    E, H = m.embed_dim, m.num_heads
+    Dh = E // H
+    table = ctx.table
+    _, x_ids = ctx.channels_along(query, -1, "channels along a dim that attention treats as a "
+                                  "batch or sequence dim")
+    in_w = ctx.module_param("in_proj_weight")
+    out_w, out_b = (ctx.param_named(f"{node.target}.out_proj.{n}") for n in ("weight", "bias"))
+    table.read_slices(in_w, 1, x_ids, CONSUMER)
+    rows = table.param_slices(in_w, 0, 3 * E, PRODUCER).view(3, H, Dh)
+    heads = rows[0, :, 0].clone()
+    table.unify(rows, heads.view(1, H, 1).expand(3, H, Dh))
+    if m.in_proj_bias is not None:
+        table.unify(table.param_slices(ctx.module_param("in_proj_bias"), 0, 3 * E, AFFINE).view(3, H, Dh),
+                    heads.view(1, H, 1).expand(3, H, Dh))
+    cols = table.param_slices(out_w, 1, E, CONSUMER).view(H, Dh)
+    table.unify(cols, heads.view(H, 1).expand(H, Dh))
+    mask = ctx.arg(5, "attn_mask")
+    if isinstance(mask, torch.fx.Node) and len(ctx.shape(mask)) == 3:
+        ctx.pin(heads, "a per-head attention mask (it would need slicing with the heads)")
+    if any(u.op != "call_function" or u.target is not operator.getitem or u.args[1] != 0
+           for u in node.users) and ctx.arg(4, "need_weights", True):
+        ctx.pin(heads, "the attention weights, averaged over heads, are used")
+    out_ids = table.param_slices(out_w, 0, E, PRODUCER)
+    if out_b is not None:
+        table.unify(table.param_slices(out_b, 0, E, AFFINE), out_ids)
+    weights = ctx.untracked(ctx.out_shape[1]) if isinstance(ctx.out_shape, tuple) and len(
+        ctx.out_shape) > 1 else None
+    return ctx.output_along(out_ids, -1, len(ctx.shape(query))), weights

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx import Node
 
-from .. import labels as lb
-from ..channels import tensor_named
-from ..registry import RULES, aten, module_classes
-from ..table import AFFINE, CONSUMER, PRODUCER
+from ..common import tensor_named
+from ..registry import RULES, PropagateContext, RewriteContext, aten, module_classes
+from ..table import AFFINE, CONSUMER, FOLD_BIAS, FOLD_ZERO, PRODUCER
 
 CONVS = module_classes("Conv1d", "Conv2d", "Conv3d")
 TRANSPOSED = module_classes("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
@@ -26,7 +26,7 @@ TRANSPOSED_FNS = [F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
                   *[k for d in (1, 2, 3) for k in aten(f"conv_transpose{d}d", "input")[1:]]]
 
 
-def _call(ctx, node):
+def _call(ctx: PropagateContext, node: Node) -> tuple | None:
     """(weight name, bias name, groups, padding, transposed) of a conv call, or None."""
     if node.op == "call_module":
         m = ctx.module(node)
@@ -50,20 +50,38 @@ def _no_padding(padding) -> bool:
     return all(p == 0 for p in padding)
 
 
-def conv(ctx, node):
+def conv_rewrite(ctx: RewriteContext, node: Node) -> None:
+    """New in/out channel counts; a depthwise conv's groups follow its channels."""
+    x = node.args[0]
+    old_in, new_in = ctx.old_shape(x), ctx.new_shape(x)
+    new_out = ctx.new_shape(node)
+    if node.op == "call_module":
+        m = ctx.module(node)
+        cdim = 1 if len(old_in) == m.weight.dim() else 0
+        if m.groups == old_in[cdim] and m.groups > 1:
+            m.groups = new_in[cdim]
+        m.in_channels = new_in[cdim]
+        m.out_channels = new_out[cdim]
+        return
+    cdim = 1 if len(old_in) == len(ctx.old_shape(node.args[1])) else 0
+    groups = ctx.arg(6, "groups", 1)
+    if groups == old_in[cdim] and groups > 1:
+        ctx.set_arg(6, "groups", new_in[cdim])
+
+
+@RULES.register(*CONVS, *TRANSPOSED, *CONV_FNS, *TRANSPOSED_FNS, rewrite=conv_rewrite, reads_channels=True,
+                name="conv")
+def conv(ctx: PropagateContext, node: Node) -> torch.Tensor:
     call = _call(ctx, node)
     if call is None:
         return ctx.unknown("a conv whose weight or bias is computed, not a parameter")
     wname, bname, groups, padding, transposed = call
     W = tensor_named(ctx.gm, wname)
     x = node.args[0]
-    shape, L = ctx.shape(x), ctx.labels(x)
-    batched = len(shape) == W.dim()
-    cdim = 1 if batched else 0
-    if any(L.size(d) > 1 for d in range(cdim + 1, len(shape))):
-        ctx.pin(L, "channels spread over the spatial dims of a conv input")
-        L = lb.full(shape, lb.UNTRACKED)
-    ids_in = lb.along(lb.materialize(L, shape, [cdim]), cdim)
+    shape = ctx.shape(x)
+    cdim = 1 if len(shape) == W.dim() else 0     # batched, or not
+    _, ids_in = ctx.channels_along(x, cdim, "channels spread over the spatial dims of a conv input",
+                                   others=range(cdim + 1, len(shape)))
     c_in = shape[cdim]
     c_out = W.shape[1] * groups if transposed else W.shape[0]
     table = ctx.table
@@ -83,7 +101,7 @@ def conv(ctx, node):
             table.read_slices(wname, 0, ids_in, CONSUMER)
         else:
             table.read_slices(wname, 1, grid[0], CONSUMER)
-        fold = "bias" if not transposed and _no_padding(padding) else "zero"
+        fold = FOLD_BIAS if not transposed and _no_padding(padding) else FOLD_ZERO
         table.consume(node.name, 0, cdim, ids_in, fold, out_dim=cdim)
         if transposed:
             out_ids = table.param_slices(wname, 1, c_out // groups, PRODUCER).repeat(groups)
@@ -92,29 +110,5 @@ def conv(ctx, node):
             ctx.couple_along(out_ids.view(groups, c_out // groups), 0, "grouped conv output")
     if bname is not None:
         table.bind_slices(bname, 0, out_ids, AFFINE)
-    out = [1] * len(ctx.out_shape)
-    out[cdim] = c_out
-    return out_ids.view(out).clone()
+    return ctx.output_along(out_ids, cdim)
 
-
-def conv_rewrite(ctx, node):
-    """New in/out channel counts; a depthwise conv's groups follow its channels."""
-    x = node.args[0]
-    old_in, new_in = ctx.old_shape(x), ctx.new_shape(x)
-    new_out = ctx.new_shape(node)
-    if node.op == "call_module":
-        m = ctx.module(node)
-        cdim = 1 if len(old_in) == m.weight.dim() else 0
-        if m.groups == old_in[cdim] and m.groups > 1:
-            m.groups = new_in[cdim]
-        m.in_channels = new_in[cdim]
-        m.out_channels = new_out[cdim]
-        return
-    cdim = 1 if len(old_in) == len(ctx.old_shape(node.args[1])) else 0
-    groups = ctx.arg_of(node, 6, "groups", 1)
-    if groups == old_in[cdim] and groups > 1:
-        ctx.set_arg(node, 6, "groups", new_in[cdim])
-
-
-RULES.register(*CONVS, *TRANSPOSED, *CONV_FNS, *TRANSPOSED_FNS,
-               rewrite=conv_rewrite, reads_channels=True, name="conv")(conv)

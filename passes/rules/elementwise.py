@@ -12,9 +12,10 @@ import operator
 
 import torch
 import torch.nn.functional as F
+from torch.fx import Node
 
 from .. import labels as lb
-from ..registry import RULES, Method, aten, functions, module_classes
+from ..registry import RULES, Method, PropagateContext, RewriteContext, aten, functions, module_classes
 from ..table import AFFINE
 
 UNARY = (
@@ -56,7 +57,7 @@ _operators = [operator.add, operator.sub, operator.mul, operator.truediv, operat
                 *_operators, *[k for n in UNARY + BINARY for k in aten(n)],
                 *[k for n in UNARY + BINARY for k in aten(n + "_")], carries_soft=True,
                 name="elementwise")
-def elementwise(ctx, node):
+def elementwise(ctx: PropagateContext, node: Node) -> torch.Tensor:
     return ctx.combine(list(node.args) + list(node.kwargs.values()), _zero_preserving(node))
 
 
@@ -65,7 +66,7 @@ _DIVS = {"div", "div_", "divide", "divide_", "true_divide", "true_divide_", "__t
          "__itruediv__", "truediv", "itruediv"}
 
 
-def _zero_preserving(node) -> tuple[int, ...]:
+def _zero_preserving(node: Node) -> tuple[int, ...]:
     """Operands whose zeros stay zeros: both factors of a product, the numerator of a division."""
     target = node.target
     packet = getattr(target, "overloadpacket", None)
@@ -89,7 +90,7 @@ def _library_passthroughs() -> list:
                 *[k for n in PASSTHROUGH for k in aten(n)], *_library_passthroughs(),
                 *aten("dropout_"), *aten("_to_copy"), *aten("lift_fresh_copy"), *aten("alias"),
                 carries_soft=True, name="passthrough")
-def passthrough(ctx, node):
+def passthrough(ctx: PropagateContext, node: Node) -> torch.Tensor:
     """Ops that return their first argument's values (dropout, dtype casts, copies)."""
     L = ctx.labels(node.args[0])
     if not isinstance(L, torch.Tensor):
@@ -101,7 +102,7 @@ def passthrough(ctx, node):
                 *module_classes("Softmax", "LogSoftmax", "Softmin"), *aten("softmax"),
                 *aten("_softmax"), *aten("log_softmax"), *aten("_log_softmax"), carries_soft=True,
                 name="softmax")
-def softmax(ctx, node):
+def softmax(ctx: PropagateContext, node: Node) -> torch.Tensor:
     """Normalises along one dim: fine unless that dim carries channels."""
     x = node.args[0]
     L = ctx.labels(x)
@@ -118,7 +119,14 @@ def softmax(ctx, node):
     return L.clone()
 
 
-def prelu(ctx, node):
+def _prelu_rewrite(ctx: RewriteContext, node: Node) -> None:
+    if node.op == "call_module":
+        module = ctx.module(node)
+        module.num_parameters = module.weight.numel()
+
+
+@RULES.register(F.prelu, torch.prelu, *module_classes("PReLU"), rewrite=_prelu_rewrite, name="prelu")
+def prelu(ctx: PropagateContext, node: Node) -> torch.Tensor:
     """PReLU with one slope per channel: the slopes are sliced with the channel (dim 1)."""
     x = node.args[0]
     L = ctx.labels(x)
@@ -135,13 +143,3 @@ def prelu(ctx, node):
     ids = ctx.table.param_slices(weight, 0, n, AFFINE)
     ctx.table.unify(lb.along(lb.materialize(L, ctx.shape(x), [cdim]), cdim), ids)
     return L.clone()
-
-
-def _prelu_rewrite(ctx, node):
-    if node.op == "call_module":
-        module = ctx.module(node)
-        module.num_parameters = module.weight.numel()
-
-
-RULES.register(F.prelu, torch.prelu, *module_classes("PReLU"), rewrite=_prelu_rewrite,
-               name="prelu")(prelu)

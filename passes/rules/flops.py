@@ -66,6 +66,10 @@ def _prod(xs) -> sympy.Expr:
     return sympy.Mul(*xs)
 
 
+@FLOPS.register(*module_classes("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"),
+                F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+                *[k for d in (1, 2, 3) for k in aten(f"conv{d}d", "default")
+                  + aten(f"conv_transpose{d}d", "input")], name="conv")
 def conv(ctx: FlopContext, node: Node) -> sympy.Expr:
     """``batch * prod(spatial) * prod(weight) * 2`` over the output (input when transposed)."""
     if node.op == "call_module":
@@ -80,13 +84,7 @@ def conv(ctx: FlopContext, node: Node) -> sympy.Expr:
     return 2 * batch * _prod(spatial) * _prod(w)
 
 
-FLOPS.register(*module_classes("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
-                               "ConvTranspose3d"),
-               F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
-               *[k for d in (1, 2, 3) for k in aten(f"conv{d}d", "default")
-                 + aten(f"conv_transpose{d}d", "input")], name="conv")(conv)
-
-
+@FLOPS.register(*module_classes("Linear"), F.linear, torch._C._nn.linear, *aten("linear"), name="linear")
 def linear(ctx: FlopContext, node: Node) -> sympy.Expr:
     """``2 * tokens * in * out``."""
     x = ctx.dims(node.args[0])
@@ -94,10 +92,10 @@ def linear(ctx: FlopContext, node: Node) -> sympy.Expr:
     return 2 * _prod(x[:-1]) * x[-1] * w[0]
 
 
-FLOPS.register(*module_classes("Linear"), F.linear, torch._C._nn.linear, *aten("linear"),
-               name="linear")(linear)
-
-
+@FLOPS.register(torch.matmul, torch.mm, torch.bmm, operator.matmul, Method("matmul"), Method("mm"),
+                Method("bmm"), Method("__matmul__"), *aten("matmul"), *aten("mm"), *aten("bmm"),
+                torch.addmm, torch.baddbmm, Method("addmm"), Method("baddbmm"), *aten("addmm"),
+                *aten("baddbmm"), name="matmul")
 def matmul(ctx: FlopContext, node: Node) -> sympy.Expr:
     """``2 * numel(out) * contracted``; ``addmm``/``baddbmm`` count only the product."""
     a = ctx.dims(node.args[1] if _adds(node) else node.args[0])
@@ -109,22 +107,15 @@ def _adds(node: Node) -> bool:
     return name.split(".")[0] in ("addmm", "baddbmm")
 
 
-FLOPS.register(torch.matmul, torch.mm, torch.bmm, operator.matmul, Method("matmul"), Method("mm"),
-               Method("bmm"), Method("__matmul__"), *aten("matmul"), *aten("mm"), *aten("bmm"),
-               torch.addmm, torch.baddbmm, Method("addmm"), Method("baddbmm"), *aten("addmm"),
-               *aten("baddbmm"), name="matmul")(matmul)
-
-
+@FLOPS.register(F.scaled_dot_product_attention, *aten("scaled_dot_product_attention"),
+                name="scaled_dot_product_attention")
 def sdpa(ctx: FlopContext, node: Node) -> sympy.Expr:
     """``q @ k^T`` and ``attn @ v``: ``2 * batch * L * S * (E + Ev)``, batch and heads from q."""
     q, k, v = ctx.dims(node.args[0]), ctx.dims(ctx.arg(1, "key")), ctx.dims(ctx.arg(2, "value"))
     return 2 * _prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
 
 
-FLOPS.register(F.scaled_dot_product_attention, *aten("scaled_dot_product_attention"),
-               name="scaled_dot_product_attention")(sdpa)
-
-
+@FLOPS.register(nn.MultiheadAttention, name="multihead_attention")
 def multihead_attention(ctx: FlopContext, node: Node) -> sympy.Expr:
     """Self-attention through ``nn.MultiheadAttention``: the packed projection, the two
     products over ``rows / 3`` inner features, the out projection."""
@@ -136,9 +127,6 @@ def multihead_attention(ctx: FlopContext, node: Node) -> sympy.Expr:
     tokens = _prod(x[:-1])
     inner = rows / 3
     return 2 * tokens * width * rows + 4 * tokens * seq * inner + 2 * tokens * inner * out_rows
-
-
-FLOPS.register(nn.MultiheadAttention, name="multihead_attention")(multihead_attention)
 
 
 def formula(ctx: FlopContext, node: Node) -> sympy.Expr | None:

@@ -2,8 +2,8 @@
 
 A norm over a channel dim mixes every channel into its statistics, but a channel that is exactly
 zero adds nothing to the sums; only the divisor counts it. So the channels stay prunable: the
-norm's input is a consumer that must read exact zeros there (``"zero"`` site), its weight and bias
-are affine slices of the same channels (zeroed with the producers, so the channel's output is zero
+norm's input is a consumer that must read exact zeros there (a ``FOLD_ZERO`` site), its weight and
+bias are affine slices of the same channels (zeroed with the producers, so the channel's output is zero
 too: ``(0 - mean) / std * 0 + 0``), and input and output are the same channel. Shrink emits a norm
 that keeps the dense width as divisor (``passes.dense_norm``). Every spelling: ``nn.LayerNorm``,
 ``nn.RMSNorm``, ``F.layer_norm``, ``F.rms_norm``, ``aten.layer_norm``, ``aten.native_layer_norm``,
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.fx import Node
 
 from .. import labels as lb
 from ..dense_norm import (
@@ -34,8 +35,8 @@ from ..dense_norm import (
     dense_rms_norm,
     rescaled_rms_norm,
 )
-from ..registry import RULES, arg_of, aten, module_classes
-from ..table import AFFINE
+from ..registry import RULES, PropagateContext, RewriteContext, aten, module_classes
+from ..table import AFFINE, FOLD_ZERO
 
 LAYER, RMS = "layer", "rms"
 _LAYER_FUNCTIONS = (F.layer_norm, torch.layer_norm, *aten("layer_norm"), dense_layer_norm)
@@ -57,24 +58,24 @@ class NormCall:
     shared: bool           # the module or a weight is used elsewhere too
 
 
-def _target(node):
+def _target(node: Node):
     return getattr(node.target, "overloadpacket", node.target)
 
 
-def _kind(node, module=None) -> str:
+def _kind(node: Node, module: torch.nn.Module | None = None) -> str:
     if module is not None:
         return RMS if isinstance(module, torch.nn.RMSNorm) else LAYER
     return RMS if node.target in _RMS_FUNCTIONS or _target(node) in _RMS_FUNCTIONS else LAYER
 
 
-def _normalized_dims(node, module=None) -> int:
+def _normalized_dims(ctx: PropagateContext | RewriteContext, module: torch.nn.Module | None = None) -> int:
     if module is not None:
         return len(module.normalized_shape)
-    normalized = arg_of(node, 1, "normalized_shape")
+    normalized = ctx.arg(1, "normalized_shape")
     return 1 if isinstance(normalized, int) else len(normalized)
 
 
-def norm_call(ctx, node) -> NormCall:
+def norm_call(ctx: PropagateContext, node: Node) -> NormCall:
     if node.op == "call_module":
         m = ctx.module(node)
         weight, bias = ctx.module_param("weight"), ctx.module_param("bias")
@@ -85,10 +86,10 @@ def norm_call(ctx, node) -> NormCall:
     names = [ctx.param_of(a) for a in args]
     computed = any(a is not None and n is None for a, n in zip(args, names))
     shared = any(n is not None and ctx.uses(n) > 1 for n in names)
-    return NormCall(kind, _normalized_dims(node), names[0], names[1], computed, shared)
+    return NormCall(kind, _normalized_dims(ctx), names[0], names[1], computed, shared)
 
 
-def _why_pinned(ctx, call: NormCall, channel_dims: list[int]) -> str | None:
+def _why_pinned(ctx: PropagateContext, call: NormCall, channel_dims: list[int]) -> str | None:
     what = "a layer norm" if call.kind == LAYER else "an RMS norm"
     if not ctx.prune_hidden:
         return f"{what} computes statistics across these channels (prune_hidden=False)"
@@ -104,7 +105,34 @@ def _why_pinned(ctx, call: NormCall, channel_dims: list[int]) -> str | None:
     return None
 
 
-def layer_norm(ctx, node):
+def layer_norm_rewrite(ctx: RewriteContext, node: Node) -> None:
+    """Give the norm the dense divisor once its input lost channels (see ``passes.dense_norm``)."""
+    x = node.args[0]
+    old, new = ctx.old_shape(x), ctx.new_shape(x)
+    if old == new:
+        return
+    module = ctx.module(node) if node.op == "call_module" else None
+    kind, k, nd = _kind(node, module), _normalized_dims(ctx, module), len(old)
+    shape = tuple(new[nd - k:])
+    dense = getattr(module, "dense", None) or node.kwargs.get("dense") or math.prod(old[nd - k:])
+    if module is not None:
+        _replace_module(ctx, node, shape, dense)
+        return
+    eps = ctx.arg(4 if kind == LAYER else 3, "eps")
+    weight = ctx.arg(2, "weight")
+    if kind == RMS:
+        node.target, node.args = dense_rms_norm, (x, shape, weight, eps)
+    else:
+        native = node.target in _NATIVE or _target(node) in _NATIVE
+        node.target = dense_native_layer_norm if native else dense_layer_norm
+        node.args = (x, shape, weight, ctx.arg(3, "bias"), 1e-5 if eps is None else eps)
+    node.kwargs = {"dense": dense}
+
+
+@RULES.register(*module_classes("LayerNorm", "RMSNorm"), DenseLayerNorm, DenseRMSNorm,
+                *_LAYER_FUNCTIONS, *_RMS_FUNCTIONS, *_NATIVE, rewrite=layer_norm_rewrite,
+                reads_channels=True, name="layer_norm")
+def layer_norm(ctx: PropagateContext, node: Node) -> torch.Tensor | tuple:
     x = node.args[0]
     L, shape = ctx.labels(x), ctx.shape(x)
     call = norm_call(ctx, node)
@@ -122,7 +150,8 @@ def layer_norm(ctx, node):
     return out
 
 
-def _dense_channels(ctx, node, call: NormCall, L: torch.Tensor, shape, cdim: int) -> torch.Tensor:
+def _dense_channels(ctx: PropagateContext, node: Node, call: NormCall, L: torch.Tensor, shape: torch.Size,
+                    cdim: int) -> torch.Tensor:
     """The statistics see channel ``cdim``: one channel per position along it (coupled across
     the other dims), consumed as exact zeros, its weight and bias sliced with it."""
     for d in range(len(shape)):
@@ -130,7 +159,7 @@ def _dense_channels(ctx, node, call: NormCall, L: torch.Tensor, shape, cdim: int
             L = ctx.couple_along(L, d, "a norm normalises these positions with data that has no "
                                  "channel")
     ids = lb.along(lb.materialize(L, shape, [cdim]), cdim)
-    ctx.table.consume(node.name, 0, cdim, ids, "zero", out_dim=cdim)
+    ctx.table.consume(node.name, 0, cdim, ids, FOLD_ZERO, out_dim=cdim)
     wdim = cdim - (len(shape) - call.k)
     for name in (call.weight, call.bias):
         if name is not None:
@@ -138,31 +167,7 @@ def _dense_channels(ctx, node, call: NormCall, L: torch.Tensor, shape, cdim: int
     return L.clone()
 
 
-def layer_norm_rewrite(ctx, node):
-    """Give the norm the dense divisor once its input lost channels (see ``passes.dense_norm``)."""
-    x = node.args[0]
-    old, new = ctx.old_shape(x), ctx.new_shape(x)
-    if old == new:
-        return
-    module = ctx.module(node) if node.op == "call_module" else None
-    kind, k, nd = _kind(node, module), _normalized_dims(node, module), len(old)
-    shape = tuple(new[nd - k:])
-    dense = getattr(module, "dense", None) or node.kwargs.get("dense") or math.prod(old[nd - k:])
-    if module is not None:
-        _replace_module(ctx, node, shape, dense)
-        return
-    eps = ctx.arg_of(node, 4 if kind == LAYER else 3, "eps")
-    weight = ctx.arg_of(node, 2, "weight")
-    if kind == RMS:
-        node.target, node.args = dense_rms_norm, (x, shape, weight, eps)
-    else:
-        native = node.target in _NATIVE or _target(node) in _NATIVE
-        node.target = dense_native_layer_norm if native else dense_layer_norm
-        node.args = (x, shape, weight, ctx.arg_of(node, 3, "bias"), 1e-5 if eps is None else eps)
-    node.kwargs = {"dense": dense}
-
-
-def _replace_module(ctx, node, shape: tuple[int, ...], dense: int) -> None:
+def _replace_module(ctx: RewriteContext, node: Node, shape: tuple[int, ...], dense: int) -> None:
     m = ctx.module(node)
     if isinstance(m, (DenseLayerNorm, DenseRMSNorm)):
         m.normalized_shape = shape
@@ -181,8 +186,3 @@ def _replace_module(ctx, node, shape: tuple[int, ...], dense: int) -> None:
     new.train(m.training)
     path, _, attr = node.target.rpartition(".")
     setattr(ctx.gm.get_submodule(path), attr, new)
-
-
-RULES.register(*module_classes("LayerNorm", "RMSNorm"), DenseLayerNorm, DenseRMSNorm,
-               *_LAYER_FUNCTIONS, *_RMS_FUNCTIONS, *_NATIVE, rewrite=layer_norm_rewrite,
-               reads_channels=True, name="layer_norm")(layer_norm)

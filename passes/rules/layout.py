@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import builtins
 import operator
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.fx import Node
 
 from .. import labels as lb
-from ..registry import RULES, arg_of, aten, functions, module_classes
+from ..common import SizeDep
+from ..registry import RULES, PropagateContext, RewriteContext, aten, functions, module_classes
+from .sizes import shape_of
 
 # ---- view family: order-preserving reshapes ---------------------------------------------------
 
@@ -35,7 +39,7 @@ def _shape_args(node: Node) -> list | None:
     return rest
 
 
-def _rectangular(ctx, node: Node, L: torch.Tensor, old, new) -> torch.Tensor:
+def _rectangular(ctx: PropagateContext, node: Node, L: torch.Tensor, old, new) -> torch.Tensor:
     """A view that splits one channel dim into several (heads x head_dim, groups x channels)
     keeps removal rectangular: channels are unified along all but one of the new dims.
 
@@ -60,14 +64,7 @@ def _rectangular(ctx, node: Node, L: torch.Tensor, old, new) -> torch.Tensor:
     return L
 
 
-def view(ctx, node):
-    x = node.args[0]
-    old, new = ctx.shape(x), ctx.out_shape
-    L = lb.view(ctx.labels(x), old, new)
-    return _rectangular(ctx, node, L, old, new).clone()
-
-
-def _view_rewrite(ctx, node):
+def _view_rewrite(ctx: RewriteContext, node: Node) -> None:
     new = ctx.new_shape(node)
     if node.op == "call_module":
         module = ctx.module(node)
@@ -89,15 +86,14 @@ _SIZE_LIST_TARGETS = (torch.reshape, torch.broadcast_to, *aten("view", "default"
                       *aten("expand", "default"))
 
 
-def _counts_channels(ctx, size: Node) -> bool:
+def _counts_channels(ctx: RewriteContext, size: Node) -> bool:
     """Whether a computed size counts channels (``x.size(1)``, ``c // groups``): its value in the
     smaller graph may differ from the size this dim gets, so the literal replaces it."""
-    from ..channels import SizeDep
-    dep = ctx._labels(size)
+    dep = ctx.labels(size)
     return isinstance(dep, SizeDep) and dep.ids.numel() > 0
 
 
-def _rewrite_sizes(ctx, node: Node, new) -> None:
+def _rewrite_sizes(ctx: RewriteContext, node: Node, new) -> None:
     """Put the new sizes into a view/reshape/expand call: literal ints, and computed sizes of
     dims whose size changed (a channel count read off another tensor, e.g. ``x.size(-1)`` of a
     residual stream reused as the width of the heads)."""
@@ -116,10 +112,15 @@ def _rewrite_sizes(ctx, node: Node, new) -> None:
     node.kwargs = kwargs
 
 
-RULES.register(*functions(*VIEWS), *module_classes("Flatten", "Unflatten"),
-               *[k for n in ("view", "_unsafe_view", "reshape", "squeeze", "unsqueeze", "flatten",
-                             "unflatten") for k in aten(n)],
-               rewrite=_view_rewrite, accepts_sizes=True, carries_soft=True, name="view")(view)
+@RULES.register(*functions(*VIEWS), *module_classes("Flatten", "Unflatten"),
+                *[k for n in ("view", "_unsafe_view", "reshape", "squeeze", "unsqueeze", "flatten",
+                              "unflatten") for k in aten(n)],
+                rewrite=_view_rewrite, accepts_sizes=True, carries_soft=True, name="view")
+def view(ctx: PropagateContext, node: Node) -> torch.Tensor:
+    x = node.args[0]
+    old, new = ctx.shape(x), ctx.out_shape
+    L = lb.view(ctx.labels(x), old, new)
+    return _rectangular(ctx, node, L, old, new).clone()
 
 # ---- permutes -------------------------------------------------------------------------------
 
@@ -131,47 +132,44 @@ def _dims_list(args) -> list[int]:
 
 
 @RULES.register(*functions("permute"), *aten("permute", "default"), carries_soft=True, name="permute")
-def permute(ctx, node):
+def permute(ctx: PropagateContext, node: Node) -> torch.Tensor:
     dims = _dims_list(node.args[1:]) if "dims" not in node.kwargs else list(node.kwargs["dims"])
     return ctx.labels(node.args[0]).permute(dims)
 
 
 @RULES.register(*functions("transpose", "swapaxes", "swapdims"), *aten("transpose", "int"),
                 carries_soft=True, name="transpose")
-def transpose(ctx, node):
+def transpose(ctx: PropagateContext, node: Node) -> torch.Tensor:
     d0, d1 = ctx.arg(1, "dim0"), ctx.arg(2, "dim1")
     return ctx.labels(node.args[0]).transpose(d0, d1)
 
 
 @RULES.register(*functions("t"), *aten("t", "default"), carries_soft=True, name="t")
-def t(ctx, node):
+def t(ctx: PropagateContext, node: Node) -> torch.Tensor:
     return ctx.labels(node.args[0]).t()
 
 
 @RULES.register(*functions("movedim", "moveaxis"), name="movedim")
-def movedim(ctx, node):
+def movedim(ctx: PropagateContext, node: Node) -> torch.Tensor:
     return ctx.labels(node.args[0]).movedim(ctx.arg(1, "source"), ctx.arg(2, "destination"))
 
 
 # ---- broadcasting copies ----------------------------------------------------------------------
 
 
-def _expand(ctx, node):
+def _expand_rewrite(ctx: RewriteContext, node: Node) -> None:
+    _rewrite_sizes(ctx, node, ctx.new_shape(node))
+
+
+@RULES.register(*functions("expand", "expand_as", "broadcast_to"), *aten("expand", "default"),
+                rewrite=_expand_rewrite, accepts_sizes=True, carries_soft=True, name="expand")
+def expand(ctx: PropagateContext, node: Node) -> torch.Tensor:
     L = lb.align(ctx.labels(node.args[0]), len(ctx.out_shape))
     return L.clone()
 
 
-def _expand_rewrite(ctx, node):
-    _rewrite_sizes(ctx, node, ctx.new_shape(node))
-
-
-RULES.register(*functions("expand", "expand_as", "broadcast_to"),
-               *aten("expand", "default"), rewrite=_expand_rewrite, accepts_sizes=True, carries_soft=True,
-               name="expand")(_expand)
-
-
 @RULES.register(*functions("repeat", "tile"), accepts_sizes=True, name="repeat")
-def repeat(ctx, node):
+def repeat(ctx: PropagateContext, node: Node) -> torch.Tensor:
     reps = _dims_list(node.args[1:])
     L = lb.align(ctx.labels(node.args[0]), len(ctx.out_shape))
     reps = [1] * (L.dim() - len(reps)) + list(reps)
@@ -181,7 +179,7 @@ def repeat(ctx, node):
 # ---- cat / stack / split ---------------------------------------------------------------------
 
 
-def _cat_labels(ctx, tensors, dim, out_shape):
+def _cat_labels(ctx: PropagateContext, tensors, dim, out_shape):
     Ls, shapes = [], []
     for t in tensors:
         L, shape = ctx.labels(t), ctx.shape(t)
@@ -193,7 +191,7 @@ def _cat_labels(ctx, tensors, dim, out_shape):
 
 
 @RULES.register(*functions("cat", "concat", "concatenate"), *aten("cat", "default"), name="cat")
-def cat(ctx, node):
+def cat(ctx: PropagateContext, node: Node) -> torch.Tensor:
     """Along a channel dim, segments keep their channels side by side. Along any other dim
     (tokens: a class token before the patches) the segments share the other dims' channels,
     which are unified like operands of a join, so a channel leaves every segment at once."""
@@ -208,7 +206,7 @@ def cat(ctx, node):
 
 
 @RULES.register(*functions("stack"), *aten("stack", "default"), name="stack")
-def stack(ctx, node):
+def stack(ctx: PropagateContext, node: Node) -> torch.Tensor:
     tensors = ctx.arg(0, "tensors")
     dim = ctx.arg(1, "dim", 0) % len(ctx.out_shape)
     Ls = [lb.align(ctx.labels(t), len(ctx.out_shape) - 1).unsqueeze(dim) for t in tensors]
@@ -217,28 +215,13 @@ def stack(ctx, node):
     return torch.cat([L.expand(compact) for L in Ls], dim=dim)
 
 
-def _split_dim(node) -> int:
-    return arg_of(node, 2, "dim", 0)
-
-
-def split(ctx, node):
-    x = node.args[0]
-    shape = ctx.shape(x)
-    dim = _split_dim(node) % len(shape)
-    L = lb.materialize(ctx.labels(x), shape, [dim])
-    sizes = [s[dim] for s in ctx.out_shape]
-    if L.size(dim) == 1:
-        return tuple(L.clone() for _ in sizes)
-    return tuple(p.clone() for p in torch.split(L, sizes, dim=dim))
-
-
-def _split_rewrite(ctx, node):
+def _split_rewrite(ctx: RewriteContext, node: Node) -> None:
     if node.target in ("tensor_split", torch.tensor_split):
         if any(ctx.changed(x) for x in [node.args[0]]):
             raise NotImplementedError("tensor_split on a pruned dim")
         return
     shape = ctx.old_shape(node.args[0])
-    dim = _split_dim(node) % len(shape)
+    dim = ctx.arg(2, "dim", 0) % len(shape)
     sizes = [int(s[dim]) for s in ctx.new_shape(node)]
     if node.op == "call_method":
         node.target = "split"
@@ -249,13 +232,22 @@ def _split_rewrite(ctx, node):
     node.kwargs = {}
 
 
-RULES.register(*functions("split", "chunk", "tensor_split", "split_with_sizes"),
-               *aten("split", "Tensor"), *aten("split_with_sizes", "default"), *aten("chunk", "default"),
-               rewrite=_split_rewrite, accepts_sizes=True, name="split")(split)
+@RULES.register(*functions("split", "chunk", "tensor_split", "split_with_sizes"),
+                *aten("split", "Tensor"), *aten("split_with_sizes", "default"), *aten("chunk", "default"),
+                rewrite=_split_rewrite, accepts_sizes=True, name="split")
+def split(ctx: PropagateContext, node: Node) -> tuple:
+    x = node.args[0]
+    shape = ctx.shape(x)
+    dim = ctx.arg(2, "dim", 0) % len(shape)
+    L = lb.materialize(ctx.labels(x), shape, [dim])
+    sizes = [s[dim] for s in ctx.out_shape]
+    if L.size(dim) == 1:
+        return tuple(L.clone() for _ in sizes)
+    return tuple(p.clone() for p in torch.split(L, sizes, dim=dim))
 
 
 @RULES.register(*functions("unbind"), *aten("unbind", "int"), name="unbind")
-def unbind(ctx, node):
+def unbind(ctx: PropagateContext, node: Node) -> tuple:
     x = node.args[0]
     shape = ctx.shape(x)
     dim = ctx.arg(1, "dim", 0) % len(shape)
@@ -286,13 +278,41 @@ def _literal(v) -> bool:
     return v is None or isinstance(v, int)
 
 
-def getitem(ctx, node):
+def _kept_bounds(kept: torch.Tensor, start, stop) -> tuple[int, int]:
+    """``start:stop`` along a dim that keeps the positions ``kept``, as bounds in the smaller dim."""
+    s, e, _ = slice(start, stop).indices(kept.numel())
+    before = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), kept.long()]), 0)
+    return int(before[s]), int(before[max(e, s)])
+
+
+def _getitem_rewrite(ctx: RewriteContext, node: Node) -> None:
+    source, index = node.args[0], node.args[1]
+    if not isinstance(ctx.old_shape(source), torch.Size):
+        return
+    items = _index_items(index, len(ctx.old_shape(source)))
+    fixed, d = [], 0
+    for item in items:
+        if item is None:
+            fixed.append(item)
+            continue
+        kept = ctx.kept_mask(source, d)
+        if kept is not None and not bool(kept.all()):
+            if isinstance(item, slice):
+                item = slice(*_kept_bounds(kept, item.start, item.stop))
+            elif isinstance(item, int):
+                item = _kept_bounds(kept, item % kept.numel(), None)[0]
+        fixed.append(item)
+        d += 1
+    node.args = (source, tuple(fixed) if isinstance(index, tuple) else fixed[0])
+
+
+@RULES.register(operator.getitem, rewrite=_getitem_rewrite, accepts_sizes=True, name="getitem")
+def getitem(ctx: PropagateContext, node: Node) -> Any:
     source, index = node.args[0], node.args[1]
     L = ctx.labels(source)
     if isinstance(L, (list, tuple)):
         return L[index]
     if not isinstance(L, torch.Tensor):
-        from ..channels import SizeDep
         if isinstance(L, SizeDep):
             return L
         return None
@@ -325,39 +345,22 @@ def getitem(ctx, node):
     return L.clone()
 
 
-def _kept_bounds(kept: torch.Tensor, start, stop) -> tuple[int, int]:
-    """``start:stop`` along a dim that keeps the positions ``kept``, as bounds in the smaller dim."""
-    s, e, _ = slice(start, stop).indices(kept.numel())
-    before = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), kept.long()]), 0)
-    return int(before[s]), int(before[max(e, s)])
-
-
-def _getitem_rewrite(ctx, node):
-    source, index = node.args[0], node.args[1]
-    if not isinstance(ctx.old_shape(source), torch.Size):
+def _aten_slice_rewrite(ctx: RewriteContext, node: Node) -> None:
+    x = node.args[0]
+    shape = ctx.old_shape(x)
+    dim = ctx.arg(1, "dim", 0) % len(shape)
+    kept = ctx.kept_mask(x, dim)
+    if kept is None or bool(kept.all()):
         return
-    items = _index_items(index, len(ctx.old_shape(source)))
-    fixed, d = [], 0
-    for item in items:
-        if item is None:
-            fixed.append(item)
-            continue
-        kept = ctx.kept_mask(source, d)
-        if kept is not None and not bool(kept.all()):
-            if isinstance(item, slice):
-                item = slice(*_kept_bounds(kept, item.start, item.stop))
-            elif isinstance(item, int):
-                item = _kept_bounds(kept, item % kept.numel(), None)[0]
-        fixed.append(item)
-        d += 1
-    node.args = (source, tuple(fixed) if isinstance(index, tuple) else fixed[0])
+    start, end = ctx.arg(2, "start"), ctx.arg(3, "end")
+    args = list(node.args) + [None] * (4 - len(node.args))
+    args[1] = dim
+    args[2], args[3] = _kept_bounds(kept, start, end)
+    node.args = tuple(args)
 
 
-RULES.register(operator.getitem, rewrite=_getitem_rewrite, accepts_sizes=True,
-               name="getitem")(getitem)
-
-
-def aten_slice(ctx, node):
+@RULES.register(*aten("slice", "Tensor"), rewrite=_aten_slice_rewrite, carries_soft=False, name="slice")
+def aten_slice(ctx: PropagateContext, node: Node) -> torch.Tensor:
     """``aten.slice(x, dim, start, end, step)``: ``x[..., start:end:step]`` of export graphs."""
     x = node.args[0]
     L, shape = ctx.labels(x), ctx.shape(x)
@@ -372,26 +375,8 @@ def aten_slice(ctx, node):
     return L[(slice(None),) * dim + (item,)].clone()
 
 
-def _aten_slice_rewrite(ctx, node):
-    x = node.args[0]
-    shape = ctx.old_shape(x)
-    dim = ctx.arg_of(node, 1, "dim", 0) % len(shape)
-    kept = ctx.kept_mask(x, dim)
-    if kept is None or bool(kept.all()):
-        return
-    start, end = ctx.arg_of(node, 2, "start"), ctx.arg_of(node, 3, "end")
-    args = list(node.args) + [None] * (4 - len(node.args))
-    args[1] = dim
-    args[2], args[3] = _kept_bounds(kept, start, end)
-    node.args = tuple(args)
-
-
-RULES.register(*aten("slice", "Tensor"), rewrite=_aten_slice_rewrite, carries_soft=False,
-               name="slice")(aten_slice)
-
-
 @RULES.register(*functions("narrow"), *aten("narrow"), name="narrow")
-def narrow(ctx, node):
+def narrow(ctx: PropagateContext, node: Node) -> torch.Tensor:
     L = ctx.labels(node.args[0])
     dim, start, length = ctx.arg(1, "dim"), ctx.arg(2, "start"), ctx.arg(3, "length")
     dim %= L.dim()
@@ -402,7 +387,7 @@ def narrow(ctx, node):
 
 
 @RULES.register(*functions("select"), *aten("select", "int"), name="select")
-def select(ctx, node):
+def select(ctx: PropagateContext, node: Node) -> torch.Tensor:
     L = ctx.labels(node.args[0])
     dim, index = ctx.arg(1, "dim") % L.dim(), ctx.arg(2, "index")
     if L.size(dim) > 1:
@@ -414,14 +399,14 @@ def select(ctx, node):
 # ---- reorderings applied to the materialised labels ---------------------------------------------
 
 
-def _apply_to_labels(ctx, node, fn):
+def _apply_to_labels(ctx: PropagateContext, node: Node, fn: Callable) -> torch.Tensor:
     x = node.args[0]
     L = lb.materialize(ctx.labels(x), ctx.shape(x), range(len(ctx.shape(x))))
     return fn(L)
 
 
 @RULES.register(*functions("flip", "fliplr", "flipud"), name="flip")
-def flip(ctx, node):
+def flip(ctx: PropagateContext, node: Node) -> torch.Tensor:
     dims = _dims_list(node.args[1:]) if len(node.args) > 1 else list(node.kwargs.get("dims", []))
     L = ctx.labels(node.args[0])
     if node.target in ("fliplr", torch.fliplr):
@@ -434,7 +419,7 @@ def flip(ctx, node):
 
 @RULES.register(F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle,
                 *module_classes("PixelShuffle", "PixelUnshuffle"), name="pixel_shuffle")
-def pixel_shuffle(ctx, node):
+def pixel_shuffle(ctx: PropagateContext, node: Node) -> torch.Tensor:
     if node.op == "call_module":
         m = ctx.module(node)
         factor = getattr(m, "upscale_factor", getattr(m, "downscale_factor", None))
@@ -447,7 +432,7 @@ def pixel_shuffle(ctx, node):
 
 @RULES.register(*module_classes("ChannelShuffle"), getattr(F, "channel_shuffle", None),
                 getattr(torch, "channel_shuffle", None), name="channel_shuffle")
-def channel_shuffle(ctx, node):
+def channel_shuffle(ctx: PropagateContext, node: Node) -> torch.Tensor:
     """groups x (C/groups) transposed: channel j of every group is removed together."""
     x = node.args[0]
     groups = ctx.module(node).groups if node.op == "call_module" else ctx.arg(1, "groups")
@@ -460,9 +445,8 @@ def channel_shuffle(ctx, node):
 
 
 @RULES.register(builtins.getattr, accepts_sizes=True, name="getattr")
-def tensor_attribute(ctx, node):
+def tensor_attribute(ctx: PropagateContext, node: Node) -> Any:
     """``x.shape``, ``x.T``, ``x.mT``, ``x.data``, ``x.dtype`` reached through getattr."""
-    from .sizes import shape_of
     x, attr = node.args[0], node.args[1]
     L = ctx.labels(x)
     if not isinstance(L, torch.Tensor):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Any
 
 import torch
+from torch.fx import Node
 
 from .. import labels as lb
-from ..channels import SizeDep
-from ..registry import RULES, Method, aten, functions
+from ..common import SizeDep
+from ..registry import RULES, Method, PropagateContext, aten, functions
 from .elementwise import elementwise
 
 
@@ -29,13 +31,13 @@ def _dim_dep(L: torch.Tensor, shape: torch.Size, dim: int) -> SizeDep:
     return SizeDep(ids.unique())
 
 
-def shape_of(ctx, x) -> tuple:
+def shape_of(ctx: PropagateContext, x: Node) -> tuple:
     L, shape = ctx.labels(x), ctx.shape(x)
     return tuple(_dim_dep(L, shape, d) for d in range(len(shape)))
 
 
 @RULES.register(Method("size"), accepts_sizes=True, name="size")
-def size(ctx, node):
+def size(ctx: PropagateContext, node: Node) -> Any:
     x = node.args[0]
     dim = ctx.arg(1, "dim")
     if dim is None:
@@ -45,7 +47,7 @@ def size(ctx, node):
 
 @RULES.register(Method("dim"), Method("ndimension"), Method("numel"), torch.numel, len,
                 accepts_sizes=True, name="rank")
-def rank(ctx, node):
+def rank(ctx: PropagateContext, node: Node) -> SizeDep:
     x = node.args[0]
     if node.target in ("numel", torch.numel):
         deps = [d.ids for d in shape_of(ctx, x)]
@@ -55,7 +57,10 @@ def rank(ctx, node):
     return SizeDep(torch.empty(0, dtype=torch.long))
 
 
-def _arith(ctx, node):
+@RULES.register(operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
+                operator.neg, operator.pow, accepts_sizes=True, carries_soft=True, name="arithmetic")
+@RULES.register(math.sqrt, int, float, math.ceil, math.floor, accepts_sizes=True, name="size arithmetic")
+def arithmetic(ctx: PropagateContext, node: Node) -> Any:
     """Python arithmetic: on sizes it keeps track of the channels counted; on tensors it is an
     elementwise op, where a size used as a value pins what it counts."""
     deps = [ctx.labels(a) for a in node.args]
@@ -70,12 +75,6 @@ def _arith(ctx, node):
     return SizeDep(torch.cat(ids).unique())
 
 
-RULES.register(math.sqrt, int, float, math.ceil, math.floor, accepts_sizes=True,
-               name="size arithmetic")(_arith)
-for _op in (operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
-            operator.mod, operator.neg, operator.pow):
-    RULES.register(_op, accepts_sizes=True, carries_soft=True, name="arithmetic")(_arith)
-
 # ---- tensor factories -------------------------------------------------------------------------
 
 _FILL_LIKE = ("zeros_like", "ones_like", "full_like", "empty_like")
@@ -86,13 +85,13 @@ _FACTORIES = ("zeros", "ones", "full", "empty", "arange", "linspace", "tensor", 
 
 
 @RULES.register(*functions(*_FILL_LIKE), accepts_sizes=True, name="fill_like")
-def fill_like(ctx, node):
+def fill_like(ctx: PropagateContext, node: Node) -> torch.Tensor:
     """A uniform fill whose shape follows its argument: a constant that needs no slicing."""
     return lb.full(ctx.out_shape, lb.CONSTANT)
 
 
 @RULES.register(*functions(*_RANDOM_LIKE), name="random_like")
-def random_like(ctx, node):
+def random_like(ctx: PropagateContext, node: Node) -> torch.Tensor:
     return ctx.untracked()
 
 
@@ -103,14 +102,14 @@ def _checks() -> list:
 
 
 @RULES.register(*_checks(), accepts_sizes=True, carries_soft=True, name="check")
-def check(ctx, node):
+def check(ctx: PropagateContext, node: Node) -> None:
     """Assertions and input guards of export graphs: they compute nothing."""
     return None
 
 
 @RULES.register(*functions(*_FACTORIES), *[k for n in _FACTORIES for k in aten(n)], accepts_sizes=True,
                 name="factory")
-def factory(ctx, node):
+def factory(ctx: PropagateContext, node: Node) -> Any:
     """A new tensor: a uniform constant when every size is computed (``new_zeros(x.shape)``),
     data we do not follow when a literal size could count channels."""
     if not isinstance(ctx.out_shape, torch.Size):

@@ -10,8 +10,9 @@ import re
 
 import torch
 import torch.nn.functional as F
+from torch.fx import Node
 
-from ..registry import RULES, aten, module_classes
+from ..registry import RULES, PropagateContext, aten, module_classes
 
 _POOLS = ("MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "LPPool")
 POOL_MODULES = module_classes(*[f"{p}{d}d" for p in _POOLS for d in (1, 2, 3)])
@@ -27,7 +28,7 @@ POOL_FNS += [getattr(torch, f"{p}{d}d") for p in ("max_pool", "avg_pool", "adapt
 UPSAMPLE_FNS = [F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear]
 
 
-def _spatial_rank(ctx, node) -> int:
+def _spatial_rank(ctx: PropagateContext, node: Node) -> int:
     if node.op == "call_module":
         m = ctx.module(node)
         if hasattr(m, "padding") and type(m) in PAD_MODULES:
@@ -43,7 +44,17 @@ def _spatial_rank(ctx, node) -> int:
     return int(found.group(1)) if found else len(ctx.out_shape) - 2
 
 
-def spatial(ctx, node):
+ATEN_SPATIAL = [k for p in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool",
+                             "max_pool{}_with_indices", "reflection_pad", "replication_pad",
+                             "upsample_nearest", "upsample_bilinear", "upsample_bicubic")
+                for d in (1, 2, 3) for k in aten(p.format(d) if "{}" in p else f"{p}{d}d")]
+ATEN_SPATIAL += aten("pad") + aten("constant_pad_nd") + aten("upsample_trilinear3d") + aten(
+    "_adaptive_avg_pool2d")
+
+
+@RULES.register(*POOL_MODULES, *PAD_MODULES, *UPSAMPLE_MODULES, *POOL_FNS, *UPSAMPLE_FNS, F.pad, torch._C._nn.pad,
+                *ATEN_SPATIAL, name="spatial")
+def spatial(ctx: PropagateContext, node: Node) -> torch.Tensor | tuple:
     x = node.args[0]
     L = ctx.labels(x)
     k = _spatial_rank(ctx, node)
@@ -54,14 +65,3 @@ def spatial(ctx, node):
     if isinstance(out, tuple) and not isinstance(out, torch.Size):   # (values, indices)
         return (L.clone(), ctx.untracked(out[1]))
     return L.clone()
-
-
-ATEN_SPATIAL = [k for p in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool",
-                             "max_pool{}_with_indices", "reflection_pad", "replication_pad",
-                             "upsample_nearest", "upsample_bilinear", "upsample_bicubic")
-                for d in (1, 2, 3) for k in aten(p.format(d) if "{}" in p else f"{p}{d}d")]
-ATEN_SPATIAL += aten("pad") + aten("constant_pad_nd") + aten("upsample_trilinear3d") + aten(
-    "_adaptive_avg_pool2d")
-
-RULES.register(*POOL_MODULES, *PAD_MODULES, *UPSAMPLE_MODULES, *POOL_FNS, *UPSAMPLE_FNS,
-               F.pad, torch._C._nn.pad, *ATEN_SPATIAL, name="spatial")(spatial)
