@@ -121,13 +121,13 @@ class TinyViT(nn.Module):
         return self.head(h.mean(1))
 
 
-def test_inlined_multihead_attention_prunes_heads_as_the_traced_module_does():
-    """Dynamo hands the backend ``F.multi_head_attention_forward`` with the weights as inputs;
-    the backend's graph loses the same heads and stream channels as ``otofx.trace``'s."""
+def _compiled_exact(build: type[nn.Module]) -> tuple:
+    """Half of every prunable group of ``build()`` zeroed, compiled through the backend: the
+    output equals eager, and the inner backend's graph holds exactly what otofx.trace's analysis
+    says is left. Returns that graph, the analysis and the removed channels."""
     torch.manual_seed(0)
-    model, x = TinyViT(), torch.randn(2, 5, 6)
+    model, x = build(), torch.randn(2, 5, 6)
     analysis, removed = zeroed(model, x)
-    assert "attn" in removed and len(removed) == len(analysis.prunable), removed   # heads, stream
     small = Recorder()
     with torch.no_grad():
         expected = model(x)
@@ -135,6 +135,14 @@ def test_inlined_multihead_attention_prunes_heads_as_the_traced_module_does():
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     gm = small.graphs[0][0]
     assert sum(p.numel() for p in gm.parameters()) == analysis.params_after(removed)
+    return gm, analysis, removed
+
+
+def test_inlined_multihead_attention_prunes_heads_as_the_traced_module_does():
+    """Dynamo hands the backend ``F.multi_head_attention_forward`` with the weights as inputs;
+    the backend's graph loses the same heads and stream channels as ``otofx.trace``'s."""
+    gm, analysis, removed = _compiled_exact(TinyViT)
+    assert "attn" in removed and len(removed) == len(analysis.prunable), removed   # heads, stream
     attn = gm.get_submodule("attn")
     assert attn.in_proj_weight.shape[0] == 3 * 4 * (4 - len(removed["attn"]))   # head_dim 4
     assert not any(n.target is F.multi_head_attention_forward for n in gm.graph.nodes)
@@ -151,18 +159,9 @@ def test_one_attention_module_called_twice_stays_one_module():
             h = h + self.attn(h, h, h, need_weights=False)[0]
             return self.head(self.norm(h).mean(1))
 
-    torch.manual_seed(0)
-    model, x = Twice(), torch.randn(2, 5, 6)
-    analysis, removed = zeroed(model, x)
-    small = Recorder()
-    with torch.no_grad():
-        expected = model(x)
-        got = torch.compile(model, backend=otofx.backend(inner=small))(x)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    gm = small.graphs[0][0]
+    gm, _, _ = _compiled_exact(Twice)
     calls = [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target == "attn"]
     assert len(calls) == 2
-    assert sum(p.numel() for p in gm.parameters()) == analysis.params_after(removed)
 
 
 def test_functional_attention_the_module_cannot_express_stays_pinned():
