@@ -19,7 +19,7 @@ with positions [3, 7], ``first`` = relu(bn1's shift) there and ``varies`` = [Fal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -137,18 +137,37 @@ def _checksums(tensors: list[torch.Tensor]) -> list[float]:
     return sums
 
 
-def stamp(gm: torch.nn.Module, example_inputs: Any) -> list[Any]:
-    """Identity, version and norm of every tensor ``gm`` computes from, and of the
-    inputs: it changes when a weight, buffer or input is replaced or written in place."""
+@dataclass
+class Stamp:
+    """What ``gm``'s run depends on: the identity, version, storage, shape and dtype of every
+    tensor it computes from and of the inputs (``ids``), the inputs that are not tensors
+    (``others``), and a norm of every tensor's content (``sums``: ``.data`` writes bypass the
+    version counter). Two stamps are equal when all three are; the norms, the costly part, are
+    compared only when the rest agrees (``Reference.holds_for``)."""
+
+    ids: list[Any]
+    others: list[Any]
+    tensors: list[torch.Tensor] = field(repr=False, compare=False)
+    sums: list[float] | None = None
+
+    def checksums(self) -> list[float]:
+        if self.sums is None:
+            self.sums = _checksums(self.tensors)
+        return self.sums
+
+
+def stamp(gm: torch.nn.Module, example_inputs: Any) -> Stamp:
+    """The ``Stamp`` of ``gm`` and the inputs: it changes when a weight, buffer or input is
+    replaced or written in place. Its norms are computed on first use."""
     tensors = held_tensors(gm) + [x for x in example_inputs if isinstance(x, torch.Tensor)]
-    out: list[Any] = [(id(t), t._version, t.data_ptr(), t.shape, t.dtype) for t in tensors]
-    out.append(_checksums(tensors))
+    ids: list[Any] = [(id(t), t._version, t.data_ptr(), t.shape, t.dtype) for t in tensors]
+    others: list[Any] = []
     for x in example_inputs:
         if x is None or isinstance(x, (bool, int, float, str)):
-            out.append((type(x), x))
+            others.append((type(x), x))
         elif not isinstance(x, torch.Tensor):
-            out.append(object())          # never equal: no reuse for inputs we cannot compare
-    return out
+            others.append(object())       # never equal: no reuse for inputs we cannot compare
+    return Stamp(ids, others, tensors)
 
 
 @dataclass
@@ -156,13 +175,15 @@ class Reference:
     """The analysis run, kept for shrink: candidates dead at analysis time (per group), the
     captures at their consumers, the graph's output, and the ``stamp`` they hold for."""
 
-    stamp: list[Any]
+    stamp: Stamp
     dead: dict[str, torch.Tensor]
     captures: dict[str, list[Capture]]
     output: Any
 
     def holds_for(self, gm: torch.nn.Module, example_inputs: Any) -> bool:
-        return stamp(gm, example_inputs) == self.stamp
+        now = stamp(gm, example_inputs)
+        return (now.ids == self.stamp.ids and now.others == self.stamp.others
+                and now.checksums() == self.stamp.checksums())
 
 
 def candidates_of(gm: GraphModule, groups: list[PruningGroup], skip=lambda g: False
@@ -206,5 +227,8 @@ def reference_pass(work: GraphModule, user_gm: torch.nn.Module, example_inputs: 
             if not isinstance(x, torch.Tensor) or x._version != read_versions.get((name, cap.site.arg)):
                 return PassResult(work, False)      # not kept, or written since: shrink records it
             cap.take(x)
-    work.meta[REFERENCE] = Reference(stamp(user_gm, example_inputs), dead, captures, output)
+    taken = stamp(user_gm, example_inputs)
+    taken.checksums()                     # now: the weights may change in place later
+    taken.tensors = []                    # the stamp holds no tensor alive
+    work.meta[REFERENCE] = Reference(taken, dead, captures, output)
     return PassResult(work, False)

@@ -63,6 +63,7 @@ class ShrinkContext:
         self._removed_id = self._removed_root[self.table.uf.all_roots()]
         self._new_shapes: dict[str, Any] = {}     # per node: fixed once the removed set is
         self._changed: dict[str, bool] = {}
+        self._hit_of: dict[int, int] | None = None
 
     def removed(self, ids: torch.Tensor) -> torch.Tensor:
         """Which ``ids`` belong to a removed channel (an indexing, no union-find walk)."""
@@ -71,16 +72,21 @@ class ShrinkContext:
     def removed_each(self, tensors: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """:meth:`removed` of each tensor, or None where none of its ids is removed: one
         indexing over all of them (a graph holds hundreds of small label tensors)."""
+        return self.removed_counted(tensors)[0]
+
+    def removed_counted(self, tensors: list[torch.Tensor]
+                        ) -> tuple[list[torch.Tensor | None], list[int]]:
+        """:meth:`removed_each` and, per tensor, how many of its ids are removed."""
         if not tensors:
-            return []
+            return [], []
         flat = torch.cat([t.reshape(-1) for t in tensors])
         gone = self.removed(flat)
         sizes = [t.numel() for t in tensors]
         segment = torch.repeat_interleave(torch.arange(len(tensors)), torch.tensor(sizes))
-        hits = torch.zeros(len(tensors), dtype=torch.long).index_add_(0, segment, gone.long())
+        hits = torch.zeros(len(tensors), dtype=torch.long).index_add_(0, segment, gone.long()).tolist()
         pieces = gone.split(sizes)
         return [pieces[i].view(t.shape) if hit else None
-                for i, (t, hit) in enumerate(zip(tensors, hits.tolist()))]
+                for i, (t, hit) in enumerate(zip(tensors, hits))], hits
 
     def labels(self, arg: Node) -> Any:
         """``arg``'s labels as the channels pass left them (before anything was removed)."""
@@ -100,11 +106,26 @@ class ShrinkContext:
         gone = self.removed(L).movedim(dim, 0).reshape(L.size(dim), -1).all(dim=1)
         return ~gone
 
+    def _hits(self, L: torch.Tensor) -> int:
+        """How many of ``L``'s ids are removed; for the analysis' label tensors counted all at
+        once on first use (one indexing instead of one per node)."""
+        if self._hit_of is None:
+            tensors = [t for meta in self._meta.values() for t in label_tensors(meta.get(LABELS))]
+            self._hit_of = {id(t): h for t, h in zip(tensors, self.removed_counted(tensors)[1])}
+        hit = self._hit_of.get(id(L))           # the tensors keyed are alive: ids are unique
+        return int(self.removed(L).sum()) if hit is None else hit
+
     def _new(self, L: Any, shape: Any) -> Any:
         if isinstance(L, torch.Tensor) and isinstance(shape, torch.Size):
-            gone = self.removed(L)
-            if not bool(gone.any()):
+            hit = self._hits(L)
+            if hit == 0:
                 return shape
+            spread = [d for d in range(L.dim()) if L.size(d) > 1]
+            if len(spread) == 1 and L.dim() == len(shape):
+                # ids along one dim only: each removed id is one position fewer there
+                return torch.Size(L.size(d) - hit if d == spread[0] else shape[d]
+                                  for d in range(len(shape)))
+            gone = self.removed(L)
             return torch.Size(
                 shape[d] if L.size(d) == 1
                 else L.size(d) - int(gone.movedim(d, 0).reshape(L.size(d), -1).all(dim=1).sum())
@@ -240,11 +261,13 @@ def _emptied(ctx: ShrinkContext, analysis_gm: GraphModule, erased: set[str]) -> 
     keep: set[int] = set()
     labels = [L for node in analysis_gm.graph.nodes if node.name not in erased
               for L in label_tensors(node.meta.get(LABELS))]
-    for L, gone in zip(labels, ctx.removed_each(labels)):
+    gones, hits = ctx.removed_counted(labels)
+    for L, gone, hit in zip(labels, gones, hits):
         if gone is not None:
-            empty = bool(gone.all()) or any(
+            # all removed, or (more than one dim holds ids) all removed along some dim
+            empty = hit == L.numel() or (sum(n > 1 for n in L.shape) > 1 and any(
                 bool(gone.movedim(d, 0).reshape(L.size(d), -1).all(dim=1).all())
-                for d in range(L.dim()) if L.size(d) > 1)
+                for d in range(L.dim()) if L.size(d) > 1))
             if empty:
                 keep |= set(ctx.table.uf.roots(L[gone]).unique().tolist())
     return keep

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.fx import GraphModule, Tracer
+from torch.overrides import has_torch_function_unary
 
 from otofx.errors import TraceError
 from otofx.inputs import split_inputs
@@ -107,6 +108,34 @@ def _plain(cls: type) -> bool:
             and cls.__getstate__ is nn.Module.__getstate__)
 
 
+def _storage_users(t: torch.Tensor) -> int:
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+_SOLE_USERS = _storage_users(torch.zeros(1))     # a tensor alone on its storage (and its wrapper)
+
+
+def _alone(t: torch.Tensor) -> bool:
+    """Whether ``copy.deepcopy(t)`` is ``t.clone()``: a plain dense leaf tensor without grad,
+    attributes or view bits, filling a storage that nothing else uses (so no copy could share
+    it), on a device whose deepcopy copies the storage."""
+    return (type(t) is torch.Tensor and t.layout is torch.strided and t.device.type in ("cpu", "cuda")
+            and not t.is_quantized and t.is_leaf and not t.requires_grad and t.grad is None
+            and not t.is_conj() and not t.is_neg() and not t.__dict__ and t.numel() > 0
+            and t.storage_offset() == 0 and t.is_contiguous()
+            and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+            and _storage_users(t) == _SOLE_USERS and not has_torch_function_unary(t))
+
+
+def _copy_tensor(t: torch.Tensor | None, memo: dict[int, Any]) -> torch.Tensor | None:
+    """``copy.deepcopy(t, memo)``; a tensor :func:`_alone` on its storage (BatchNorm's running
+    statistics) is cloned directly, ten times faster than ``Tensor.__deepcopy__``."""
+    if t is None or id(t) in memo or not _alone(t):
+        return copy.deepcopy(t, memo)
+    new = memo[id(t)] = t.clone(memory_format=torch.contiguous_format)
+    return new
+
+
 def clone_module(model: nn.Module) -> nn.Module:
     """What ``copy.deepcopy(model)`` gives, several times faster on a deep model: each module of
     a plain class (no copy hooks of its own) is rebuilt from its ``__dict__``, parameters and
@@ -132,7 +161,7 @@ def clone_module(model: nn.Module) -> nn.Module:
             elif isinstance(value, dict) and not value and type(value) in (dict, OrderedDict):
                 body[key] = type(value)()
             elif key in ("_parameters", "_buffers") and type(value) in (dict, OrderedDict):
-                body[key] = type(value)((k, copy.deepcopy(t, memo)) for k, t in value.items())
+                body[key] = type(value)((k, _copy_tensor(t, memo)) for k, t in value.items())
             else:
                 body[key] = copy.deepcopy(value, memo)
         new.__dict__ = body
