@@ -30,6 +30,7 @@ later, from the scores): the aim's correction applies to the channels' part of t
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -265,9 +266,7 @@ def calibrate_latency(budget: Budget, views, divisible: int, allocation: str | N
     """``budget`` (a ``target_latency``) with the aim whose subnet, timed end to end, lands
     nearest the target: see the module docstring. Cached per table, target, allocation and
     rounding."""
-    import json
-
-    from otofx.latency import cache_dir, end_to_end_ratio, table_key
+    from otofx.latency import Sizer, cache_dir, end_to_end_ratio, table_key
     analysis = budget.analysis
     path = cache_dir() / f"{table_key(analysis.gm, analysis.example_inputs)}.aims.json"
     entry = f"{budget.fraction!r}|{allocation}|{divisible}|{len(views.groups)}"
@@ -276,6 +275,7 @@ def calibrate_latency(budget: Budget, views, divisible: int, allocation: str | N
         aim, checks = known[entry]
         return replace(budget, aim=aim, checks=tuple(tuple(c) for c in checks))
     score = torch.zeros(views.num_channels)       # widths under "uniform" ignore the scores
+    sizer = Sizer(analysis)                       # one analysed copy for every check
     aim, checks = budget.fraction, []
     for _ in range(CHECKS):
         goal = replace(budget, aim=aim).goal()
@@ -284,7 +284,7 @@ def calibrate_latency(budget: Budget, views, divisible: int, allocation: str | N
         widths = _widths(chosen, views.group_of, views.sizes, torch.zeros_like(views.sizes))
         predicted = float(budget.cost(widths)) / budget.dense
         measured = end_to_end_ratio(
-            analysis, [{g.name: int(w) for g, w in zip(views.groups, widths)}], repeats)[0]
+            analysis, [{g.name: int(w) for g, w in zip(views.groups, widths)}], repeats, sizer)[0]
         checks.append((aim, predicted, measured))
         if abs(measured - budget.fraction) <= CLOSE * budget.fraction:
             break

@@ -132,27 +132,35 @@ def _zero_beyond(gm: GraphModule, groups, widths: dict[str, int]) -> None:
             t.index_fill_(m.dim, m.index[widths[g.name]:].reshape(-1).to(t.device), 0.0)
 
 
-def _sized(copy_analysis, work_copy, state, widths: dict[str, int]) -> GraphModule:
-    """The analysed graph shrunk to ``widths`` (group name -> channels kept; the first ones)."""
-    from otofx.api import shrink
-    work_copy.load_state_dict(state)
-    _zero_beyond(work_copy, copy_analysis.prunable, widths)
-    return shrink(work_copy, copy_analysis, verify=False)
+class Sizer:
+    """Smaller copies of an analysed graph at chosen widths (group name -> channels kept, the
+    first ones; groups not named stay whole): one working copy, analysed once, its weights
+    restored before each shrink. Build one and reuse it across widths."""
+
+    def __init__(self, analysis) -> None:
+        from otofx.api import analyze
+        self.work = copy.deepcopy(analysis.gm)
+        self.analysis = analyze(self.work, analysis.example_inputs)
+        self.state = {k: v.clone() for k, v in self.work.state_dict().items()}
+        self.full = {g.name: g.size for g in analysis.prunable}
+
+    def __call__(self, widths: dict[str, int]) -> GraphModule:
+        from otofx.api import shrink
+        self.work.load_state_dict(self.state)
+        _zero_beyond(self.work, self.analysis.prunable, self.full | widths)
+        return shrink(self.work, self.analysis, verify=False)
 
 
-def end_to_end_ratio(analysis, widths: list[dict[str, int]], repeats: int = 9) -> list[float]:
+def end_to_end_ratio(analysis, widths: list[dict[str, int]], repeats: int = 9,
+                     sizer: Sizer | None = None) -> list[float]:
     """For each of ``widths`` (group name -> channels kept, others at full width), the eager
     latency of the graph shrunk to them over the dense graph's: whole forward calls, one of each
     in turn per round (``repeats`` rounds after a warm-up), the median of the rounds' ratios (a
-    round's load falls on both sides of its ratio)."""
-    from otofx.api import analyze
+    round's load falls on both sides of its ratio). ``sizer``: a :class:`Sizer` of ``analysis``
+    to reuse (one is built otherwise)."""
     gm, inputs = analysis.gm, analysis.example_inputs
-    work_copy = copy.deepcopy(gm)
-    copy_analysis = analyze(work_copy, inputs)
-    state = {k: v.clone() for k, v in work_copy.state_dict().items()}
-    full = {g.name: g.size for g in analysis.prunable}
-    models = [_sized(copy_analysis, work_copy, state, full | w) for w in widths]
-    models.insert(0, copy.deepcopy(gm))
+    sizer = sizer or Sizer(analysis)
+    models = [copy.deepcopy(gm)] + [sizer(w) for w in widths]
     sync = next((p.device for p in gm.parameters()), torch.device("cpu")).type == "cuda"
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad(), ExitStack() as stack:
@@ -174,20 +182,17 @@ def end_to_end_ratio(analysis, widths: list[dict[str, int]], repeats: int = 9) -
 
 def measure_latency_table(analysis, repeats: int = 5) -> LatencyTable:
     """Shrink a copy of the analysed graph to each of ``LEVELS`` and time its nodes."""
-    from otofx.api import analyze
     gm, inputs = analysis.gm, analysis.example_inputs
     cost = analysis.cost
     names = [n for n in cost.node_work]
     works = PolynomialEvaluator([cost.node_work[n] for n in names], analysis.prunable,
                                 analysis.prunable)
-    work_copy = copy.deepcopy(gm)
-    copy_analysis = analyze(work_copy, inputs)
-    state = {k: v.clone() for k, v in work_copy.state_dict().items()}
+    sizer = Sizer(analysis)
     nodes: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
     smalls, level_widths = [], []
     for level in LEVELS:
         widths = {g.name: max(1, round(level * g.size)) for g in analysis.prunable}
-        smalls.append(_sized(copy_analysis, work_copy, state, widths))
+        smalls.append(sizer(widths))
         level_widths.append(widths)
     for widths, times in zip(level_widths, interleaved_node_times(smalls, inputs, repeats)):
         work = works(torch.tensor([widths[g.name] for g in analysis.prunable])).reshape(-1)

@@ -104,7 +104,7 @@ def test_latency_budget_is_corrected_by_end_to_end_checks(cache):
     target = round(floor + 0.75 * (1 - floor), 3)
     slowness = 1.5
 
-    def slow(analysis_, widths, repeats=9):
+    def slow(analysis_, widths, repeats=9, sizer=None):
         kept = torch.tensor([[w[g.name] for g in views.groups] for w in widths])
         return [slowness * float(p) / dense for p in model(kept).reshape(-1)]
 
