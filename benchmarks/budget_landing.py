@@ -59,6 +59,11 @@ def _zero(gm, views: GroupedViews, chosen: torch.Tensor) -> None:
             tensor_named(gm, m.param).index_fill_(m.dim, m.index[idx].reshape(-1), 0.0)
 
 
+def _cost(module: torch.nn.Module, x: torch.Tensor, flops: bool) -> int:
+    """``module``'s FLOPs at ``x`` (``FlopCounterMode``) or its parameter count."""
+    return count_flops(module, (x,)) if flops else sum(p.numel() for p in module.parameters())
+
+
 def measure(name: str, size: int) -> list[list[str]]:
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
@@ -87,8 +92,7 @@ def measure(name: str, size: int) -> list[list[str]]:
                     fresh = otofx.analyze(gm, (x,))
                     _zero(gm, GroupedViews(gm, fresh.prunable), chosen)
                     small = otofx.shrink(gm, fresh)
-                    real = count_flops(small, (x,)) if what == "FLOPs" else sum(
-                        p.numel() for p in small.parameters())
+                    real = _cost(small, x, what == "FLOPs")
                     checked = "yes" if real == predicted else f"NO ({real:,} vs {predicted:,})"
             rows.append([name, what, str(divisible), *landed, checked,
                          f"{len(views.groups)}", f"{took:.1f}", f"{len(cost.fixed)}"])
@@ -118,12 +122,9 @@ def through_optimizer(name: str, size: int, kind: str, field: str) -> list[str]:
         job.optimizer.step()
     small = job.subnet()
     one = x[:1]
-    dense = (count_flops(job.module, (one,)) if field == "target_flops"
-             else sum(p.numel() for p in job.module.parameters()))
-    got = (count_flops(small, (one,)) if field == "target_flops"
-           else sum(p.numel() for p in small.parameters()))
+    flops = field == "target_flops"
     erased = job.optimizer.otofx_state[STRUCTURES]["erased"] if kind == "H2SPG" else 0
-    ratio = got / dense
+    ratio = _cost(small, one, flops) / _cost(job.module, one, flops)
     verdict = "within 1%" if abs(ratio - 0.5) <= 0.005 else f"off by {ratio - 0.5:+.4f}"
     return [name, kind, {"target_flops": "FLOPs", "target_params": "params"}[field],
             f"{ratio:.4f}", verdict, str(erased)]
