@@ -25,6 +25,12 @@ the same family in the same phase. Targets (measured, not asserted): an otofx DH
 during pruning at most 1.3x torch's fastest step on the CPU (resnet18, vit_b_16), a whole
 iteration at most 1.05x.
 
+After each model, ``benchmarks.step_floor`` times, alone and with torch's own kernels, each pass
+over memory a pruning step cannot skip (the non-finite check, the update direction, DHSPG's
+per-row products, the per-row update, HESSO's scaling) on the same parameters and gradients, next
+to torch's fused step: the floor a DHSPG / HESSO step has on this device whoever writes it, and
+otofx's step during pruning over that floor.
+
 Timings use one torch thread by default (``--threads``), as ``benchmarks.analysis_speed``.
 ``--device cuda`` trains every copy on the GPU (otofx analyses a CPU copy of the model, then its
 module moves over; each timed step and forward/backward ends in a synchronize).
@@ -58,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import otofx
-from benchmarks import peers
+from benchmarks import peers, step_floor
 from benchmarks.analysis_speed import Step, begin, fmt, markdown_table, publish, time_once
 from benchmarks.models import ModelSpec
 
@@ -545,21 +551,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def bench_model(spec: ModelSpec, schedule: Schedule, tools: Tools,
-                args: argparse.Namespace) -> list[Row]:
-    """The rows of one model; a model that cannot be built gives one failed row."""
+                args: argparse.Namespace) -> tuple[list[Row], list[tuple[Family, step_floor.Floor]]]:
+    """The rows of one model (a model that cannot be built gives one failed row) and, per
+    family, the floor of a pruning step on its parameters (``benchmarks.step_floor``)."""
     try:
         case = build_case(spec, args.batch, schedule, args.device)
     except Exception as exc:  # noqa: BLE001 - report, never crash
         cells = [spec.name, "", "", "all", f"failed to build: {peers.one_line(exc)}"]
-        return [Row(cells + [""] * (len(HEADERS) - len(cells)))]
-    rows = []
+        return [Row(cells + [""] * (len(HEADERS) - len(cells)))], []
+    rows, floors = [], []
     for family in FAMILIES:
         start = time.perf_counter()
         field_ = run_family(case, family, tools)
         rows += rows_for(case, family, field_)
+        floors.append((family, step_floor.measure(case.model, case.grads, family.name)))
+        gc.collect()
         print(f"  {spec.name} / {family.name}: {schedule.total} steps, "
               f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    return rows
+    return rows, floors
+
+
+def floor_report(cases: list[tuple[str, list[Row], list[tuple[Family, step_floor.Floor]]]]
+                 ) -> list[str]:
+    """The floor table and, per model and family, otofx's step during pruning next to it."""
+    table, lines = [], []
+    for name, rows, floors in cases:
+        for family, f in floors:
+            table.append(step_floor.row(name, family.name, f))
+            for r in rows:
+                c = r.contestant
+                if c is None or c.package != OTOFX or r.family is not family:
+                    continue
+                if "during" not in r.step_ratio:
+                    continue
+                floor = (f.dhspg if "DHSPG" in c.label else f.hesso) / f.ms["fused"]
+                lines.append(f"- {name} / {family.name} / {c.label}: step during pruning "
+                             f"{r.step_ratio['during']:.2f}x torch's fastest step (table above), "
+                             f"its floor {floor:.2f}x torch's fused step (this table); "
+                             f"otofx / floor {r.step_ratio['during'] / floor:.2f}")
+    if not table:
+        return []
+    return ["The floor of a pruning step (`benchmarks/step_floor.py`: each pass a DHSPG / HESSO "
+            "step cannot skip, timed alone with torch's kernels on the same parameters and "
+            "gradients, median of 7 interleaved rounds):", "",
+            markdown_table(step_floor.HEADERS, table), "", *lines]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -567,10 +602,14 @@ def main(argv: list[str] | None = None) -> int:
     header = begin(args, machine_line)
     tools = peers.load_oto()
     rows: list[Row] = []
+    cases = []
     for spec, schedule in model_specs(args):
-        rows += bench_model(spec, schedule, tools, args)
+        model_rows, floors = bench_model(spec, schedule, tools, args)
+        rows += model_rows
+        cases.append((spec.name, model_rows, floors))
     return publish(header, markdown_table(HEADERS, [r.cells for r in rows]),
-                   NOTES.format(periods=args.periods, target=TARGET), targets(rows), args.out)
+                   NOTES.format(periods=args.periods, target=TARGET),
+                   targets(rows) + [""] + floor_report(cases), args.out)
 
 
 if __name__ == "__main__":

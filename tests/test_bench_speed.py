@@ -5,6 +5,7 @@ from torch import nn
 
 from benchmarks import analysis_speed as speed
 from benchmarks import optimizer_overhead as overhead
+from benchmarks import step_floor
 
 
 def timings(ms: dict[str, float]) -> speed.Timings:
@@ -64,3 +65,36 @@ def test_every_ratio_divides_by_torchs_fastest_step_and_iteration():
     lines = "\n".join(overhead.targets(rows))
     assert "step before 1.50x misses" in lines          # 1.5 > the 1.3 target
     assert f"otofx DHSPG step / {family.fused_label} step: before 1.12x" in lines
+
+
+def test_the_floors_direction_pass_is_torchs_update_direction():
+    """The floor times the passes otofx's step makes: after its first ``direction`` each
+    direction is what torch's SGD(momentum) / Adam moves the parameter by, over -lr, at its
+    second step on the same gradients."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    model(torch.randn(4, 6)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    lr = 1e-3
+    for variant, kind, extra in (("sgd", torch.optim.SGD, {"momentum": 0.9}),
+                                 ("adam", torch.optim.Adam, {})):
+        calls, directions = step_floor.passes(model, grads, variant)
+        calls["direction"]()
+        ref = [nn.Parameter(p.detach().clone().double()) for p in model.parameters()]
+        for p, g in zip(ref, grads.values()):
+            p.grad = g.double()
+        opt = kind(ref, lr=lr, **extra)
+        opt.step()
+        before = [p.detach().clone() for p in ref]
+        opt.step()
+        for d, p, b in zip(directions, ref, before):
+            torch.testing.assert_close(d.double(), (b - p.detach()) / lr, rtol=1e-4, atol=1e-6)
+
+
+def test_floors_add_up_the_passes_each_algorithm_needs():
+    f = step_floor.Floor({"fused": 10.0, "check": 4.0, "direction": 6.0, "products": 15.0,
+                          "update": 8.0, "scale": 3.0})
+    assert f.plain == 14.0 and f.dhspg == 33.0 and f.hesso == 17.0
+    cells = dict(zip(step_floor.HEADERS, step_floor.row("m", "sgd", f)))
+    assert cells["DHSPG floor / fused"] == "3.30x" and cells["HESSO floor / fused"] == "1.70x"
+    assert cells["plain floor / fused"] == "1.40x"
