@@ -580,9 +580,8 @@ def floor_report(cases: list[tuple[str, list[Row], list[tuple[Family, step_floor
             table.append(step_floor.row(name, family.name, f))
             for r in rows:
                 c = r.contestant
-                if c is None or c.package != OTOFX or r.family is not family:
-                    continue
-                if "during" not in r.step_ratio:
+                if c is None or c.package != OTOFX or r.family is not family \
+                        or "during" not in r.step_ratio:
                     continue
                 floor = (f.dhspg if "DHSPG" in c.label else f.hesso) / f.ms["fused"]
                 lines.append(f"- {name} / {family.name} / {c.label}: step during pruning "

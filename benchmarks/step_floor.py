@@ -6,7 +6,8 @@ needs, whoever writes it. On copies of a model's parameters and the benchmark's 
 interleaved in rounds (median per pass; the order rotates):
 
 - ``fused``: torch's fused step (``torch.optim.SGD/Adam(fused=True)``), the base of every ratio;
-- ``check``: one read of every gradient (a sum per tensor: otofx's non-finite check);
+- ``check``: otofx's non-finite check (``GroupSparsityOptimizer._all_finite``: one read of
+  every gradient);
 - ``direction``: the update direction without touching the parameter (SGD: the momentum buffer,
   one ``add`` per tensor; Adam: torch's fused kernel on a zero tensor, ``otofx.fused.adam_directions``);
 - ``products``: per row ``<x, x>``, ``<x, d>``, ``<d, d>`` of every parameter with more than one
@@ -40,6 +41,7 @@ from torch import nn
 
 from otofx import fused
 from otofx.grouped import _row_products
+from otofx.optim_base import GroupSparsityOptimizer
 
 PASSES = ("fused", "check", "direction", "products", "update", "scale")
 
@@ -129,7 +131,7 @@ def passes(model: nn.Module, grads: dict[str, torch.Tensor], variant: str
                 p.mul_(a)
 
     def check() -> None:
-        bool(torch.isfinite(torch.stack([p.grad.sum() for p in ours])).all())
+        GroupSparsityOptimizer._all_finite([p.grad for p in ours])
 
     return {"fused": torch_opt.step, "check": check, "direction": direction,
             "products": products, "update": update, "scale": scale}, dirs
