@@ -40,7 +40,7 @@ from typing import Any
 import sympy
 import torch
 
-from otofx.config import resolve_group_divisible
+from otofx.config import resolve_allocation, resolve_group_divisible
 from otofx.cost import PolynomialEvaluator
 from otofx.errors import ConfigError
 from otofx.partition import choose, choose_within
@@ -217,6 +217,7 @@ def budget_for(config, analysis, views) -> Budget | None:
     when it is built)."""
     param = next(iter(analysis.gm.parameters()), None)
     resolve_group_divisible(config, param.device if param is not None else torch.device("cpu"))
+    resolve_allocation(config)
     field = next((f for f in BUDGETS if getattr(config, f, None) is not None), None)
     if field is None:
         return None

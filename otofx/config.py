@@ -33,6 +33,20 @@ def resolve_group_divisible(config, device: torch.device) -> int:
     return config.group_divisible
 
 
+def resolve_allocation(config) -> str:
+    """``config.allocation``: itself, or for ``"auto"`` (the default) ``"balanced"``, except
+    ``"uniform"`` under ``target_latency``: a latency budget times the subnet of the widths it
+    picks end to end before training (``otofx.budget.calibrate_latency``), and only uniform's
+    widths do not depend on the scores. An optimizer calls it when it is built (through
+    ``otofx.budget.budget_for``): the choice is set on the config it was given, and
+    ``config.allocation_asked`` keeps "auto" for the report."""
+    if config.allocation == "auto":
+        config.allocation_asked = "auto"
+        config.allocation = "uniform" if getattr(config, "target_latency", None) is not None \
+            else "balanced"
+    return config.allocation
+
+
 def _check(cfg, name: str, ok: bool, want: str) -> None:
     if not ok:
         raise ConfigError(f"{type(cfg).__name__}.{name} = {getattr(cfg, name)!r}: {want}.")
@@ -55,7 +69,7 @@ class _BaseConfig:
     start_pruning_step: int = 0
     pruning_steps: int = 1
     group_divisible: int | str = 1   # or "auto": resolve_group_divisible per device
-    allocation: str = "uniform"
+    allocation: str = "auto"   # resolve_allocation: "balanced", or "uniform" under target_latency
     total_steps: int | None = None
     fused: bool = True        # the plain base step through torch's fused kernels (otofx.fused)
 
@@ -92,7 +106,7 @@ class _BaseConfig:
                f"must be one of {ALLOCATIONS}: how many channels each group may lose "
                "('uniform': the same share of every group; 'balanced': one global ranking, every "
                "group keeps at least half the share a uniform prune keeps; 'global': one "
-               "ranking, no floor)")
+               "ranking, no floor; 'auto': balanced, or uniform under target_latency)")
         _check(self, "fused", isinstance(self.fused, bool),
                "must be True (the base step of parameters no pruning update touches goes "
                "through torch's fused kernels where the device has them) or False")

@@ -176,6 +176,9 @@ def compression_report(job, subnet) -> str:
     if getattr(opt.config, "group_divisible_asked", None):
         lines.append(f"group_divisible: {opt.config.group_divisible_asked} -> "
                      f"{opt.config.group_divisible} (otofx.config.AUTO_DIVISIBLE for the device)")
+    if getattr(opt.config, "allocation_asked", None):
+        lines.append(f"allocation: {opt.config.allocation_asked} -> {opt.config.allocation} "
+                     "(otofx.config.resolve_allocation)")
     if "erasable_structures" in sp:
         lines.append(structure_line(sp, stats))
         lines += mechanism_lines(sp, "structures_", "structures")

@@ -302,6 +302,29 @@ def test_no_layer_collapses(kind, allocation):
         assert torch.equal(lost, limit)
 
 
+@pytest.mark.parametrize("kind", [otofx.DHSPGConfig, otofx.HESSOConfig, otofx.H2SPGConfig])
+@pytest.mark.parametrize("budget,resolved", [({}, "balanced"), ({"target_flops": 0.5}, "balanced"),
+                                             ({"target_latency": 0.99}, "uniform")])
+def test_auto_allocation_resolves_when_the_optimizer_is_built(kind, budget, resolved, monkeypatch):
+    """``allocation="auto"`` (the default) is balanced, except uniform under a latency budget
+    (whose widths are timed before the scores exist); the optimizer sets it on the config, the
+    report says so, and ``group_limits`` refuses an unresolved "auto"."""
+    from otofx import budget as budget_mod
+
+    monkeypatch.setattr(budget_mod, "calibrate_latency", lambda b, *a, **k: b)   # no timing
+    data = digits()
+    config = kind(lr=0.05, start_pruning_step=0, pruning_steps=4, **budget)
+    assert config.allocation == "auto"
+    job = otofx.compress(DigitsCNN(), config, (data[0][0][:2],))
+    assert config.allocation == job.optimizer.config.allocation == resolved
+    assert f"allocation: auto -> {resolved}" in job.report()
+    explicit = kind(lr=0.05, allocation="global", **budget)
+    otofx.compress(DigitsCNN(), explicit, (data[0][0][:2],))
+    assert explicit.allocation == "global"
+    with pytest.raises(ValueError, match="resolve 'auto'"):
+        group_limits(torch.tensor([4, 8]), 0.5, "auto")
+
+
 # ---- H2SPG --------------------------------------------------------------------------------------
 
 def test_h2spg_erased_set_is_what_shrink_deletes():

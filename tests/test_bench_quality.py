@@ -259,6 +259,24 @@ def test_lm_hand_written_attention_is_the_sdpa_model_and_causal():
             assert not torch.allclose(m(later)[:, 5:], m(x)[:, 5:])
 
 
+@pytest.mark.parametrize("width,layers", [(16, 1), (64, 2), (128, 4)])
+def test_lm_untrained_gpt_predicts_near_uniform_whatever_the_seed(width, layers):
+    """GPT-2's initialisation: the tied output layer starts with small logits, so an untrained
+    model's perplexity is about the vocabulary size on every seed (torch's N(0, 1) embedding gave
+    logits of scale width: untrained perplexities of 2e5 at width 16, 1e38-1e42 at width 128)."""
+    from benchmarks import lm_quality as lm
+    train, val, vocab = lm.load_text()
+    for seed in (0, 1):
+        s = lm.Setting(lm.Size(width, layers, 2, 8, 4, 10), train, val[:2000], vocab, seed)
+        model = s.model()
+        assert 0.5 * vocab <= s.perplexity(model) <= 1.5 * vocab
+        stds = {n: float(p.std()) for n, p in model.named_parameters() if n.endswith("weight")
+                and p.dim() == 2}
+        for name, std in stds.items():      # the residual writers start smaller by sqrt(2L)
+            want = 0.02 / (2 * layers) ** 0.5 if name.split(".")[-2] in ("o", "down") else 0.02
+            assert std == pytest.approx(want, rel=0.25), name
+
+
 @given(steps=st.integers(20, 5000))
 def test_lm_learning_rate_warms_up_then_decays_to_a_tenth(steps):
     from benchmarks import lm_quality as lm
