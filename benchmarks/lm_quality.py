@@ -618,7 +618,7 @@ def report(results: Results, args: argparse.Namespace) -> str:
     head = (f"CharGPT width {size.width}, {size.layers} layers, {size.heads} heads, block {size.block}, "
             f"batch {size.batch}, {steps} steps (lr {size.lr}: 5% warm-up, cosine to a tenth), pruning "
             f"phase from {size.prune_start:.3g} for {size.prune_span:.3g} of the steps (otofx: "
-            f"target_flops, allocation uniform), after it every pruned model's subnet is fine-tuned "
+            f"target_flops, default allocation), after it every pruned model's subnet is fine-tuned "
             f"with a fresh AdamW; {args.seeds} seeds; "
             f"pydoc_data.topics, 90/10 split; commit {commit}, {time.strftime('%Y-%m-%d %H:%M')}, "
             f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads.")
