@@ -22,11 +22,10 @@ the measured ratio misses the target by more than 2% the table's aim moves by th
 two (``aim = predicted * target / measured``; between two checks on either side of the target,
 linearly), for up to three checks; the aim whose subnet measured nearest the target is kept
 (and cached beside the table). The checks use the first channels of each group at the widths
-the budget picks; under ``"uniform"`` (what the default ``allocation="auto"`` is with a
-latency budget, ``otofx.config.resolve_allocation``) those widths do not depend on the scores, so
-the subnet the optimizer ends with has the shapes that were timed. H2SPG's erased structures
-are not in the check (they are chosen later, from the scores): the aim's correction applies to
-the channels' part of the sum.
+the budget picks; under the default ``"uniform"``
+allocation those widths do not depend on the scores, so the subnet the optimizer ends with has
+the shapes that were timed. H2SPG's erased structures are not in the check (they are chosen
+later, from the scores): the aim's correction applies to the channels' part of the sum.
 """
 
 from __future__ import annotations
